@@ -1,0 +1,468 @@
+"""SimRuntime: the simulated multi-device machine (DESIGN §2), driven by SimPy.
+
+Strategies talk to it through the runtime verbs only: ``create_stream``, ``launch``, ``record``,
+``wait``, ``synchronize`` (a generator: the host blocks), ``next_request`` (a generator),
+``finish_when`` / ``first_token_when`` and ``profiled_seconds``.
+
+Semantics, in short:
+- Each device has a host clock. A launch costs the profile's launch overhead of host time; the op
+  cannot start before its launch is done. ``synchronize`` blocks the host until the event completes.
+- A stream is a FIFO: an op starts when the item before it is done, it has been launched, and any
+  event the stream waits on has completed. ``record`` completes its event when the stream reaches it.
+- A collective (or send/recv) is one op on each member device, matched NCCL-style: the i-th launch of
+  a group on a device joins the i-th instance of that group. It occupies its stream from the moment
+  it starts there, spins until every member has started, then transfers; all members end together.
+- Running ops progress as a fluid: each has remaining isolated work and a rate from the device's
+  contention model (and, for transfers, the share of each link they use); whenever the set of
+  running ops on a device or link changes, rates and finish times are recomputed.
+- If the event queue empties while work is pending, a DeadlockError names the stuck streams, their
+  head items and what each waits on.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Generator, Iterable, Optional
+
+import simpy
+
+from .contention import ContentionModel, make_contention
+from .cost import CostModel
+from .errors import DeadlockError, SimulationError
+from .hardware import HardwareProfile
+from .ops import Collective, Op, SendRecv
+from .trace import Trace
+
+_OP, _RECORD, _WAIT = 0, 1, 2
+_KIND = {"Gemm": "gemm", "Attention": "attention", "Elementwise": "elementwise",
+         "SendRecv": "send_recv"}
+
+
+class Event:
+    """A CUDA-like event: recorded once on a stream, completes when that stream reaches it."""
+    __slots__ = ("name", "done", "time", "device", "recorded", "_streams", "_callbacks", "_sim")
+
+    def __init__(self, name: str = ""):
+        self.name = name
+        self.done = False
+        self.time: Optional[float] = None
+        self.device: Optional[int] = None
+        self.recorded = False
+        self._streams: list = []
+        self._callbacks: list = []
+        self._sim = None
+
+    def __repr__(self) -> str:
+        return f"Event({self.name!r}, done={self.done})"
+
+
+class _Item:
+    __slots__ = ("kind", "op", "ready_at", "event", "request", "phase")
+
+    def __init__(self, kind, op, ready_at, event, request, phase):
+        self.kind, self.op, self.ready_at, self.event = kind, op, ready_at, event
+        self.request, self.phase = request, phase
+
+
+class _Stream:
+    __slots__ = ("device", "index", "priority", "queue", "busy", "blocked", "current")
+
+    def __init__(self, device: int, index: int, priority: int):
+        self.device, self.index, self.priority = device, index, priority
+        self.queue: deque = deque()
+        self.busy = False          # an op is running (or spinning) on it
+        self.blocked = False       # waiting for an event or for its head's launch to finish
+        self.current = None        # the _Run in progress
+
+
+class _Run:
+    """One op on one device: what the contention model sees."""
+    __slots__ = ("stream", "item", "cost", "start", "op_class", "priority", "factor", "activity")
+
+    def __init__(self, stream, item, cost, start):
+        self.stream, self.item, self.cost, self.start = stream, item, cost, start
+        self.op_class = cost.op_class
+        self.priority = stream.priority
+        self.factor = 1.0
+        self.activity = None
+
+
+class _Activity:
+    """Work in progress: remaining isolated seconds, shared by its runs (one per member device)."""
+    __slots__ = ("runs", "links", "remaining", "rate", "last", "version", "start")
+
+    def __init__(self, runs, links, work, now):
+        self.runs, self.links = runs, links
+        self.remaining, self.rate, self.last, self.version, self.start = work, 0.0, now, 0, now
+
+
+class _Group:
+    """A collective instance waiting for its members."""
+    __slots__ = ("op", "runs", "size")
+
+    def __init__(self, op, size):
+        self.op, self.runs, self.size = op, [], size
+
+
+class SimRuntime:
+    """The simulated machine: `devices` devices of `hardware`, costed by `cost`."""
+
+    def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
+                 contention: ContentionModel | None = None, launch_overhead_s: float | None = None):
+        if devices < 1:
+            raise ValueError("devices must be >= 1")
+        self.hw = hardware
+        self.devices = devices
+        self.env = simpy.Environment()
+        self.cost = cost or CostModel(hardware)
+        self.contention = contention or make_contention(hardware.contention)
+        self.launch_s = hardware.launch_overhead_s if launch_overhead_s is None else launch_overhead_s
+        self._host = [0.0] * devices
+        self._streams: list[list[_Stream]] = [[_Stream(d, 0, 0)] for d in range(devices)]
+        self._running: list[list[_Run]] = [[] for _ in range(devices)]
+        self._links: dict = {}
+        self._coll_seq: dict = {}
+        self._groups: dict = {}
+        self._shared = hardware.interconnect.shared_link
+        self._rows: list = []
+        self._arrivals: deque = deque()
+        self._arrival_waiter = None
+        self._source_done = False
+        self._requests: dict = {}
+        self._host_state = "not started"
+
+    # ------------------------------------------------------------------------------ runtime verbs
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    def create_stream(self, device: int, priority: int = 0) -> int:
+        """A new stream on `device`; returns its index (stream 0 exists already, priority 0)."""
+        streams = self._streams[device]
+        streams.append(_Stream(device, len(streams), priority))
+        return len(streams) - 1
+
+    def set_priority(self, device: int, stream: int, priority: int) -> None:
+        self._streams[device][stream].priority = priority
+
+    def new_event(self, name: str = "") -> Event:
+        return Event(name)
+
+    def profiled_seconds(self, op: Op) -> float:
+        """The op's isolated time, as a profiler would have measured it (the cost model here)."""
+        return self.cost.seconds(op)
+
+    def launch(self, op: Op, device: int, stream: int = 0, request: int = -1, phase: str = "") -> None:
+        host = self._host
+        t = host[device]
+        now = self.env._now
+        host[device] = t = (t if t > now else now) + self.launch_s
+        st = self._streams[device][stream]
+        st.queue.append(_Item(_OP, op, t, None, request, phase))
+        if not st.busy and not st.blocked and len(st.queue) == 1:
+            self._advance(st)
+
+    def record(self, event: Event, device: int, stream: int = 0) -> None:
+        if event.recorded:
+            raise SimulationError(f"event {event.name!r} is recorded twice; events are single-use")
+        event.recorded = True
+        event.device = device
+        self._enqueue(device, stream, _Item(_RECORD, None, self._host_now(device), event, -1, ""))
+
+    def wait(self, device: int, stream: int, event: Event) -> None:
+        """Later items on (device, stream) start only after `event` has completed."""
+        self._enqueue(device, stream, _Item(_WAIT, None, self._host_now(device), event, -1, ""))
+
+    def synchronize(self, event: Event) -> Generator:
+        """Host blocks until `event` completes (and its device's host has issued its launches)."""
+        if not event.done:
+            if event._sim is None:
+                event._sim = self.env.event()
+            self._host_state = f"blocked in synchronize on event {event.name!r}"
+            yield event._sim
+            self._host_state = "running"
+        d = event.device if event.device is not None else 0
+        if self._host[d] > self.env.now:
+            yield self.env.timeout(self._host[d] - self.env.now)
+
+    def when(self, event: Event, fn: Callable[[float], None]) -> None:
+        """Call fn(time) when `event` completes (at once if it has)."""
+        if event.done:
+            fn(event.time)
+        else:
+            event._callbacks.append(fn)
+
+    def finish_when(self, request: int, event: Event) -> None:
+        self.when(event, lambda t: self._request_done(request, t))
+
+    def first_token_when(self, request: int, event: Event) -> None:
+        def mark(t):
+            self._requests[request][2] = t
+        self.when(event, mark)
+
+    def next_request(self) -> Generator:
+        """Host blocks until a request arrives; returns it, or None once no more will arrive."""
+        while not self._arrivals:
+            if self._source_done:
+                return None
+            self._arrival_waiter = self.env.event()
+            self._host_state = "waiting for a request"
+            yield self._arrival_waiter
+            self._host_state = "running"
+        return self._arrivals.popleft()
+
+    def pending_requests(self) -> int:
+        """Requests that have arrived and not been taken by the host."""
+        return len(self._arrivals)
+
+    # ------------------------------------------------------------------------------ arrivals
+    def arrive(self, request) -> None:
+        """A request arrives now (called by the workload's source process)."""
+        self._requests[request.id] = [self.env.now, None, None, None, request]
+        self._arrivals.append(request)
+        self._wake_host()
+
+    def sources_done(self) -> None:
+        self._source_done = True
+        self._wake_host()
+
+    def _wake_host(self):
+        w = self._arrival_waiter
+        if w is not None and not w.triggered:
+            self._arrival_waiter = None
+            w.succeed()
+
+    def _request_done(self, request: int, t: float) -> None:
+        rec = self._requests[request]
+        rec[3] = t
+        for fn in self._finish_listeners:
+            fn(rec[4], t)
+
+    _finish_listeners: tuple = ()
+
+    def on_finish(self, fn: Callable) -> None:
+        self._finish_listeners = tuple(self._finish_listeners) + (fn,)
+
+    # ------------------------------------------------------------------------------ streams
+    def _host_now(self, device: int) -> float:
+        t = self._host[device]
+        return t if t > self.env._now else self.env._now
+
+    def _enqueue(self, device, stream, item) -> None:
+        st = self._streams[device][stream]
+        st.queue.append(item)
+        if not st.busy and not st.blocked and len(st.queue) == 1:
+            self._advance(st)
+
+    def _advance(self, st: _Stream) -> None:
+        q = st.queue
+        env = self.env
+        while q and not st.busy and not st.blocked:
+            item = q[0]
+            if item.ready_at > env._now:
+                st.blocked = True
+                env.timeout(item.ready_at - env._now).callbacks.append(
+                    lambda _e, st=st: self._unblock(st))
+                return
+            kind = item.kind
+            if kind == _OP:
+                q.popleft()
+                self._start(st, item)
+            elif kind == _RECORD:
+                q.popleft()
+                self._complete_event(item.event)
+            else:
+                if item.event.done:
+                    q.popleft()
+                else:
+                    st.blocked = True
+                    item.event._streams.append(st)
+                    return
+
+    def _unblock(self, st: _Stream) -> None:
+        st.blocked = False
+        self._advance(st)
+
+    def _complete_event(self, ev: Event) -> None:
+        ev.done = True
+        ev.time = self.env._now
+        for st in ev._streams:
+            st.blocked = False
+            self._advance(st)
+        ev._streams = []
+        for fn in ev._callbacks:
+            fn(ev.time)
+        ev._callbacks = []
+        if ev._sim is not None and not ev._sim.triggered:
+            ev._sim.succeed()
+
+    # ------------------------------------------------------------------------------ ops
+    def _start(self, st: _Stream, item: _Item) -> None:
+        op = item.op
+        cost = self.cost.cost(op)
+        run = _Run(st, item, cost, self.env._now)
+        st.busy = True
+        st.current = run
+        d = st.device
+        self._running[d].append(run)
+        if cost.op_class == "comm":
+            self._join(run, op, d)
+        else:
+            act = _Activity((run,), (), cost.seconds, self.env._now)
+            run.activity = act
+            self._reflow((d,), ())
+
+    def _join(self, run: _Run, op, device: int) -> None:
+        group = op.group
+        if device not in group:
+            raise SimulationError(f"{_describe(op)} launched on device {device}, not a member of {group}")
+        key = (type(op).__name__, getattr(op, "kind", ""), group)
+        seq_key = (device, key)
+        seq = self._coll_seq.get(seq_key, 0)
+        self._coll_seq[seq_key] = seq + 1
+        gkey = (key, seq)
+        g = self._groups.get(gkey)
+        if g is None:
+            g = self._groups[gkey] = _Group(op, len(group))
+        elif g.op.bytes != op.bytes:
+            raise SimulationError(f"{_describe(op)} on device {device} does not match the "
+                                  f"{g.op.bytes:.0f} bytes its other members launched")
+        g.runs.append(run)
+        if len(g.runs) < g.size:
+            self._reflow((device,), ())
+            return
+        del self._groups[gkey]
+        links = tuple(("port", d) for d in group) + ((("shared",),) if self._shared else ())
+        act = _Activity(tuple(g.runs), links, run.cost.seconds, self.env._now)
+        for r in g.runs:
+            r.activity = act
+        for link in links:
+            self._links.setdefault(link, {})[act] = None
+        self._reflow(group, links)
+
+    def _reflow(self, devices: Iterable[int], links: Iterable) -> None:
+        """Recompute rates of everything on `devices` and `links` and reschedule finish times."""
+        touched: dict = {}
+        rates_of = self.contention.rates
+        for d in devices:
+            running = self._running[d]
+            if not running:
+                continue
+            for run, rate in zip(running, rates_of(running)):
+                run.factor = rate
+                if run.activity is not None:
+                    touched[run.activity] = None
+        for link in links:
+            for act in self._links.get(link, ()):
+                touched[act] = None
+        now = self.env._now
+        for act in touched:
+            rate = min(r.factor for r in act.runs)
+            for link in act.links:
+                rate = min(rate, 1.0 / len(self._links[link]))
+            if rate == act.rate:
+                continue
+            act.remaining -= act.rate * (now - act.last)
+            if act.remaining < 0.0:
+                act.remaining = 0.0
+            act.last = now
+            act.rate = rate
+            act.version += 1
+            self.env.timeout(act.remaining / rate).callbacks.append(
+                lambda _e, act=act, v=act.version: self._finish(act, v))
+
+    def _finish(self, act: _Activity, version: int) -> None:
+        if version != act.version:
+            return
+        now = self.env._now
+        rows = self._rows
+        devices = []
+        for run in act.runs:
+            st = run.stream
+            item = run.item
+            op = item.op
+            d = st.device
+            self._running[d].remove(run)
+            kind = op.kind if type(op) is Collective else _KIND[type(op).__name__]
+            rows.append((d, st.index, st.priority, op.name, kind, run.op_class, item.request,
+                         item.phase, run.start, now, act.start, run.cost.seconds))
+            st.busy = False
+            st.current = None
+            devices.append(d)
+        for link in act.links:
+            members = self._links[link]
+            del members[act]
+        self._reflow(devices, act.links)
+        for run in act.runs:
+            self._advance(run.stream)
+
+    # ------------------------------------------------------------------------------ driving
+    def run(self, strategy, source: Callable[["SimRuntime"], Generator]) -> Trace:
+        """Run `strategy.host(self)` as the host program and `source(self)` as the arrival process."""
+        strategy.setup(self)
+        self.env.process(source(self))
+        self._host_state = "running"
+        host = self.env.process(strategy.host(self))
+        self.env.run()
+        self._check_idle(host)
+        return self._trace()
+
+    def _check_idle(self, host) -> None:
+        stuck = []
+        for streams in self._streams:
+            for st in streams:
+                if st.busy or st.queue:
+                    stuck.append(self._describe_stream(st))
+        if not host.triggered:
+            stuck.append(f"host: {self._host_state}")
+        unfinished = [rid for rid, rec in self._requests.items() if rec[3] is None]
+        if stuck:
+            raise DeadlockError(f"deadlock at t={self.env.now:.6f}s: " + "; ".join(stuck))
+        if unfinished:
+            raise SimulationError(f"{len(unfinished)} request(s) never finished (first: {unfinished[0]}); "
+                                  "the strategy did not mark their completion")
+
+    def _describe_stream(self, st: _Stream) -> str:
+        where = f"device {st.device} stream {st.index} (priority {st.priority})"
+        if st.busy and st.current is not None:
+            run = st.current
+            op = run.item.op
+            if run.activity is None:
+                key = (type(op).__name__, getattr(op, "kind", ""), op.group)
+                g = next((g for (k, _), g in self._groups.items() if k == key and run in g.runs), None)
+                have = {r.stream.device for r in g.runs} if g else {st.device}
+                missing = [d for d in op.group if d not in have]
+                return f"{where}: {_describe(op)} waits for device(s) {missing} to start it"
+            return f"{where}: running {_describe(op)}"
+        item = st.queue[0]
+        if item.kind == _WAIT:
+            ev = item.event
+            why = "which was never recorded" if not ev.recorded else \
+                f"recorded on device {ev.device} but not yet reached"
+            return f"{where}: head waits on event {ev.name!r} {why}"
+        if item.kind == _OP:
+            return f"{where}: head {_describe(item.op)} not started"
+        return f"{where}: head records event {item.event.name!r}"
+
+    def _trace(self) -> Trace:
+        reqs = {}
+        for row in self._rows:
+            r = row[6]
+            if r >= 0 and (r not in reqs or row[8] < reqs[r]):
+                reqs[r] = row[8]
+        from .trace import RequestRecord
+        records = []
+        for rid, (arrival, _s, first, finish, req) in self._requests.items():
+            start = reqs.get(rid, finish)
+            records.append(RequestRecord(rid, arrival, start, first if first is not None else finish,
+                                         finish, req.prompt_tokens, req.output_tokens, req.batch,
+                                         req.measured))
+        meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self.env.now}
+        return Trace(self._rows, records, meta)
+
+
+def _describe(op) -> str:
+    if isinstance(op, Collective):
+        return f"{op.kind} {op.name!r} over devices {op.group}"
+    if isinstance(op, SendRecv):
+        return f"send/recv {op.name!r} {op.src}->{op.dst}"
+    return f"{type(op).__name__.lower()} {op.name!r}"

@@ -1,0 +1,234 @@
+"""Hardware profiles: one machine (GPU model + its interconnect), read from YAML, frozen.
+
+A profile YAML gives every number as ``{value: X, source: "KIND: where it comes from"}`` where KIND
+is one of ``datasheet``, ``measured``, ``fitted`` or ``assumed`` (DESIGN §3). The loader refuses a
+number without a source. Units are in the key names (``_us``, ``_gb_per_s``, ``_tflops``, ``_gib``)
+and are converted to SI here, once.
+
+Built-in profiles live in the ``hwprofiles`` package; a path to a YAML file works wherever a name does.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from types import MappingProxyType
+from typing import Mapping
+
+import yaml
+
+from .errors import ConfigError
+from .schema import Section
+
+SOURCE_KINDS = ("datasheet", "measured", "fitted", "assumed")
+TOPOLOGIES = ("nvswitch", "nvlink_mesh", "nvlink_pairs", "pcie_p2p", "pcie_host")
+DTYPES = ("fp32", "fp16", "bf16", "fp8")
+OP_CLASSES = ("compute", "memory", "comm")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One GPU, SI units. Efficiencies are fractions of peak reached by large, well-shaped ops."""
+    name: str
+    sms: int
+    peak_flops: Mapping[str, float]          # per dtype, flop/s (dense tensor-core rate)
+    memory_bytes: float
+    memory_bandwidth_bytes_per_s: float
+    gemm_efficiency: float
+    attention_efficiency: float
+    memory_efficiency: float
+    kernel_overhead_s: float                 # fixed cost of every kernel (launch-to-start on the GPU, tail)
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    """Alpha-beta parameters of one collective group size (or of point-to-point transfers)."""
+    alpha_s: float
+    bandwidth_bytes_per_s: float             # bus bandwidth for collectives, plain bandwidth for p2p
+
+
+@dataclass(frozen=True)
+class InterconnectSpec:
+    topology: str
+    collectives: Mapping[int, LinkParams]    # group size -> alpha and bus bandwidth
+    p2p: LinkParams
+    shared_link: bool                        # transfers of disjoint groups share one link (host memory, PCIe root)
+
+    def collective_params(self, group_size: int) -> LinkParams:
+        """Parameters for `group_size`: the entry itself, else the next larger size, else the largest."""
+        sizes = sorted(self.collectives)
+        i = bisect.bisect_left(sizes, group_size)
+        return self.collectives[sizes[min(i, len(sizes) - 1)]]
+
+
+@dataclass(frozen=True)
+class ContentionSpec:
+    """Parameters of the contention model (DESIGN §2).
+
+    `slowdown[(a, b)]` >= 1: how much slower an op of class `a` runs while an op of class `b` runs
+    beside it on the same device. `low_priority_share`: the fraction of a resource that an op on a
+    lower-priority stream gets while an op of the same class runs on a higher-priority stream.
+    """
+    model: str
+    slowdown: Mapping[tuple, float]
+    low_priority_share: float
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    description: str
+    max_devices: int
+    device: DeviceSpec
+    launch_overhead_s: float
+    interconnect: InterconnectSpec
+    contention: ContentionSpec
+    sources: Mapping[str, str] = field(default_factory=dict)   # dotted key -> provenance
+    path: str = ""
+
+    def with_contention(self, contention: ContentionSpec) -> "HardwareProfile":
+        from dataclasses import replace
+        return replace(self, contention=contention)
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+class _Reader:
+    """Reads sourced numbers, collecting their provenance."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.sources: dict[str, str] = {}
+
+    def number(self, sec: Section, name: str, *, integer: bool = False, min=0.0, max=None,
+               min_open: bool = True) -> float:
+        node = sec.section(name)
+        value = node.get("value", int if integer else float, min=min, max=max, min_open=min_open)
+        source = node.get("source", str)
+        kind = source.split(":", 1)[0].strip().lower()
+        if kind not in SOURCE_KINDS or ":" not in source or not source.split(":", 1)[1].strip():
+            raise node.error("source", "must read 'KIND: where it comes from' with KIND one of "
+                             + ", ".join(SOURCE_KINDS) + f"; got {source!r}")
+        node.done()
+        self.sources[node.path] = source
+        return value
+
+
+def _parse(data, where: str) -> HardwareProfile:
+    top = Section(data, where)
+    r = _Reader(where)
+    name = top.get("name", str)
+    description = top.get("description", str, "")
+    max_devices = int(r.number(top, "max_devices", integer=True, min=1, min_open=False))
+
+    dev = top.section("device")
+    peak = dev.section("peak_tflops")
+    peak_flops = {}
+    for dtype in list(peak.data):
+        if dtype not in DTYPES:
+            raise peak.error(dtype, "unknown dtype; allowed: " + ", ".join(DTYPES))
+        peak_flops[dtype] = r.number(peak, dtype) * 1e12
+    peak.done()
+    if "fp16" not in peak_flops:
+        raise peak.error("fp16", "is required but missing")
+    device = DeviceSpec(
+        name=dev.get("name", str),
+        sms=int(r.number(dev, "sms", integer=True, min=1, min_open=False)),
+        peak_flops=MappingProxyType(peak_flops),
+        memory_bytes=r.number(dev, "memory_gib") * 2**30,
+        memory_bandwidth_bytes_per_s=r.number(dev, "memory_bandwidth_gb_per_s") * 1e9,
+        gemm_efficiency=r.number(dev, "gemm_efficiency", max=1.0),
+        attention_efficiency=r.number(dev, "attention_efficiency", max=1.0),
+        memory_efficiency=r.number(dev, "memory_efficiency", max=1.0),
+        kernel_overhead_s=r.number(dev, "kernel_overhead_us", min_open=False) * 1e-6,
+    )
+    dev.done()
+
+    host = top.section("host")
+    launch = r.number(host, "launch_overhead_us", min_open=False) * 1e-6
+    host.done()
+
+    ic = top.section("interconnect")
+    topology = ic.get("topology", str, choices=TOPOLOGIES)
+    coll = ic.section("collectives")
+    collectives = {}
+    for size_key in list(coll.data):
+        try:
+            size = int(size_key)
+        except ValueError:
+            raise coll.error(size_key, "group sizes must be integers >= 2") from None
+        if size < 2:
+            raise coll.error(size_key, "group sizes must be integers >= 2")
+        entry = coll.section(size_key)
+        collectives[size] = LinkParams(
+            alpha_s=r.number(entry, "alpha_us", min_open=False) * 1e-6,
+            bandwidth_bytes_per_s=r.number(entry, "busbw_gb_per_s") * 1e9)
+        entry.done()
+    coll.done()
+    if not collectives:
+        raise coll.error("2", "at least one group size is required")
+    p2p_sec = ic.section("p2p")
+    p2p = LinkParams(alpha_s=r.number(p2p_sec, "alpha_us", min_open=False) * 1e-6,
+                     bandwidth_bytes_per_s=r.number(p2p_sec, "bandwidth_gb_per_s") * 1e9)
+    p2p_sec.done()
+    shared = ic.get("shared_link", bool, False)
+    ic.done()
+    interconnect = InterconnectSpec(topology, MappingProxyType(dict(sorted(collectives.items()))),
+                                    p2p, shared)
+
+    con = top.section("contention")
+    model = con.get("model", str, "factor", choices=("factor", "none"))
+    slow = con.section("slowdown")
+    slowdown = {}
+    for a in OP_CLASSES:
+        for b in OP_CLASSES:
+            if a == b:
+                continue
+            key = f"{a}_by_{b}"
+            slowdown[(a, b)] = r.number(slow, key, min=1.0, min_open=False) if slow.has(key) else 1.0
+    slow.done()
+    share = r.number(con, "low_priority_share", max=1.0)
+    con.done()
+    contention = ContentionSpec(model, MappingProxyType(slowdown), share)
+    top.done()
+    return HardwareProfile(name, description, max_devices, device, launch, interconnect, contention,
+                           MappingProxyType(r.sources), where)
+
+
+def builtin_names() -> list[str]:
+    root = resources.files("hwprofiles")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_hardware(name_or_path: str, where: str = "hardware") -> HardwareProfile:
+    """A built-in profile by name, or a user's YAML by path. Errors name the file and the key."""
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ConfigError(where, "", f"hardware must be a profile name or a YAML path, got {name_or_path!r}")
+    if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        path = name_or_path
+        if not os.path.isfile(path):
+            raise ConfigError(path, "", "no such hardware profile file")
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    else:
+        if name_or_path not in builtin_names():
+            raise ConfigError(where, "", f"unknown hardware profile {name_or_path!r}; built-in: "
+                              + ", ".join(builtin_names()) + " (or give a path to a YAML file)")
+        path = f"hwprofiles/{name_or_path}.yaml"
+        text = resources.files("hwprofiles").joinpath(f"{name_or_path}.yaml").read_text("utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    return _load_cached(path, data)
+
+
+_CACHE: dict[str, HardwareProfile] = {}
+
+
+def _load_cached(path: str, data) -> HardwareProfile:
+    key = path + repr(data)
+    if key not in _CACHE:
+        _CACHE[key] = _parse(data, path)
+    return _CACHE[key]

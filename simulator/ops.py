@@ -1,0 +1,129 @@
+"""Op descriptions: what a kernel does, never how long it takes (DESIGN §3).
+
+Ops are small frozen, hashable values so that the cost model can cache their isolated times and the
+same description can be launched on many devices. Every op has a `name` (what the model calls it,
+e.g. ``qkv`` or ``ar_mlp``) which ends up in traces; the cost model ignores it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Tuple, Union
+
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+
+
+@dataclass(frozen=True, slots=True)
+class Gemm:
+    """C[m, n] = A[m, k] @ B[k, n], `count` independent instances (a batched GEMM)."""
+    m: int
+    n: int
+    k: int
+    dtype: str = "fp16"
+    name: str = "gemm"
+    count: int = 1
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k * self.count
+
+    @property
+    def bytes(self) -> float:
+        return float(self.m * self.k + self.k * self.n + self.m * self.n) * DTYPE_BYTES[self.dtype] * self.count
+
+    def split_n(self, parts: int, taken: int) -> "Gemm":
+        """The piece made of `taken` of `parts` equal slices along the output dimension n."""
+        return replace(self, n=max(1, round(self.n * taken / parts)), name=f"{self.name}[{taken}/{parts}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Attention:
+    """Scaled dot-product attention of `q_len` new tokens over `kv_len` keys per sequence.
+
+    Prefill has q_len > 1 (causal: query i sees keys up to kv_len - q_len + i); decode has q_len == 1.
+    `heads` and `kv_heads` are the heads on this device (after tensor-parallel sharding).
+    """
+    batch: int
+    q_len: int
+    kv_len: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    causal: bool = True
+    dtype: str = "fp16"
+    name: str = "attn"
+
+    @property
+    def pairs(self) -> float:
+        """Query-key pairs computed per sequence and head."""
+        q, kv = self.q_len, self.kv_len
+        if not self.causal:
+            return float(q * kv)
+        prefix = kv - q
+        return float(q * prefix + q * (q + 1) / 2)
+
+    @property
+    def flops(self) -> float:
+        return 4.0 * self.batch * self.heads * self.head_dim * self.pairs
+
+    @property
+    def bytes(self) -> float:
+        b = DTYPE_BYTES[self.dtype]
+        q_o = 2 * self.q_len * self.heads * self.head_dim
+        k_v = 2 * self.kv_len * self.kv_heads * self.head_dim
+        return float(self.batch * (q_o + k_v) * b)
+
+
+@dataclass(frozen=True, slots=True)
+class Elementwise:
+    """A memory-bound op (norm, activation, residual add, rotary): `bytes` read plus written."""
+    bytes: float
+    name: str = "elementwise"
+
+    @property
+    def flops(self) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Collective:
+    """A collective over `group` (device indices, in order); `bytes` is the buffer size per device
+    (the full tensor for all-reduce; the gathered output for all-gather; the input for reduce-scatter)."""
+    kind: str
+    bytes: float
+    group: Tuple[int, ...]
+    name: str = ""
+
+    def __post_init__(self):
+        if self.kind not in COLLECTIVES:
+            raise ValueError(f"unknown collective {self.kind!r}; allowed: {', '.join(COLLECTIVES)}")
+        if len(set(self.group)) != len(self.group) or len(self.group) < 1:
+            raise ValueError(f"collective group must be distinct devices, got {self.group}")
+
+    @property
+    def flops(self) -> float:
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SendRecv:
+    """A point-to-point transfer of `bytes` from device `src` to device `dst`; launched on both."""
+    bytes: float
+    src: int
+    dst: int
+    name: str = "sendrecv"
+
+    @property
+    def group(self) -> Tuple[int, ...]:
+        return (self.src, self.dst)
+
+    @property
+    def flops(self) -> float:
+        return 0.0
+
+
+Op = Union[Gemm, Attention, Elementwise, Collective, SendRecv]
+
+
+def is_comm(op: Op) -> bool:
+    return isinstance(op, (Collective, SendRecv))
