@@ -75,11 +75,13 @@ class _Stream:
 
 
 class _Run:
-    """One op on one device: what the contention model sees."""
-    __slots__ = ("stream", "item", "cost", "start", "op_class", "priority", "factor", "activity")
+    """One op on one device: what the contention model sees. A single-device op is its own
+    activity (the fields after `activity`); a collective's runs share one `_Activity`."""
+    __slots__ = ("stream", "item", "cost", "kind", "start", "op_class", "priority", "factor",
+                 "activity", "runs", "links", "remaining", "rate", "last", "ev")
 
-    def __init__(self, stream, item, cost, start):
-        self.stream, self.item, self.cost, self.start = stream, item, cost, start
+    def __init__(self, stream, item, cost, kind, start):
+        self.stream, self.item, self.cost, self.kind, self.start = stream, item, cost, kind, start
         self.op_class = cost.op_class
         self.priority = stream.priority
         self.factor = 1.0
@@ -87,12 +89,13 @@ class _Run:
 
 
 class _Activity:
-    """Work in progress: remaining isolated seconds, shared by its runs (one per member device)."""
-    __slots__ = ("runs", "links", "remaining", "rate", "last", "version", "start")
+    """Work in progress: remaining isolated seconds, shared by its runs (one per member device).
+    `ev` is the pending finish timeout; a timeout that is no longer `ev` is stale and ignored."""
+    __slots__ = ("runs", "links", "remaining", "rate", "last", "ev", "start")
 
     def __init__(self, runs, links, work, now):
         self.runs, self.links = runs, links
-        self.remaining, self.rate, self.last, self.version, self.start = work, 0.0, now, 0, now
+        self.remaining, self.rate, self.last, self.ev, self.start = work, 0.0, now, None, now
 
 
 class _Group:
@@ -124,6 +127,7 @@ class SimRuntime:
         self._groups: dict = {}
         self._shared = hardware.interconnect.shared_link
         self._rows: list = []
+        self._op_cost: dict = {}       # id(op) -> (op, OpCost): ops are re-launched on many devices
         self._arrivals: deque = deque()
         self._arrival_waiter = None
         self._source_done = False
@@ -298,17 +302,34 @@ class SimRuntime:
     # ------------------------------------------------------------------------------ ops
     def _start(self, st: _Stream, item: _Item) -> None:
         op = item.op
-        cost = self.cost.cost(op)
-        run = _Run(st, item, cost, self.env._now)
+        hit = self._op_cost.get(id(op))
+        if hit is None or hit[0] is not op:
+            kind = op.kind if type(op) is Collective else _KIND[type(op).__name__]
+            hit = self._op_cost[id(op)] = (op, self.cost.cost(op), kind)
+        cost = hit[1]
+        now = self.env._now
+        run = _Run(st, item, cost, hit[2], now)
         st.busy = True
         st.current = run
         d = st.device
-        self._running[d].append(run)
+        running = self._running[d]
+        running.append(run)
         if cost.op_class == "comm":
             self._join(run, op, d)
+            return
+        run.activity = run
+        run.runs = (run,)
+        run.links = ()
+        run.remaining = cost.seconds
+        run.last = now
+        if len(running) == 1:          # alone on an idle device: full speed, no contention model
+            run.rate = 1.0
+            run.ev = ev = self.env.timeout(cost.seconds)
+            ev.act = run
+            ev.callbacks.append(self._on_timeout)
         else:
-            act = _Activity((run,), (), cost.seconds, self.env._now)
-            run.activity = act
+            run.rate = 0.0
+            run.ev = None
             self._reflow((d,), ())
 
     def _join(self, run: _Run, op, device: int) -> None:
@@ -347,6 +368,12 @@ class SimRuntime:
             running = self._running[d]
             if not running:
                 continue
+            if len(running) == 1:
+                run = running[0]
+                run.factor = 1.0
+                if run.activity is not None:
+                    touched[run.activity] = None
+                continue
             for run, rate in zip(running, rates_of(running)):
                 run.factor = rate
                 if run.activity is not None:
@@ -366,32 +393,40 @@ class SimRuntime:
                 act.remaining = 0.0
             act.last = now
             act.rate = rate
-            act.version += 1
-            self.env.timeout(act.remaining / rate).callbacks.append(
-                lambda _e, act=act, v=act.version: self._finish(act, v))
+            act.ev = ev = self.env.timeout(act.remaining / rate)
+            ev.act = act
+            ev.callbacks.append(self._on_timeout)
 
-    def _finish(self, act: _Activity, version: int) -> None:
-        if version != act.version:
-            return
+    def _on_timeout(self, ev) -> None:
+        act = ev.act
+        if act.ev is ev:               # otherwise the rate changed since and a newer timeout is due
+            self._finish(act)
+
+    def _finish(self, act) -> None:
         now = self.env._now
         rows = self._rows
-        devices = []
+        busy = []
         for run in act.runs:
             st = run.stream
             item = run.item
             op = item.op
             d = st.device
-            self._running[d].remove(run)
-            kind = op.kind if type(op) is Collective else _KIND[type(op).__name__]
-            rows.append((d, st.index, st.priority, op.name, kind, run.op_class, item.request,
+            running = self._running[d]
+            running.remove(run)
+            if running:
+                busy.append(d)
+            rows.append((d, st.index, st.priority, op.name, run.kind, run.op_class, item.request,
                          item.phase, run.start, now, act.start, run.cost.seconds))
             st.busy = False
             st.current = None
-            devices.append(d)
+        links = []
         for link in act.links:
             members = self._links[link]
             del members[act]
-        self._reflow(devices, act.links)
+            if members:
+                links.append(link)
+        if busy or links:
+            self._reflow(busy, links)
         for run in act.runs:
             self._advance(run.stream)
 

@@ -29,3 +29,8 @@ class SimulationError(RuntimeError):
 
 class DeadlockError(SimulationError):
     """The event queue emptied while launched ops were still pending."""
+
+
+class PointError(ConfigError):
+    """A configuration error that concerns one sweep point only (a model that does not fit, a TP
+    degree that does not divide the heads); other points of the sweep can still run."""

@@ -1,0 +1,176 @@
+"""Experiments: one YAML file -> a list of independent, validated jobs (sweep points x strategies).
+
+Keys: ``name`` (default: the file's stem), ``model``, ``hardware``, ``devices``, ``seed``,
+``strategies`` (names, or mappings ``{name: ..., label: ..., <params>}``), ``workload`` and
+``outputs``. Any scalar may be a list: the experiment is swept over the cartesian product of
+every such list (in the order the keys appear); a list inside a strategy mapping makes one variant of
+that strategy per value. Each job is re-parsed from its plain-dict form, so jobs can be sent to
+worker processes and cached by content.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .schema import Section
+
+TOP_KEYS = ("name", "description", "model", "hardware", "devices", "seed", "strategies",
+            "workload", "outputs")
+NOT_SWEPT = ("values",)          # keys whose list value is data, not a sweep axis
+
+
+@dataclass(frozen=True)
+class Job:
+    """One simulation: a sweep point and one strategy variant, as plain data."""
+    index: int
+    experiment: str
+    where: str
+    config: dict                 # name/model/hardware/devices/seed/workload (one sweep point)
+    strategy: dict               # {name: ..., params...}
+    strategy_key: str            # e.g. "strategies[1]" for error messages
+    label: str
+    point: dict = field(default_factory=dict)   # swept path -> value
+    base_dir: str = "."
+
+    def cache_key(self) -> str:
+        blob = json.dumps({"config": self.config, "strategy": self.strategy, "label": self.label},
+                          sort_keys=True, default=str)
+        extra = []
+        for key in ("hardware",):
+            value = self.config.get(key)
+            if isinstance(value, str) and os.path.isfile(value):
+                with open(value, "rb") as fh:
+                    extra.append(hashlib.sha256(fh.read()).hexdigest())
+        from . import __version__
+        blob += __version__ + "".join(extra)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def read_yaml(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise ConfigError(path, "", "no such experiment file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "", "not valid YAML: " + " ".join(str(exc).split())[:200]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "", "not a UTF-8 text file") from None
+
+
+def _sweep_axes(node: Any, path: str, axes: list) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                continue
+            k = str(k)
+            if k in NOT_SWEPT:
+                continue
+            _sweep_axes(v, f"{path}.{k}" if path else k, axes)
+    elif isinstance(node, list) and node and all(_is_scalar(x) for x in node):
+        axes.append((path, node))
+
+
+def _is_scalar(x: Any) -> bool:
+    return x is None or isinstance(x, (bool, int, float, str))
+
+
+def _set_path(node: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def _deepcopy(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str)) if x is not None else None
+
+
+def _expand(node: dict, axes: list) -> list[tuple[dict, dict]]:
+    out = []
+    for values in itertools.product(*(vals for _, vals in axes)):
+        copy = _deepcopy(node)
+        point = {}
+        for (path, _), v in zip(axes, values):
+            _set_path(copy, path, v)
+            point[path] = v
+        out.append((copy, point))
+    return out
+
+
+def _strategy_variants(entry: Any, where: str, key: str) -> list[tuple[dict, str]]:
+    """(strategy dict, label) for each variant of one `strategies` entry."""
+    if isinstance(entry, str):
+        return [({"name": entry}, entry)]
+    if not isinstance(entry, dict):
+        raise ConfigError(where, key, "each strategy is a name or a mapping with 'name'")
+    if "name" not in entry:
+        raise ConfigError(where, f"{key}.name", "is required but missing")
+    axes: list = []
+    _sweep_axes({k: v for k, v in entry.items() if k not in ("name", "label")}, "", axes)
+    variants = []
+    for copy, point in _expand(dict(entry), axes):
+        label = copy.pop("label", None)
+        if label is None:
+            params = [f"{k}={v}" for k, v in copy.items() if k != "name"]
+            label = copy["name"] + (f"[{','.join(params)}]" if params else "")
+        elif point:
+            label = f"{label}[{','.join(f'{k}={v}' for k, v in point.items())}]"
+        variants.append((copy, str(label)))
+    return variants
+
+
+def load_experiment(path: str, overrides: dict | None = None) -> list[Job]:
+    """Parse an experiment file into jobs. Structural errors raise ConfigError at once."""
+    data = read_yaml(path)
+    where = path
+    top = Section(data, where)
+    for k in top.data:
+        if k not in TOP_KEYS:
+            raise top.error(k, "unknown key; allowed here: " + ", ".join(TOP_KEYS))
+    data = dict(top.data)
+    if overrides:
+        data.update(overrides)
+    name = data.get("name", os.path.splitext(os.path.basename(path))[0])
+    if not isinstance(name, str):
+        raise ConfigError(where, "name", "expected a string")
+    for required in ("model", "hardware", "devices", "strategies", "workload"):
+        if required not in data:
+            raise ConfigError(where, required, "is required but missing")
+    strategies = data.pop("strategies")
+    if isinstance(strategies, str):
+        strategies = [strategies]
+    if not isinstance(strategies, list) or not strategies:
+        raise ConfigError(where, "strategies", "expected a non-empty list of strategies")
+    variants = []
+    for i, entry in enumerate(strategies):
+        for strat, label in _strategy_variants(entry, where, f"strategies[{i}]"):
+            variants.append((strat, f"strategies[{i}]", label))
+    labels = [v[2] for v in variants]
+    dup = next((lab for lab in labels if labels.count(lab) > 1), None)
+    if dup:
+        raise ConfigError(where, "strategies", f"two strategies share the label {dup!r}; give each a 'label'")
+    data.pop("outputs", None)
+    data["name"] = name
+    axes: list = []
+    _sweep_axes(data, "", axes)
+    jobs = []
+    base_dir = os.path.dirname(os.path.abspath(path))
+    for config, point in _expand(data, axes):
+        for strat, skey, label in variants:
+            jobs.append(Job(len(jobs), name, where, config, strat, skey, label, point, base_dir))
+    return jobs
+
+
+def outputs_section(path: str) -> dict:
+    """The experiment's `outputs` mapping (trace window etc.), validated loosely by the runner."""
+    data = read_yaml(path)
+    value = data.get("outputs", {}) if isinstance(data, dict) else {}
+    return value if isinstance(value, dict) else {}

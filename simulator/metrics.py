@@ -1,0 +1,88 @@
+"""Metrics computed from a trace (the seam shared by simulated and measured runs).
+
+Per request: JCT (job completion time: finish - arrival), TTFT (first token - arrival) and TPOT
+(time per output token after the first). Per run: JCT mean/p50/p90/p99, throughput (measured
+requests over the span from the first measured arrival to the last measured finish), TTFT and TPOT
+for generative runs, the fraction of the run each device is busy, and the exposed communication
+time: per device, the time some communication op runs while no compute or memory op does.
+Warm-up requests (``measured == False``) are left out of every request metric.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .trace import Trace
+
+
+def request_metrics(trace: Trace) -> pd.DataFrame:
+    df = trace.request_frame()
+    if df.empty:
+        return df.assign(jct_s=[], ttft_s=[], tpot_s=[], queue_s=[])
+    df["jct_s"] = df["finish_s"] - df["arrival_s"]
+    df["ttft_s"] = df["first_token_s"] - df["arrival_s"]
+    df["queue_s"] = df["start_s"] - df["arrival_s"]
+    gen = df["output_tokens"] > 1
+    df["tpot_s"] = np.where(gen, (df["finish_s"] - df["first_token_s"])
+                            / np.maximum(df["output_tokens"] - 1, 1), np.nan)
+    return df
+
+
+def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
+    """Total length of the union of intervals [starts[i], ends[i])."""
+    if len(starts) == 0:
+        return 0.0
+    order = np.argsort(starts, kind="stable")
+    s = starts[order]
+    e = np.maximum.accumulate(ends[order])
+    # a new merged segment starts where s exceeds every earlier end
+    new = np.empty(len(s), dtype=bool)
+    new[0] = True
+    new[1:] = s[1:] > e[:-1]
+    seg_start = s[new]
+    idx = np.flatnonzero(new)
+    seg_end = e[np.r_[idx[1:] - 1, len(s) - 1]]
+    return float(np.sum(seg_end - seg_start))
+
+
+def device_metrics(trace: Trace) -> pd.DataFrame:
+    """Per device: busy time, compute time, communication time, exposed communication time."""
+    ops = trace.ops()
+    span = float(trace.meta.get("makespan_s", ops["end_s"].max() if len(ops) else 0.0)) or 1.0
+    rows = []
+    for d in range(int(trace.meta.get("devices", ops["device"].max() + 1 if len(ops) else 0))):
+        sub = ops[ops["device"] == d]
+        comm = sub["op_class"].to_numpy() == "comm"
+        s, e = sub["start_s"].to_numpy(float), sub["end_s"].to_numpy(float)
+        busy = union_length(s, e)
+        work = union_length(s[~comm], e[~comm])
+        comm_t = union_length(s[comm], e[comm])
+        exposed = busy - work
+        rows.append({"device": d, "busy_s": busy, "busy_fraction": busy / span,
+                     "compute_s": work, "comm_s": comm_t, "exposed_comm_s": exposed})
+    return pd.DataFrame(rows)
+
+
+def summarize(trace: Trace) -> dict:
+    """One row of run metrics (seconds, requests per second)."""
+    req = request_metrics(trace)
+    m = req[req["measured"]] if len(req) else req
+    out: dict = {"requests": int(len(m))}
+    if len(m):
+        jct = m["jct_s"].to_numpy()
+        out.update(jct_mean_s=float(jct.mean()), jct_p50_s=float(np.percentile(jct, 50)),
+                   jct_p90_s=float(np.percentile(jct, 90)), jct_p99_s=float(np.percentile(jct, 99)))
+        span = float(m["finish_s"].max() - m["arrival_s"].min())
+        out["throughput_rps"] = len(m) / span if span > 0 else float("nan")
+        out["ttft_mean_s"] = float(m["ttft_s"].mean())
+        out["ttft_p90_s"] = float(np.percentile(m["ttft_s"], 90))
+        tpot = m["tpot_s"].dropna()
+        out["tpot_mean_s"] = float(tpot.mean()) if len(tpot) else float("nan")
+    dev = device_metrics(trace)
+    if len(dev):
+        out["busy_fraction"] = float(dev["busy_fraction"].mean())
+        out["exposed_comm_s"] = float(dev["exposed_comm_s"].mean())
+        out["exposed_comm_fraction"] = float((dev["exposed_comm_s"] / dev["busy_s"].clip(lower=1e-30)).mean())
+    out["makespan_s"] = float(trace.meta.get("makespan_s", 0.0))
+    out["ops"] = len(trace)
+    return out
