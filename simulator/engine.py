@@ -214,6 +214,29 @@ class SimRuntime:
             self._host_state = "running"
         return self._arrivals.popleft()
 
+    def try_next_request(self):
+        """The next arrived request without blocking, or None if none is waiting."""
+        return self._arrivals.popleft() if self._arrivals else None
+
+    def arrivals_done(self) -> bool:
+        """True once every request has arrived and been taken by the host."""
+        return self._source_done and not self._arrivals
+
+    def wait_any(self, events) -> Generator:
+        """Host blocks until at least one of `events` has completed (returns at once if one has)."""
+        if any(e.done for e in events):
+            return
+        waiter = self.env.event()
+
+        def fire(_t):
+            if not waiter.triggered:
+                waiter.succeed()
+        for e in events:
+            self.when(e, fire)
+        self._host_state = "blocked in wait_any on events " + ", ".join(repr(e.name) for e in events)
+        yield waiter
+        self._host_state = "running"
+
     def pending_requests(self) -> int:
         """Requests that have arrived and not been taken by the host."""
         return len(self._arrivals)
