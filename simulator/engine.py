@@ -56,11 +56,11 @@ class Event:
 
 
 class _Item:
-    __slots__ = ("kind", "op", "ready_at", "event", "request", "phase")
+    __slots__ = ("kind", "op", "ready_at", "event", "request", "phase", "seq")
 
-    def __init__(self, kind, op, ready_at, event, request, phase):
+    def __init__(self, kind, op, ready_at, event, request, phase, seq=0):
         self.kind, self.op, self.ready_at, self.event = kind, op, ready_at, event
-        self.request, self.phase = request, phase
+        self.request, self.phase, self.seq = request, phase, seq
 
 
 class _Stream:
@@ -127,6 +127,7 @@ class SimRuntime:
         self._groups: dict = {}
         self._shared = hardware.interconnect.shared_link
         self._rows: list = []
+        self._end = 0.0                # time of the last op end or event (stale timeouts run later)
         self._op_cost: dict = {}       # id(op) -> (op, OpCost): ops are re-launched on many devices
         self._arrivals: deque = deque()
         self._arrival_waiter = None
@@ -161,7 +162,16 @@ class SimRuntime:
         now = self.env._now
         host[device] = t = (t if t > now else now) + self.launch_s
         st = self._streams[device][stream]
-        st.queue.append(_Item(_OP, op, t, None, request, phase))
+        seq = 0
+        if type(op) is Collective or type(op) is SendRecv:
+            # NCCL semantics: the i-th launch of a group on a device joins the group's i-th instance
+            if device not in op.group:
+                raise SimulationError(f"{_describe(op)} launched on device {device}, "
+                                      f"not a member of {op.group}")
+            seq_key = (device, type(op).__name__, getattr(op, "kind", ""), op.group)
+            seq = self._coll_seq.get(seq_key, 0)
+            self._coll_seq[seq_key] = seq + 1
+        st.queue.append(_Item(_OP, op, t, None, request, phase, seq))
         if not st.busy and not st.blocked and len(st.queue) == 1:
             self._advance(st)
 
@@ -311,7 +321,7 @@ class SimRuntime:
 
     def _complete_event(self, ev: Event) -> None:
         ev.done = True
-        ev.time = self.env._now
+        ev.time = self._end = self.env._now
         for st in ev._streams:
             st.blocked = False
             self._advance(st)
@@ -357,13 +367,8 @@ class SimRuntime:
 
     def _join(self, run: _Run, op, device: int) -> None:
         group = op.group
-        if device not in group:
-            raise SimulationError(f"{_describe(op)} launched on device {device}, not a member of {group}")
         key = (type(op).__name__, getattr(op, "kind", ""), group)
-        seq_key = (device, key)
-        seq = self._coll_seq.get(seq_key, 0)
-        self._coll_seq[seq_key] = seq + 1
-        gkey = (key, seq)
+        gkey = (key, run.item.seq)
         g = self._groups.get(gkey)
         if g is None:
             g = self._groups[gkey] = _Group(op, len(group))
@@ -427,6 +432,7 @@ class SimRuntime:
 
     def _finish(self, act) -> None:
         now = self.env._now
+        self._end = now
         rows = self._rows
         busy = []
         for run in act.runs:
@@ -474,7 +480,7 @@ class SimRuntime:
             stuck.append(f"host: {self._host_state}")
         unfinished = [rid for rid, rec in self._requests.items() if rec[3] is None]
         if stuck:
-            raise DeadlockError(f"deadlock at t={self.env.now:.6f}s: " + "; ".join(stuck))
+            raise DeadlockError(f"deadlock at t={self._end:.6f}s: " + "; ".join(stuck))
         if unfinished:
             raise SimulationError(f"{len(unfinished)} request(s) never finished (first: {unfinished[0]}); "
                                   "the strategy did not mark their completion")
@@ -514,7 +520,7 @@ class SimRuntime:
             records.append(RequestRecord(rid, arrival, start, first if first is not None else finish,
                                          finish, req.prompt_tokens, req.output_tokens, req.batch,
                                          req.measured))
-        meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self.env.now}
+        meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self._end}
         return Trace(self._rows, records, meta)
 
 

@@ -241,10 +241,6 @@ def test_collective_instances_match_in_launch_order():
         assert_times(trace, "ar2", 2.0, 4.0, device=d, transfer_start=2.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: _join numbers a device's collective instances in the order they START on the "
-    "device, not the order they were LAUNCHED (engine docstring: 'the i-th launch of a group on a "
-    "device joins the i-th instance'), so ops on different streams pair with the wrong peer"))
 def test_collective_instances_match_in_launch_order_across_streams():
     table = {"x": (2.0, "compute"), "ar1": (1.0, "comm"), "ar2": (2.0, "comm")}
 
@@ -335,10 +331,6 @@ def test_compute_rate_is_recomputed_at_every_change_beside_it():
     assert_times(trace, "g", 0.0, 2.16, device=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: trace.meta['makespan_s'] is env.now after env.run(), which includes stale "
-    "finish timeouts of activities that were rescheduled earlier (here g's first estimate 1.25), "
-    "so the makespan overshoots the last op's end (1.2)"))
 def test_makespan_is_the_end_of_the_last_op():
     table = {"g": (1.0, "compute"), "ar": (1.0, "comm")}
 

@@ -1,0 +1,151 @@
+"""The built-in A100 SXM and H100 SXM profiles against Vidur's measurements (microsoft/vidur, MIT).
+
+Predicted by `CostModel` with the shipped profiles, compared with Vidur's median kernel times:
+the four projection GEMMs of Llama-2-7b and -70b (every row: 1-4096 tokens, tensor parallel 1-8),
+single-node all-reduce at n = 2, 4, 8, and send/recv between two devices of one node. The data are
+read from ``../shared/data/vidur`` beside the repository (never copied into it); the module is
+skipped where that folder is absent. Vidur's network ``size`` column is in bytes (see
+benchmarks/fit_vidur.py for why). The median absolute percentage errors are printed whether or
+not pytest captures output, and attached to each test with ``record_property``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simulator.cost import CostModel
+from simulator.hardware import load_hardware
+from simulator.ops import Collective, Gemm, SendRecv
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vidur"
+if not (DATA / "network").is_dir() or not (DATA / "compute").is_dir():
+    pytest.skip(f"Vidur measurements not found at {DATA} (they live beside the repository, in "
+                "../shared/data/vidur; a plain clone has none)", allow_module_level=True)
+
+DEVICES = {"a100": ("a100-sxm4-80gb", "a100_dgx"), "h100": ("h100-sxm5-80gb", "h100_dgx")}
+MODELS = ("Llama-2-7b-hf", "Llama-2-70b-hf")
+FAMILIES = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+
+# Bounds on the median absolute percentage error, with the reason for each.
+# GEMM: the roofline with wave quantisation, after fitting two efficiencies, lands at 5.7% (A100) and
+# 7.2% (H100) over all 8352 GEMMs; per family and model at most ~11%. 20% per family is the bound the
+# design asks for; 10% over all rows catches a regression of the tile/wave model.
+GEMM_FAMILY_BOUND_PCT = 20.0
+GEMM_ALL_BOUND_PCT = 10.0
+# All-reduce: one alpha-beta line per group size cannot follow NCCL's switch of protocol (LL/LL128
+# for small messages, Simple above a few MiB): after the fit the medians are 4.3/12.5/11.7% (A100
+# n = 2/4/8) and 2.8/5.1/4.3% (H100); 15% holds all of them with a little room for refits.
+ALL_REDUCE_BOUND_PCT = 15.0
+# Send/recv: A100 bandwidth peaks at 16-32 MiB (258 GB/s) and falls at 64 MiB (228), which a
+# constant bandwidth cannot follow: 9.5% median after the fit (H100 1.7%).
+SEND_RECV_BOUND_PCT = 12.0
+
+
+def gemm_shape(row, family: str) -> tuple[int, int, int]:
+    """(m, n, k) of one projection GEMM on one device of the tensor-parallel group."""
+    tp = int(row["num_tensor_parallel_workers"])
+    head_dim = int(row["n_embd"]) // int(row["n_head"])
+    m, embd, ffn = int(row["num_tokens"]), int(row["n_embd"]), int(row["n_expanded_embd"])
+    return {
+        "attn_pre_proj": (m, (int(row["n_head"]) + 2 * int(row["n_kv_head"])) * head_dim // tp, embd),
+        "attn_post_proj": (m, embd, int(row["n_head"]) * head_dim // tp),
+        "mlp_up_proj": (m, ffn * (2 if bool(row["use_gated_mlp"]) else 1) // tp, embd),
+        "mlp_down_proj": (m, embd, ffn // tp),
+    }[family]
+
+
+def pct_errors(pred, measured) -> np.ndarray:
+    return np.abs(np.asarray(pred, float) / np.asarray(measured, float) - 1.0) * 100.0
+
+
+@pytest.fixture(scope="module")
+def gemm_errors() -> pd.DataFrame:
+    """One row per (device, model, family, CSV row): the absolute percentage error."""
+    out = []
+    for device, (profile, _) in DEVICES.items():
+        cm = CostModel(load_hardware(profile))
+        for model in MODELS:
+            df = pd.read_csv(DATA / "compute" / device / model / "mlp.csv")
+            for _, row in df.iterrows():
+                for family in FAMILIES:
+                    m, n, k = gemm_shape(row, family)
+                    measured = row[f"time_stats.{family}.median"] * 1e-3
+                    out.append((device, model, family, float(pct_errors(cm.seconds(Gemm(m, n, k)), measured))))
+    return pd.DataFrame(out, columns=["device", "model", "family", "err"])
+
+
+def network(system: str, kind: str, n: int) -> pd.DataFrame:
+    df = pd.read_csv(DATA / "network" / system / f"{kind}.csv")
+    return df[(df["num_workers"] == n) & (df["devices_per_node"] == n)]
+
+
+@pytest.fixture(scope="module")
+def comm_errors() -> pd.DataFrame:
+    """Median absolute percentage error per (device, op): all_reduce n=2/4/8 and send_recv."""
+    out = []
+    for device, (profile, system) in DEVICES.items():
+        cm = CostModel(load_hardware(profile))
+        for n in (2, 4, 8):
+            df = network(system, "all_reduce", n)
+            assert len(df) > 500, f"expected the single-node rows of {system} n={n}"
+            group = tuple(range(n))
+            pred = [cm.seconds(Collective("all_reduce", float(s), group)) for s in df["size"]]
+            out.append((device, f"all_reduce n={n}", len(df),
+                        float(np.median(pct_errors(pred, df["time_stats.all_reduce.median"] * 1e-3)))))
+        df = network(system, "send_recv", 2)
+        pred = [cm.seconds(SendRecv(float(s), 0, 1)) for s in df["size"]]
+        out.append((device, "send_recv", len(df),
+                    float(np.median(pct_errors(pred, df["time_stats.send_recv.median"] * 1e-3)))))
+    return pd.DataFrame(out, columns=["device", "op", "rows", "median_abs_pct"])
+
+
+def test_report(gemm_errors, comm_errors, capsys, record_property):
+    """Prints the error tables (even under capture) and attaches them to the test report."""
+    by_family = gemm_errors.groupby(["device", "family"])["err"].median().unstack("device").round(1)
+    overall = gemm_errors.groupby("device")["err"].median().round(1)
+    lines = ["", "Vidur vs CostModel, median absolute percentage error",
+             "GEMM by family:", by_family.to_string(), "GEMM all rows: " + overall.to_string().replace("\n", ", "),
+             "Communication:", comm_errors.round(1).to_string(index=False)]
+    with capsys.disabled():
+        print("\n".join(lines))
+    for device, err in overall.items():
+        record_property(f"gemm_{device}_median_abs_pct", float(err))
+    for row in comm_errors.itertuples():
+        record_property(f"{row.op.replace(' ', '_')}_{row.device}_median_abs_pct", round(row.median_abs_pct, 2))
+
+
+@pytest.mark.parametrize("device", sorted(DEVICES))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gemm_family_median_error(gemm_errors, record_property, device, family):
+    rows = gemm_errors[(gemm_errors["device"] == device) & (gemm_errors["family"] == family)]
+    assert len(rows) == 2 * 1044
+    err = float(rows["err"].median())
+    record_property("median_abs_pct", round(err, 2))
+    assert err <= GEMM_FAMILY_BOUND_PCT, f"{device} {family}: median abs error {err:.1f}%"
+
+
+@pytest.mark.parametrize("device", sorted(DEVICES))
+def test_gemm_all_rows_median_error(gemm_errors, record_property, device):
+    err = float(gemm_errors[gemm_errors["device"] == device]["err"].median())
+    record_property("median_abs_pct", round(err, 2))
+    assert err <= GEMM_ALL_BOUND_PCT, f"{device}: median abs error {err:.1f}% over all GEMMs"
+
+
+@pytest.mark.parametrize("device", sorted(DEVICES))
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_all_reduce_median_error(comm_errors, record_property, device, n):
+    row = comm_errors[(comm_errors["device"] == device) & (comm_errors["op"] == f"all_reduce n={n}")]
+    err = float(row["median_abs_pct"].iloc[0])
+    record_property("median_abs_pct", round(err, 2))
+    assert err <= ALL_REDUCE_BOUND_PCT, f"{device} all_reduce n={n}: median abs error {err:.1f}%"
+
+
+@pytest.mark.parametrize("device", sorted(DEVICES))
+def test_send_recv_median_error(comm_errors, record_property, device):
+    row = comm_errors[(comm_errors["device"] == device) & (comm_errors["op"] == "send_recv")]
+    err = float(row["median_abs_pct"].iloc[0])
+    record_property("median_abs_pct", round(err, 2))
+    assert err <= SEND_RECV_BOUND_PCT, f"{device} send_recv: median abs error {err:.1f}%"
