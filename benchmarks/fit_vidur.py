@@ -2,7 +2,7 @@
 
 Data: microsoft/vidur `data/profiling/` (MIT), read from ``../shared/data/vidur`` beside the repository
 (never copied into it). The fitted values are pasted by hand into ``hwprofiles/*.yaml``, whose source
-strings name this script; nothing is written unless a future ``--write`` asks for it.
+strings name this script. The script only prints: it writes nothing (there is no ``--write``).
 
 What is fitted, and how:
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from simulator.cost import CostModel  # noqa: E402
 from simulator.hardware import load_hardware  # noqa: E402
-from simulator.ops import Gemm  # noqa: E402
+from simulator.ops import Collective, Gemm, SendRecv  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "vidur"
 GEMM_FAMILIES = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
@@ -155,41 +155,58 @@ def band_errors(nbytes: np.ndarray, err: np.ndarray) -> str:
                      for lo, hi, name in bands if ((nbytes >= lo) & (nbytes < hi)).any())
 
 
-def report_alpha_beta(label: str, nbytes: np.ndarray, factor: float, seconds: np.ndarray) -> None:
+def report_alpha_beta(label: str, nbytes: np.ndarray, factor: float, seconds: np.ndarray,
+                      shipped: np.ndarray) -> None:
+    """Fit, print the fit and its errors, and the error of the profile as shipped (`shipped`: its
+    CostModel predictions for the same rows), which should match once the YAML holds the fit."""
     alpha, bw = fit_alpha_beta(factor * nbytes, seconds)
     err = abs_pct(alpha + factor * nbytes / bw, seconds)
     print(f"  {label:<34} alpha_us {alpha * 1e6:6.1f}  bw_gb_per_s {bw / 1e9:6.1f}  rows {len(seconds):5d}"
           f"  sizes {size_label(nbytes.min())}..{size_label(nbytes.max())}"
           f"  median abs err {np.median(err):5.1f}%  p90 {np.percentile(err, 90):5.1f}%"
-          f"  [{band_errors(nbytes, err)}]")
+          f"  [{band_errors(nbytes, err)}]  shipped {np.median(abs_pct(shipped, seconds)):5.1f}%")
+
+
+def predict_collectives(profile_name: str, kind: str, n: int, nbytes: np.ndarray) -> np.ndarray:
+    cm = CostModel(load_hardware(profile_name))
+    if kind == "send_recv":
+        return np.array([cm.seconds(SendRecv(float(s), 0, 1)) for s in nbytes])
+    return np.array([cm.seconds(Collective(kind, float(s), tuple(range(n)))) for s in nbytes])
 
 
 def report_size_unit(data: Path) -> None:
-    print("Unit check of `size` (all_reduce, largest size, single node): implied busbw if bytes / if fp16 elements")
+    print("Unit check of `size` (all_reduce, largest size, single node):"
+          " implied busbw if bytes / if fp16 elements")
     for system, line_rate in LINE_RATE_GB_PER_S.items():
         for n in GROUP_SIZES:
             rows = network_rows(data, system, "all_reduce", n)
             i = int(np.argmax(rows["bytes"].to_numpy()))
             s, t = rows["bytes"].iloc[i], rows["measured_s"].iloc[i]
             bus = 2 * (n - 1) / n * s / t / 1e9
-            print(f"  {system} n={n}: {bus:6.1f} / {2 * bus:6.1f} GB/s   (NVLink line rate {line_rate:.0f} per direction)")
+            print(f"  {system} n={n}: {bus:6.1f} / {2 * bus:6.1f} GB/s"
+                  f"   (NVLink line rate {line_rate:.0f} per direction)")
 
 
 def report_network(data: Path) -> None:
-    print("\nCollectives: t = alpha + 2(n-1)/n * bytes / busbw (relative least squares, single node)")
+    print("\nCollectives: t = alpha + 2(n-1)/n * bytes / busbw (relative least squares, single node);"
+          " 'shipped': the built-in profile's median abs error on the same rows")
     for device, system in NETWORKS.items():
         for n in GROUP_SIZES:
             rows = network_rows(data, system, "all_reduce", n)
-            report_alpha_beta(f"{DEVICES[device]} all_reduce n={n}", rows["bytes"].to_numpy(),
-                              2 * (n - 1) / n, rows["measured_s"].to_numpy())
+            nbytes = rows["bytes"].to_numpy()
+            report_alpha_beta(f"{DEVICES[device]} all_reduce n={n}", nbytes, 2 * (n - 1) / n,
+                              rows["measured_s"].to_numpy(),
+                              predict_collectives(DEVICES[device], "all_reduce", n, nbytes))
     rows = network_rows(data, "a100_pairwise_nvlink", "all_reduce", 4)
-    report_alpha_beta("a100_pairwise_nvlink all_reduce n=4", rows["bytes"].to_numpy(), 1.5,
-                      rows["measured_s"].to_numpy())
+    nbytes = rows["bytes"].to_numpy()
+    report_alpha_beta("a100_pairwise_nvlink all_reduce n=4", nbytes, 1.5, rows["measured_s"].to_numpy(),
+                      predict_collectives("a100-pcie-40gb", "all_reduce", 4, nbytes))
     print("\nSend/recv: t = alpha + bytes / bandwidth (relative least squares, both devices in one node)")
     for device, system in NETWORKS.items():
         rows = network_rows(data, system, "send_recv", 2)
-        report_alpha_beta(f"{DEVICES[device]} send_recv", rows["bytes"].to_numpy(), 1.0,
-                          rows["measured_s"].to_numpy())
+        nbytes = rows["bytes"].to_numpy()
+        report_alpha_beta(f"{DEVICES[device]} send_recv", nbytes, 1.0, rows["measured_s"].to_numpy(),
+                          predict_collectives(DEVICES[device], "send_recv", 2, nbytes))
 
 
 def report_gemm(data: Path) -> None:
@@ -207,8 +224,9 @@ def report_gemm(data: Path) -> None:
               f"  (kernel_overhead_us {profile.device.kernel_overhead_s * 1e6:g})  rows {len(rows)}"
               f"  median abs err {rows['err'].median():.1f}%  p90 {rows['err'].quantile(0.9):.1f}%"
               f"  (profile as shipped: {np.median(shipped):.1f}%)")
-        table = rows.groupby(["model", "family"])["err"].median().unstack("model")
-        print("    median abs err % by family:\n" + table.round(1).to_string().replace("\n", "\n    "))
+        table = rows.groupby(["family", "model"])["err"].median().unstack("model").round(1)
+        table.columns.name, table.index.name = None, None
+        print("    median abs err % by family:\n    " + table.to_string().replace("\n", "\n    "))
         rows["tokens"] = pd.cut(rows["m"], [0, 64, 256, 1024, 4096])
         by_m = rows.groupby("tokens", observed=True)["err"].median().round(1)
         print("    by num_tokens: " + ", ".join(f"{k} {v}%" for k, v in by_m.items()))

@@ -56,6 +56,10 @@ def build(job: Job) -> Built:
     if isinstance(model_spec, str) and (model_spec.endswith(".json") or os.sep in model_spec):
         model_spec = _resolve(model_spec, job.base_dir)
     model = load_model(model_spec, where, "model")
+    if model.dtype not in hardware.device.peak_flops:
+        raise PointError(where, "model", f"model {model.name} computes in {model.dtype} but profile "
+                         f"{hardware.name} has rates only for " + ", ".join(hardware.device.peak_flops)
+                         + "; set the model's dtype, e.g. {preset: NAME, dtype: fp16}")
     devices = check_value(cfg["devices"], int, where, "devices", min=1, max=hardware.max_devices)
     seed = check_value(cfg.get("seed", 0), int, where, "seed", min=0)
     workload = parse_workload(cfg["workload"], where, "workload", base_dir=job.base_dir)
@@ -115,11 +119,16 @@ class JobResult:
     error: Optional[str]
 
 
-def run_job(job: Job, keep_trace: bool = False) -> JobResult:
+def _base_row(job: Job) -> dict:
     base = {"experiment": job.experiment, "strategy": job.label,
             "model": _short(job.config.get("model")), "hardware": _short(job.config.get("hardware")),
             "devices": job.config.get("devices")}
     base.update(job.point)
+    return base
+
+
+def run_job(job: Job, keep_trace: bool = False) -> JobResult:
+    base = _base_row(job)
     try:
         built = build(job)
         trace = simulate(built)
@@ -187,8 +196,7 @@ def run_experiment(path: str, out_dir: str, workers: int = 1, progress: bool = T
     todo = []
     for job, err in zip(jobs, point_errors):
         if err:
-            results[job.index] = JobResult(job.index, {"experiment": job.experiment, "strategy": job.label,
-                                                       **job.point, "error": err}, None, None, err)
+            results[job.index] = JobResult(job.index, {**_base_row(job), "error": err}, None, None, err)
             continue
         hit = None if job.index in traced else _cached(out_dir, job)
         if hit is not None:
@@ -239,7 +247,7 @@ def _default_traced(jobs: list[Job]) -> set:
 
 def _summary_frame(results: list[JobResult], jobs: list[Job]) -> pd.DataFrame:
     frame = pd.DataFrame([r.row for r in results])
-    swept = list(dict.fromkeys(k for j in jobs for k in j.point))
+    swept = [k for k in dict.fromkeys(k for j in jobs for k in j.point) if k not in SUMMARY_COLUMNS]
     for col in SUMMARY_COLUMNS + swept + ["error"]:
         if col not in frame.columns:
             frame[col] = np.nan

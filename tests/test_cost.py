@@ -35,6 +35,11 @@ def value(node) -> float:
     return float(node["value"])
 
 
+def alpha_beta(entry: dict, moved_bytes: float) -> float:
+    """alpha + moved / busbw from a raw YAML collective entry."""
+    return value(entry["alpha_us"]) * 1e-6 + moved_bytes / (value(entry["busbw_gb_per_s"]) * 1e9)
+
+
 @pytest.fixture(scope="module")
 def a100():
     return load_hardware("a100-sxm4-80gb"), raw("a100-sxm4-80gb")
@@ -47,7 +52,7 @@ def a100():
 def test_all_reduce_on_idle_link_is_alpha_plus_ring_bytes_over_busbw(name, n):
     entry = raw(name)["interconnect"]["collectives"][n]
     nbytes = 48 * MIB
-    expected = value(entry["alpha_us"]) * 1e-6 + 2 * (n - 1) / n * nbytes / (value(entry["busbw_gb_per_s"]) * 1e9)
+    expected = alpha_beta(entry, 2 * (n - 1) / n * nbytes)
     cost = CostModel(load_hardware(name)).cost(Collective("all_reduce", nbytes, tuple(range(n))))
     assert cost.seconds == pytest.approx(expected, rel=1e-12)
     assert cost.op_class == "comm" and cost.bytes == pytest.approx(2 * (n - 1) / n * nbytes)
@@ -58,8 +63,9 @@ def test_all_gather_and_reduce_scatter_move_n_minus_1_over_n(a100, kind):
     hw, data = a100
     n, nbytes = 8, 16 * MIB
     entry = data["interconnect"]["collectives"][n]
-    expected = value(entry["alpha_us"]) * 1e-6 + (n - 1) / n * nbytes / (value(entry["busbw_gb_per_s"]) * 1e9)
-    assert CostModel(hw).seconds(Collective(kind, nbytes, tuple(range(n)))) == pytest.approx(expected, rel=1e-12)
+    expected = alpha_beta(entry, (n - 1) / n * nbytes)
+    got = CostModel(hw).seconds(Collective(kind, nbytes, tuple(range(n))))
+    assert got == pytest.approx(expected, rel=1e-12)
 
 
 def test_all_reduce_costs_twice_the_transfer_of_all_gather(a100):
@@ -102,14 +108,14 @@ def test_group_sizes_between_entries_use_the_next_larger_entry(a100, tmp_path):
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     cm, nbytes = CostModel(load_hardware(str(path))), 8 * MIB
 
-    def expected(n, entry):
-        return value(entry["alpha_us"]) * 1e-6 + 2 * (n - 1) / n * nbytes / (value(entry["busbw_gb_per_s"]) * 1e9)
+    def predicted(n):
+        return cm.seconds(Collective("all_reduce", nbytes, tuple(range(n))))
 
     for n in (3, 4, 5, 7):     # between 2 and 8: the 8 entry
-        assert cm.seconds(Collective("all_reduce", nbytes, tuple(range(n)))) == pytest.approx(expected(n, table[8]))
-    assert cm.seconds(Collective("all_reduce", nbytes, (0, 1))) == pytest.approx(expected(2, table[2]))
+        assert predicted(n) == pytest.approx(alpha_beta(table[8], 2 * (n - 1) / n * nbytes))
+    assert predicted(2) == pytest.approx(alpha_beta(table[2], nbytes))
     # beyond the table: the largest entry
-    assert cm.seconds(Collective("all_reduce", nbytes, tuple(range(16)))) == pytest.approx(expected(16, table[8]))
+    assert predicted(16) == pytest.approx(alpha_beta(table[8], 2 * 15 / 16 * nbytes))
 
 
 def test_built_in_table_lookup_uses_next_larger_entry(a100):
@@ -171,8 +177,9 @@ def test_decode_attention_is_memory_bound(a100):
 def test_causal_prefill_attention_costs_about_half_of_non_causal(a100):
     hw, _ = a100
     cm, overhead = CostModel(hw), hw.device.kernel_overhead_s
-    causal = cm.cost(Attention(batch=1, q_len=4096, kv_len=4096, heads=32, kv_heads=8, head_dim=128))
-    full = cm.cost(Attention(batch=1, q_len=4096, kv_len=4096, heads=32, kv_heads=8, head_dim=128, causal=False))
+    shape = dict(batch=1, q_len=4096, kv_len=4096, heads=32, kv_heads=8, head_dim=128)
+    causal = cm.cost(Attention(**shape))
+    full = cm.cost(Attention(**shape, causal=False))
     assert causal.bound == full.bound == "compute"
     assert causal.flops / full.flops == pytest.approx(4097 / 8192)
     assert (causal.seconds - overhead) / (full.seconds - overhead) == pytest.approx(0.5, abs=0.01)
@@ -234,9 +241,10 @@ def test_profile_topology_and_size(name):
 @pytest.mark.parametrize("name", FITTED_FROM_VIDUR)
 def test_vidur_fitted_profiles_name_the_fit(name):
     sources = load_hardware(name).sources
+    collectives = [f"interconnect.collectives.{n}.{p}"
+                   for n in (2, 4, 8) for p in ("alpha_us", "busbw_gb_per_s")]
     for key in ("device.gemm_efficiency", "device.memory_efficiency", "interconnect.p2p.alpha_us",
-                "interconnect.p2p.bandwidth_gb_per_s",
-                *(f"interconnect.collectives.{n}.{p}" for n in (2, 4, 8) for p in ("alpha_us", "busbw_gb_per_s"))):
+                "interconnect.p2p.bandwidth_gb_per_s", *collectives):
         assert sources[key].startswith("fitted:") and "benchmarks/fit_vidur.py" in sources[key], key
 
 

@@ -73,7 +73,8 @@ def gemm_errors() -> pd.DataFrame:
                 for family in FAMILIES:
                     m, n, k = gemm_shape(row, family)
                     measured = row[f"time_stats.{family}.median"] * 1e-3
-                    out.append((device, model, family, float(pct_errors(cm.seconds(Gemm(m, n, k)), measured))))
+                    err = float(pct_errors(cm.seconds(Gemm(m, n, k)), measured))
+                    out.append((device, model, family, err))
     return pd.DataFrame(out, columns=["device", "model", "family", "err"])
 
 
@@ -107,14 +108,16 @@ def test_report(gemm_errors, comm_errors, capsys, record_property):
     by_family = gemm_errors.groupby(["device", "family"])["err"].median().unstack("device").round(1)
     overall = gemm_errors.groupby("device")["err"].median().round(1)
     lines = ["", "Vidur vs CostModel, median absolute percentage error",
-             "GEMM by family:", by_family.to_string(), "GEMM all rows: " + overall.to_string().replace("\n", ", "),
+             "GEMM by family:", by_family.to_string(),
+             "GEMM all rows: " + ", ".join(f"{d} {e}%" for d, e in overall.items()),
              "Communication:", comm_errors.round(1).to_string(index=False)]
     with capsys.disabled():
         print("\n".join(lines))
     for device, err in overall.items():
         record_property(f"gemm_{device}_median_abs_pct", float(err))
     for row in comm_errors.itertuples():
-        record_property(f"{row.op.replace(' ', '_')}_{row.device}_median_abs_pct", round(row.median_abs_pct, 2))
+        key = f"{row.op.replace(' ', '_')}_{row.device}_median_abs_pct"
+        record_property(key, round(row.median_abs_pct, 2))
 
 
 @pytest.mark.parametrize("device", sorted(DEVICES))

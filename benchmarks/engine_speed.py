@@ -1,0 +1,67 @@
+"""Engine speed: simulated ops per wall second on a tensor-parallel run of >= 1M ops, beside the
+rate of a bare SimPy timeout loop measured in the same process (the ceiling for any SimPy model).
+
+    python benchmarks/engine_speed.py [--ops 1000000] [--devices 2]
+
+Prints figures; it is a benchmark, not a timed test.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import simpy
+
+from simulator.engine import SimRuntime
+from simulator.hardware import load_hardware
+from simulator.model import load_model
+from simulator.workload import LengthDist, Workload
+from strategies.tp import TP
+
+
+def bare_simpy_rate(n: int) -> float:
+    env = simpy.Environment()
+
+    def loop():
+        for _ in range(n):
+            yield env.timeout(1.0)
+
+    env.process(loop())
+    t0 = time.perf_counter()
+    env.run()
+    return n / (time.perf_counter() - t0)
+
+
+def engine_rate(target_ops: int, devices: int) -> tuple[int, float, float]:
+    hw = load_hardware("a100-sxm4-80gb")
+    model = load_model("llama-2-7b")
+    # ops per request: (layers * ops per layer + head) * steps * devices
+    per_layer = 10 if devices > 1 else 8
+    steps = 32
+    per_request = (model.layers * per_layer + 3) * steps * devices
+    requests = max(1, -(-target_ops // per_request))
+    wl = Workload(requests, "poisson", 50.0, 1, LengthDist("fixed", 256, 256, 256),
+                  LengthDist("fixed", steps, steps, steps))
+    rt = SimRuntime(hw, devices)
+    t0 = time.perf_counter()
+    trace = rt.run(TP(model, devices), wl.source(np.random.default_rng(0)))
+    wall = time.perf_counter() - t0
+    return len(trace), wall, len(trace) / wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", type=int, default=1_000_000)
+    ap.add_argument("--devices", type=int, default=2)
+    args = ap.parse_args()
+    bare = bare_simpy_rate(1_000_000)
+    ops, wall, rate = engine_rate(args.ops, args.devices)
+    print(f"tp run: {ops} ops on {args.devices} devices in {wall:.2f} s wall "
+          f"-> {rate:,.0f} simulated ops/s")
+    print(f"bare SimPy timeout loop: {bare:,.0f} events/s")
+    print(f"ratio engine/bare: {rate / bare:.3f}")
+
+
+if __name__ == "__main__":
+    main()

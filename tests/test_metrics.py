@@ -1,0 +1,41 @@
+"""Metrics from traces: closed forms on hand-made traces."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulator.metrics import device_metrics, summarize, union_length
+from simulator.trace import RequestRecord, Trace
+
+
+def test_union_length():
+    assert union_length(np.array([0.0, 1.0, 5.0]), np.array([2.0, 3.0, 6.0])) == 4.0
+    assert union_length(np.array([]), np.array([])) == 0.0
+    assert union_length(np.array([0.0, 0.5]), np.array([4.0, 1.0])) == 4.0
+
+
+def row(device, start, end, cls, stream=0):
+    return (device, stream, 0, "x", "gemm" if cls != "comm" else "all_reduce", cls, 0, "prefill",
+            start, end, start, end - start)
+
+
+def test_exposed_comm_and_busy_fraction():
+    rows = [row(0, 0, 2, "compute"), row(0, 1, 3, "comm", 1), row(0, 4, 5, "comm"),
+            row(1, 0, 5, "compute")]
+    t = Trace(rows, [], {"devices": 2, "makespan_s": 10.0})
+    d = device_metrics(t).set_index("device")
+    assert d.loc[0, "busy_s"] == 4.0 and d.loc[0, "exposed_comm_s"] == 2.0     # [2,3] and [4,5]
+    assert d.loc[1, "exposed_comm_s"] == 0.0 and d.loc[1, "busy_fraction"] == 0.5
+
+
+def test_request_summary():
+    reqs = [RequestRecord(0, 0.0, 0.0, 1.0, 3.0, 10, 3, 1, False),
+            RequestRecord(1, 1.0, 1.0, 2.0, 5.0, 10, 3, 1, True),
+            RequestRecord(2, 2.0, 3.0, 4.0, 6.0, 10, 1, 1, True)]
+    t = Trace([row(0, 0, 6, "compute")], reqs, {"devices": 1, "makespan_s": 6.0})
+    s = summarize(t)
+    assert s["requests"] == 2                                       # the warm-up one is left out
+    assert s["jct_mean_s"] == pytest.approx((4.0 + 4.0) / 2)
+    assert s["throughput_rps"] == pytest.approx(2 / (6.0 - 1.0))
+    assert s["ttft_mean_s"] == pytest.approx((1.0 + 2.0) / 2)
+    assert s["tpot_mean_s"] == pytest.approx(1.5)                   # (5-2)/(3-1); single-pass has none

@@ -1,0 +1,110 @@
+"""The experiment runner: sweeps, caching, worker-count independence, summary columns."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+import yaml
+
+from simulator.experiment import load_experiment
+from simulator.runner import SUMMARY_COLUMNS, run_experiment
+
+EXP = {
+    "name": "sweep",
+    "model": {"preset": "llama-2-7b", "layers": 2},
+    "hardware": "a100-sxm4-80gb",
+    "devices": [1, 2],
+    "seed": 3,
+    "strategies": ["tp"],
+    "workload": {"requests": 6, "arrival": {"kind": "poisson", "rate_rps": [50.0, 200.0]},
+                 "prompt_tokens": {"dist": "uniform", "low": 32, "high": 256}, "output_tokens": 3},
+}
+
+
+@pytest.fixture
+def exp_file(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(EXP))
+    return str(path)
+
+
+def test_sweep_expands_cartesian_product_in_key_order(exp_file):
+    jobs = load_experiment(exp_file)
+    assert [(j.point["devices"], j.point["workload.arrival.rate_rps"]) for j in jobs] == \
+        [(1, 50.0), (1, 200.0), (2, 50.0), (2, 200.0)]
+    assert len({j.cache_key() for j in jobs}) == 4
+
+
+def test_summary_has_required_and_swept_columns(exp_file, tmp_path):
+    summary = run_experiment(exp_file, str(tmp_path / "out"), progress=False)
+    for col in SUMMARY_COLUMNS + ["workload.arrival.rate_rps", "error"]:
+        assert col in summary.columns
+    assert len(summary) == 4
+    assert (summary["requests"] == 6).all()
+    on_disk = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(on_disk.columns) == list(summary.columns)
+    reqs = pd.read_csv(tmp_path / "out" / "requests.csv")
+    assert len(reqs) == 24 and {"jct_s", "ttft_s", "tpot_s", "strategy"} <= set(reqs.columns)
+
+
+def test_results_identical_across_worker_counts(exp_file, tmp_path):
+    a = run_experiment(exp_file, str(tmp_path / "serial"), workers=1, progress=False)
+    b = run_experiment(exp_file, str(tmp_path / "parallel"), workers=2, progress=False)
+    pd.testing.assert_frame_equal(a, b)
+    assert (tmp_path / "serial" / "summary.csv").read_bytes() == \
+        (tmp_path / "parallel" / "summary.csv").read_bytes()
+    assert (tmp_path / "serial" / "requests.csv").read_bytes() == \
+        (tmp_path / "parallel" / "requests.csv").read_bytes()
+
+
+def test_rerun_uses_cache_and_gives_same_result(exp_file, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    first = run_experiment(exp_file, out, progress=False, traced=set())
+    cached = os.listdir(os.path.join(out, ".cache"))
+    assert len(cached) == 4
+    import simulator.runner as runner
+    calls = []
+    real = runner.run_job
+    monkeypatch.setattr(runner, "run_job", lambda job, keep=False: calls.append(job) or real(job, keep))
+    second = run_experiment(exp_file, out, progress=False, traced=set())
+    assert calls == []                                   # every point came from the cache
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_changed_point_is_recomputed(exp_file, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    run_experiment(exp_file, out, progress=False, traced=set())
+    data = dict(EXP, seed=4)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    import simulator.runner as runner
+    calls = []
+    real = runner.run_job
+    monkeypatch.setattr(runner, "run_job", lambda job, keep=False: calls.append(job) or real(job, keep))
+    run_experiment(str(path), out, progress=False, traced=set())
+    assert len(calls) == 4
+
+
+def test_same_seed_same_summary(exp_file, tmp_path):
+    a = run_experiment(exp_file, str(tmp_path / "a"), progress=False, traced=set())
+    b = run_experiment(exp_file, str(tmp_path / "b"), progress=False, traced=set())
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_higher_load_never_lowers_jct(exp_file, tmp_path):
+    s = run_experiment(exp_file, str(tmp_path / "o"), progress=False, traced=set())
+    for dev, grp in s.groupby("devices"):
+        grp = grp.sort_values("workload.arrival.rate_rps")
+        assert grp["jct_mean_s"].iloc[1] >= grp["jct_mean_s"].iloc[0] - 1e-12
+    # more TP devices make one request faster at light load
+    light = s[s["workload.arrival.rate_rps"] == 50.0].set_index("devices")
+    assert light.loc[2, "jct_p50_s"] < light.loc[1, "jct_p50_s"]
+
+
+def test_strategy_variants_from_lists(tmp_path):
+    data = dict(EXP, devices=2, strategies=[{"name": "tp", "host_sync": [True, False]}])
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(data))
+    labels = sorted({j.label for j in load_experiment(str(path))})
+    assert labels == ["tp[host_sync=False]", "tp[host_sync=True]"]
