@@ -55,12 +55,8 @@ class Event:
         return f"Event({self.name!r}, done={self.done})"
 
 
-class _Item:
-    __slots__ = ("kind", "op", "ready_at", "event", "request", "phase", "seq")
-
-    def __init__(self, kind, op, ready_at, event, request, phase, seq=0):
-        self.kind, self.op, self.ready_at, self.event = kind, op, ready_at, event
-        self.request, self.phase, self.seq = request, phase, seq
+# A stream item is a tuple (hot path: cheaper than an object):
+# (kind, op, ready_at, event, request, phase, seq) -- seq numbers a device's launches of one group.
 
 
 class _Stream:
@@ -171,7 +167,7 @@ class SimRuntime:
             seq_key = (device, type(op).__name__, getattr(op, "kind", ""), op.group)
             seq = self._coll_seq.get(seq_key, 0)
             self._coll_seq[seq_key] = seq + 1
-        st.queue.append(_Item(_OP, op, t, None, request, phase, seq))
+        st.queue.append((_OP, op, t, None, request, phase, seq))
         if not st.busy and not st.blocked and len(st.queue) == 1:
             self._advance(st)
 
@@ -180,11 +176,11 @@ class SimRuntime:
             raise SimulationError(f"event {event.name!r} is recorded twice; events are single-use")
         event.recorded = True
         event.device = device
-        self._enqueue(device, stream, _Item(_RECORD, None, self._host_now(device), event, -1, ""))
+        self._enqueue(device, stream, (_RECORD, None, self._host_now(device), event, -1, "", 0))
 
     def wait(self, device: int, stream: int, event: Event) -> None:
         """Later items on (device, stream) start only after `event` has completed."""
-        self._enqueue(device, stream, _Item(_WAIT, None, self._host_now(device), event, -1, ""))
+        self._enqueue(device, stream, (_WAIT, None, self._host_now(device), event, -1, "", 0))
 
     def synchronize(self, event: Event) -> Generator:
         """Host blocks until `event` completes (and its device's host has issued its launches)."""
@@ -295,24 +291,24 @@ class SimRuntime:
         env = self.env
         while q and not st.busy and not st.blocked:
             item = q[0]
-            if item.ready_at > env._now:
+            if item[2] > env._now:
                 st.blocked = True
-                env.timeout(item.ready_at - env._now).callbacks.append(
+                env.timeout(item[2] - env._now).callbacks.append(
                     lambda _e, st=st: self._unblock(st))
                 return
-            kind = item.kind
+            kind = item[0]
             if kind == _OP:
                 q.popleft()
                 self._start(st, item)
             elif kind == _RECORD:
                 q.popleft()
-                self._complete_event(item.event)
+                self._complete_event(item[3])
             else:
-                if item.event.done:
+                if item[3].done:
                     q.popleft()
                 else:
                     st.blocked = True
-                    item.event._streams.append(st)
+                    item[3]._streams.append(st)
                     return
 
     def _unblock(self, st: _Stream) -> None:
@@ -333,8 +329,8 @@ class SimRuntime:
             ev._sim.succeed()
 
     # ------------------------------------------------------------------------------ ops
-    def _start(self, st: _Stream, item: _Item) -> None:
-        op = item.op
+    def _start(self, st: _Stream, item: tuple) -> None:
+        op = item[1]
         hit = self._op_cost.get(id(op))
         if hit is None or hit[0] is not op:
             kind = op.kind if type(op) is Collective else _KIND[type(op).__name__]
@@ -368,7 +364,7 @@ class SimRuntime:
     def _join(self, run: _Run, op, device: int) -> None:
         group = op.group
         key = (type(op).__name__, getattr(op, "kind", ""), group)
-        gkey = (key, run.item.seq)
+        gkey = (key, run.item[6])
         g = self._groups.get(gkey)
         if g is None:
             g = self._groups[gkey] = _Group(op, len(group))
@@ -438,14 +434,14 @@ class SimRuntime:
         for run in act.runs:
             st = run.stream
             item = run.item
-            op = item.op
+            op = item[1]
             d = st.device
             running = self._running[d]
             running.remove(run)
             if running:
                 busy.append(d)
-            rows.append((d, st.index, st.priority, op.name, run.kind, run.op_class, item.request,
-                         item.phase, run.start, now, act.start, run.cost.seconds))
+            rows.append((d, st.index, st.priority, op.name, run.kind, run.op_class, item[4],
+                         item[5], run.start, now, act.start, run.cost.seconds))
             st.busy = False
             st.current = None
         links = []
@@ -489,7 +485,7 @@ class SimRuntime:
         where = f"device {st.device} stream {st.index} (priority {st.priority})"
         if st.busy and st.current is not None:
             run = st.current
-            op = run.item.op
+            op = run.item[1]
             if run.activity is None:
                 key = (type(op).__name__, getattr(op, "kind", ""), op.group)
                 g = next((g for (k, _), g in self._groups.items() if k == key and run in g.runs), None)
@@ -498,14 +494,14 @@ class SimRuntime:
                 return f"{where}: {_describe(op)} waits for device(s) {missing} to start it"
             return f"{where}: running {_describe(op)}"
         item = st.queue[0]
-        if item.kind == _WAIT:
-            ev = item.event
+        if item[0] == _WAIT:
+            ev = item[3]
             why = "which was never recorded" if not ev.recorded else \
                 f"recorded on device {ev.device} but not yet reached"
             return f"{where}: head waits on event {ev.name!r} {why}"
-        if item.kind == _OP:
-            return f"{where}: head {_describe(item.op)} not started"
-        return f"{where}: head records event {item.event.name!r}"
+        if item[0] == _OP:
+            return f"{where}: head {_describe(item[1])} not started"
+        return f"{where}: head records event {item[3].name!r}"
 
     def _trace(self) -> Trace:
         reqs = {}
