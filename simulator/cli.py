@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="compare strategies of a finished run")
     cmp_.add_argument("dir")
     cmp_.add_argument("--slo-s", type=float, default=None, help="JCT service-level objective (s)")
+    cmp_.add_argument("--stat", choices=("mean", "p50", "p90", "p99"), default="mean",
+                      help="JCT statistic compared (default mean)")
+    cmp_.add_argument("--at", choices=("max", "mid"), default="max",
+                      help="equal-throughput point: highest common throughput, or mid of the overlap")
     return p
 
 
@@ -100,7 +104,11 @@ def _dispatch(args) -> int:
         return _cost(args)
     if args.command == "compare":
         from .compare import compare_dir
-        print(compare_dir(args.dir, args.slo_s).to_string(index=False))
+        table = compare_dir(args.dir, args.slo_s, stat=args.stat, at=args.at)
+        if table.empty:
+            print(f"fewer than two strategies in {args.dir}/summary.csv; nothing to compare")
+        else:
+            print(table.to_string(index=False))
         return 0
     return EXIT_USER
 
@@ -115,7 +123,9 @@ def _run(args) -> int:
     summary = run_experiment(args.file, out, workers=args.jobs,
                              progress=not args.no_progress and sys.stderr.isatty())
     _print_summary(summary)
-    print(f"\nwrote {out}/summary.csv and {out}/requests.csv")
+    written = [f for f in ("summary.csv", "requests.csv", "compare.csv", "latency_throughput.png",
+                           "timeline.png", "trace.json") if os.path.exists(os.path.join(out, f))]
+    print(f"\nwrote in {out}/: " + ", ".join(written))
     return 1 if summary["error"].astype(str).str.len().gt(0).any() else 0
 
 

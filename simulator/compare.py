@@ -17,7 +17,9 @@ a throughput are averaged; points are never extrapolated). Columns of the result
 - With ``slo_s``: ``max_throughput_under_slo_a_rps`` / ``_b_rps``: the largest throughput at which the
   interpolated JCT statistic is <= slo_s (NaN when no measured point meets it), and
   ``max_throughput_under_slo_ratio`` = A / B.
-- ``jct_stat``: the summary column used; ``reason``: why a value is NaN ('' when none is).
+- ``jct_stat``: the summary column used; ``reason``: why a value is NaN, or a caveat (an SLO
+  throughput that is only a lower bound because the highest measured point still meets the SLO);
+  '' when there is none.
 
 `compare_dir` also writes the table to ``compare.csv`` beside summary.csv (atomically).
 """
@@ -67,7 +69,7 @@ def successful(summary: pd.DataFrame, y_col: str = "jct_mean_s") -> pd.DataFrame
     """Rows without an error and with finite throughput and `y_col`."""
     ok = pd.Series(True, index=summary.index)
     if "error" in summary.columns:
-        ok &= summary["error"].fillna("").astype(str).str.len() == 0
+        ok &= summary["error"].astype(object).fillna("").astype(str).str.len() == 0
     for c in ("throughput_rps", y_col):
         ok &= np.isfinite(pd.to_numeric(summary[c], errors="coerce"))
     return summary[ok]
@@ -162,9 +164,13 @@ def _add_slo(row: dict, ca, cb, slo_s: float) -> None:
     ta, tb = max_x_under(*ca, slo_s), max_x_under(*cb, slo_s)
     row.update(slo_s=slo_s, max_throughput_under_slo_a_rps=ta, max_throughput_under_slo_b_rps=tb,
                max_throughput_under_slo_ratio=_ratio(ta, tb))
-    for name, t in (("A", ta), ("B", tb)):
+    for name, t, c in (("A", ta, ca), ("B", tb, cb)):
+        note = ""
         if math.isnan(t) and len(ca[0]) and len(cb[0]):
             note = f"no measured point of {name} meets the SLO of {slo_s:g} s"
+        elif len(c[0]) and t == c[0][-1]:
+            note = f"every measured point of {name} meets the SLO (its value is a lower bound)"
+        if note:
             row["reason"] = f"{row['reason']}; {note}" if row["reason"] else note
 
 
@@ -186,7 +192,7 @@ def compare_dir(dir: str, slo_s: Optional[float] = None, stat: str = "mean",
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "", f"cannot read the summary: {exc}") from None
     if "error" in summary.columns:
-        summary["error"] = summary["error"].fillna("")
+        summary["error"] = summary["error"].astype(object).fillna("")
     try:
         table = compare_frame(summary, slo_s, stat, at)
     except ConfigError as exc:

@@ -170,7 +170,8 @@ def load_experiment(path: str, overrides: dict | None = None) -> list[Job]:
 
 
 def outputs_section(path: str) -> dict:
-    """The experiment's `outputs` mapping (trace window etc.), validated loosely by the runner."""
+    """The experiment's raw `outputs` mapping; `simulator.outputs.validate_outputs` checks its keys
+    (timeline_window_s, timeline_ops, trace_max_events, slo_s) before the run starts."""
     data = read_yaml(path)
     value = data.get("outputs", {}) if isinstance(data, dict) else {}
     return value if isinstance(value, dict) else {}

@@ -12,13 +12,14 @@
   every subplot), else, per subplot, the span of the first ``outputs.timeline_ops`` ops (default
   400) by start time. At most `MAX_DRAWN_OPS` ops are drawn per subplot.
 - ``trace.json``: the traced jobs in the Chrome trace event format (opens in ui.perfetto.dev and
-  chrome://tracing): one process per (strategy label, device), one thread per stream, named by
-  ``M`` metadata events; one complete (``X``) event per op with ``ts``/``dur`` in microseconds and
-  ``args`` {request, phase, op_class, isolated_us, wait_us (communication only)}. At most
-  ``outputs.trace_max_events`` (default 200000) op events in all, shared equally by the traced jobs,
+  chrome://tracing): one process per (strategy label, device), one thread per stream (tid =
+  pid * 1000 + stream + 1), named by ``M`` metadata events; one complete (``X``) event per op
+  with ``ts``/``dur`` in microseconds and ``args`` {request, phase, op_class, isolated_us,
+  wait_us (communication only: the spin time)}. At most
+  ``outputs.trace_max_events`` (default 50000) op events in all, shared equally by the traced jobs,
   each keeping its earliest ops; ``otherData`` says how many were written and whether any were cut.
-- ``compare.csv``: `compare.compare_dir` when the run has at least two strategy labels (with
-  ``outputs.slo_s`` as the SLO when given).
+- ``compare.csv``: `compare.compare_frame` of this run's rows (the table `parasim compare` prints)
+  when the run has at least two strategy labels, with ``outputs.slo_s`` as the SLO when given.
 
 A file this module did not produce in this run (e.g. no successful point) is removed, so a
 re-used folder never shows a stale plot. Matplotlib draws through its Agg canvas; nothing is shown.
@@ -35,13 +36,14 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import __version__
-from .compare import compare_dir, group_columns, successful
+from .compare import compare_frame, group_columns, successful
 from .errors import ConfigError
 from .experiment import read_yaml
-from .io import atomic_path, write_text
+from .io import atomic_path, write_csv, write_text
 
 OUTPUT_KEYS = ("timeline_window_s", "timeline_ops", "trace_max_events", "slo_s")
 FILES = ("latency_throughput.png", "timeline.png", "trace.json", "compare.csv")
@@ -56,7 +58,7 @@ class OutputOptions:
     """The validated `outputs` mapping of an experiment."""
     timeline_window_s: Optional[tuple[float, float]] = None
     timeline_ops: int = 400
-    trace_max_events: int = 200_000
+    trace_max_events: int = 50_000
     slo_s: Optional[float] = None
 
 
@@ -100,29 +102,31 @@ def validate_outputs(path: str) -> OutputOptions:
 
 
 def write_all(path: str, out_dir: str, jobs: list, results: list) -> list[str]:
-    """Write every output file of a finished run into `out_dir`; return the paths written."""
+    """Write every output file of a finished run into `out_dir`; return the paths written.
+
+    `results` are the runner's JobResults in job order (`jobs[r.index]` is each one's job);
+    those that carry a trace feed the timeline and trace.json.
+    """
     opts = validate_outputs(path)
-    for name in FILES:               # never leave a previous run's file beside this run's summary
-        if os.path.exists(os.path.join(out_dir, name)):
-            os.remove(os.path.join(out_dir, name))
     written = []
     frame = pd.DataFrame([r.row for r in results])
     file = os.path.join(out_dir, "latency_throughput.png")
     if plot_latency_throughput(frame, file):
         written.append(file)
-    traced = []
-    for r in results:
-        if r.trace is not None and len(r.trace):
-            traced.append((jobs[r.index], r.trace.ops()))
+    traced = [(jobs[r.index], r.trace.ops()) for r in results if r.trace is not None and len(r.trace)]
     if traced:
-        file = os.path.join(out_dir, "timeline.png")
-        plot_timeline(traced, opts, file)
-        file2 = os.path.join(out_dir, "trace.json")
-        write_chrome_trace(traced, opts, file2)
-        written += [file, file2]
-    if "strategy" in frame.columns and frame["strategy"].nunique() >= 2 and "throughput_rps" in frame:
-        compare_dir(out_dir, opts.slo_s)
-        written.append(os.path.join(out_dir, "compare.csv"))
+        plot_timeline(traced, opts, os.path.join(out_dir, "timeline.png"))
+        write_chrome_trace(traced, opts, os.path.join(out_dir, "trace.json"))
+        written += [os.path.join(out_dir, "timeline.png"), os.path.join(out_dir, "trace.json")]
+    if {"strategy", "throughput_rps", "jct_mean_s"} <= set(frame.columns) \
+            and frame["strategy"].nunique() >= 2:
+        file = os.path.join(out_dir, "compare.csv")
+        write_csv(file, compare_frame(frame, opts.slo_s))
+        written.append(file)
+    for name in FILES:               # never leave a previous run's file beside this run's summary
+        stale = os.path.join(out_dir, name)
+        if stale not in written and os.path.exists(stale):
+            os.remove(stale)
     return written
 
 
@@ -151,17 +155,20 @@ def plot_latency_throughput(summary: pd.DataFrame, file: str) -> bool:
         pts = pts.sort_values("throughput_rps", kind="stable")
         color = cycle[i % len(cycle)]
         x = pts["throughput_rps"].to_numpy(float)
-        ax.plot(x, pts["jct_mean_s"].to_numpy(float) * scale, "-o", color=color, label=f"{name}: mean")
+        ax.plot(x, pts["jct_mean_s"].to_numpy(float) * scale, "-o", color=color, label=name)
         if "jct_p90_s" in pts:
             ax.plot(x, pts["jct_p90_s"].to_numpy(float) * scale, "--s", color=color, alpha=0.8,
-                    markersize=4, label=f"{name}: p90")
+                    markersize=4)
     ax.set_xlabel("achieved throughput (requests/s)")
     ax.set_ylabel(f"job completion time ({unit})")
     ax.set_title(f"Latency vs throughput: {summary['experiment'].iloc[0]}"
                  if "experiment" in summary.columns else "Latency vs throughput")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    handles = ax.get_legend_handles_labels()[0]
+    handles += [Line2D([], [], color="black", linestyle="-", marker="o", label="mean JCT"),
+                Line2D([], [], color="black", linestyle="--", marker="s", markersize=4, label="p90 JCT")]
+    ax.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     _save(fig, file)
     return True
@@ -222,12 +229,16 @@ def _draw_timeline(ax, job, ops: pd.DataFrame, opts: OutputOptions) -> None:
     if spin.any():
         ax.barh(y[spin], xfer[spin] - start[spin], left=start[spin], height=0.8, color=SPIN_COLOR,
                 hatch="////", edgecolor=CLASS_COLORS["comm"], linewidth=0.3)
-    width_ms = (w1 - w0) * ms
-    wide = np.flatnonzero((end - start) > 0.04 * width_ms)[:300]
+    px_per_ms = ax.figure.get_figwidth() * 0.8 * ax.figure.dpi / ((w1 - w0) * ms)
+    name_px = shown["name"].astype(str).str.len().to_numpy() * 4.5 + 4   # ~6 pt characters
+    visible = np.minimum(end, w1 * ms) - np.maximum(start, w0 * ms)
+    wide = np.flatnonzero(visible * px_per_ms > name_px)[:400]
+    names = shown["name"].astype(str).to_numpy()
     for i in wide:
         mid = (max(start[i], w0 * ms) + min(end[i], w1 * ms)) / 2
-        ax.text(mid, y[i], str(shown["name"].iloc[i]), ha="center", va="center", fontsize=6,
-                color="white", clip_on=True)
+        pale = comm[i] and (xfer[i] - start[i]) > (end[i] - xfer[i])     # mostly light spin
+        ax.text(mid, y[i], names[i], ha="center", va="center", fontsize=6,
+                color="black" if pale else "white", clip_on=True)
     for i in range(1, len(rows)):
         if rows[i][0] != rows[i - 1][0]:
             ax.axhline(i - 0.5, color="black", linewidth=0.6)
@@ -256,13 +267,14 @@ def chrome_trace(traced: list, opts: OutputOptions) -> dict:
                           "ops_written": int(len(kept))})
         pids = {}
         for d, s, p in _rows(ops):
+            tid = _tid(pid + 1 if d not in pids else pids[d], s)
             if d not in pids:
                 pid += 1
                 pids[d] = pid
-                events.append(_meta("process_name", pid, None, {"name": f"{job.label} / device {d}"}))
-                events.append(_meta("process_sort_index", pid, None, {"sort_index": pid}))
-            events.append(_meta("thread_name", pids[d], s + 1, {"name": f"stream {s} (priority {p})"}))
-            events.append(_meta("thread_sort_index", pids[d], s + 1, {"sort_index": s}))
+                events.append(_meta("process_name", pid, tid, {"name": f"{job.label} / device {d}"}))
+                events.append(_meta("process_sort_index", pid, tid, {"sort_index": pid}))
+            events.append(_meta("thread_name", pids[d], tid, {"name": f"stream {s} (priority {p})"}))
+            events.append(_meta("thread_sort_index", pids[d], tid, {"sort_index": s}))
         events.extend(_op_events(kept, pids))
     written = sum(j["ops_written"] for j in jobs_meta)
     total = sum(j["ops_total"] for j in jobs_meta)
@@ -274,36 +286,44 @@ def chrome_trace(traced: list, opts: OutputOptions) -> dict:
                           "jobs": json.loads(json.dumps(jobs_meta, default=str))}}
 
 
-def _meta(name: str, pid: int, tid: Optional[int], args: dict) -> dict:
-    ev = {"name": name, "ph": "M", "pid": pid, "args": args}
-    if tid is not None:
-        ev["tid"] = tid
-    return ev
+def _tid(pid: int, stream: int) -> int:
+    """Thread id of a stream: unique across processes and never 0 (Perfetto's JSON importer has
+    merged tid 0 with tid 1 and may key threads by tid alone)."""
+    return pid * 1000 + stream + 1
+
+
+def _meta(name: str, pid: int, tid: int, args: dict) -> dict:
+    return {"name": name, "ph": "M", "pid": pid, "tid": tid, "args": args}
 
 
 def _op_events(ops: pd.DataFrame, pids: dict) -> list[dict]:
-    ts = np.round(ops["start_s"].to_numpy(float) * 1e6, 3)
-    end = np.round(ops["end_s"].to_numpy(float) * 1e6, 3)
-    dur = np.round(np.maximum(end - ts, 0.0), 3)
-    wait = np.round((ops["transfer_start_s"].to_numpy(float) - ops["start_s"].to_numpy(float)) * 1e6, 3)
+    start_us = ops["start_s"].to_numpy(float) * 1e6
+    ts = np.round(start_us, 3)
+    dur = np.round(np.maximum(np.round(ops["end_s"].to_numpy(float) * 1e6, 3) - ts, 0.0), 3)
+    wait = np.round(np.maximum(ops["transfer_start_s"].to_numpy(float) * 1e6 - start_us, 0.0), 3)
     iso = np.round(ops["isolated_s"].to_numpy(float) * 1e6, 3)
+    pid = [pids[d] for d in ops["device"].tolist()]
+    tids = [_tid(p, st) for p, st in zip(pid, ops["stream"].tolist())]
+    req = [r if isinstance(r, int) else _num(r) for r in ops["request"].tolist()]
     out = []
-    cols = zip(ops["device"], ops["stream"], ops["name"], ops["kind"], ops["op_class"],
-               ops["request"], ops["phase"], ts, dur, iso, wait)
-    for d, s, name, kind, cls, req, phase, t, du, i, w in cols:
-        args = {"request": _num(req), "phase": str(phase), "op_class": str(cls), "isolated_us": _num(i)}
+    cols = zip(pid, tids, ops["name"].astype(str).tolist(),
+               ops["kind"].astype(str).tolist(), ops["op_class"].astype(str).tolist(), req,
+               ops["phase"].astype(str).tolist(), ts.tolist(), dur.tolist(),
+               [_num(v) for v in iso.tolist()], wait.tolist())
+    for p, t_id, name, kind, cls, r, phase, t, du, i, w in cols:
+        args = {"request": r, "phase": phase, "op_class": cls, "isolated_us": i}
         if cls == "comm":
-            args["wait_us"] = _num(max(w, 0.0))
-        out.append({"name": str(name), "cat": str(kind), "ph": "X", "ts": float(t), "dur": float(du),
-                    "pid": pids[int(d)], "tid": int(s) + 1, "args": args})
+            args["wait_us"] = w
+        out.append({"name": name, "cat": kind, "ph": "X", "ts": t, "dur": du, "pid": p,
+                    "tid": t_id, "args": args})
     return out
 
 
 def _num(v):
-    """A JSON-safe number: ints stay ints, non-finite values become null."""
-    if v is None:
+    """A JSON-safe number: ints stay ints, non-finite values (and None) become null."""
+    if v is None or isinstance(v, bool):
         return None
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+    if isinstance(v, (int, np.integer)):
         return int(v)
     v = float(v)
     return v if math.isfinite(v) else None

@@ -190,6 +190,7 @@ def run_experiment(path: str, out_dir: str, workers: int = 1, progress: bool = T
                    traced: Optional[set] = None, quiet: bool = False) -> pd.DataFrame:
     """Run every job of the experiment at `path`, write OUT/summary.csv and OUT/requests.csv."""
     jobs = load_experiment(path)
+    _validate_outputs(path)
     point_errors = validate_jobs(jobs)
     traced = traced if traced is not None else _default_traced(jobs)
     results: dict[int, JobResult] = {}
@@ -253,6 +254,15 @@ def _summary_frame(results: list[JobResult], jobs: list[Job]) -> pd.DataFrame:
             frame[col] = np.nan
     rest = [c for c in frame.columns if c not in SUMMARY_COLUMNS and c not in swept and c != "error"]
     return frame[SUMMARY_COLUMNS + swept + rest + ["error"]]
+
+
+def _validate_outputs(path: str) -> None:
+    """Check the experiment's `outputs` mapping before anything runs."""
+    try:
+        from . import outputs
+    except ImportError:
+        return
+    outputs.validate_outputs(path)
 
 
 def _write_outputs(path: str, out_dir: str, jobs: list[Job], results: list[JobResult]) -> None:
