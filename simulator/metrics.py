@@ -4,7 +4,9 @@ Per request: JCT (job completion time: finish - arrival), TTFT (first token - ar
 (time per output token after the first). Per run: JCT mean/p50/p90/p99, throughput (measured
 requests over the span from the first measured arrival to the last measured finish), TTFT and TPOT
 for generative runs, the fraction of the run each device is busy, and the exposed communication
-time: per device, the time some communication op runs while no compute or memory op does.
+time: per device, the time some communication op transfers while no compute or memory op runs.
+A collective's spin (from its start on a device until every member has started it) is reported
+apart, as `spin_s`: the device holds the op but moves no data.
 Warm-up requests (``measured == False``) are left out of every request metric.
 """
 from __future__ import annotations
@@ -46,7 +48,8 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
 
 
 def device_metrics(trace: Trace) -> pd.DataFrame:
-    """Per device: busy time, compute time, communication time, exposed communication time."""
+    """Per device: busy time (compute or transferring), compute time, communication (transfer)
+    time, exposed communication time and spin time (waiting for a collective's peers)."""
     ops = trace.ops()
     span = float(trace.meta.get("makespan_s", ops["end_s"].max() if len(ops) else 0.0)) or 1.0
     rows = []
@@ -54,12 +57,14 @@ def device_metrics(trace: Trace) -> pd.DataFrame:
         sub = ops[ops["device"] == d]
         comm = sub["op_class"].to_numpy() == "comm"
         s, e = sub["start_s"].to_numpy(float), sub["end_s"].to_numpy(float)
+        s = np.where(comm, sub["transfer_start_s"].to_numpy(float), s)     # transfer part only
         busy = union_length(s, e)
         work = union_length(s[~comm], e[~comm])
         comm_t = union_length(s[comm], e[comm])
-        exposed = busy - work
+        spin = float(np.sum(s[comm] - sub["start_s"].to_numpy(float)[comm]))
         rows.append({"device": d, "busy_s": busy, "busy_fraction": busy / span,
-                     "compute_s": work, "comm_s": comm_t, "exposed_comm_s": exposed})
+                     "compute_s": work, "comm_s": comm_t, "exposed_comm_s": busy - work,
+                     "spin_s": spin})
     return pd.DataFrame(rows)
 
 
@@ -82,6 +87,7 @@ def summarize(trace: Trace) -> dict:
     if len(dev):
         out["busy_fraction"] = float(dev["busy_fraction"].mean())
         out["exposed_comm_s"] = float(dev["exposed_comm_s"].mean())
+        out["spin_s"] = float(dev["spin_s"].mean())
         out["exposed_comm_fraction"] = float((dev["exposed_comm_s"] / dev["busy_s"].clip(lower=1e-30)).mean())
     out["makespan_s"] = float(trace.meta.get("makespan_s", 0.0))
     out["ops"] = len(trace)

@@ -28,6 +28,15 @@ def test_exposed_comm_and_busy_fraction():
     assert d.loc[1, "exposed_comm_s"] == 0.0 and d.loc[1, "busy_fraction"] == 0.5
 
 
+def test_spin_is_not_busy():
+    spinning = (0, 0, 0, "ar", "all_reduce", "comm", 0, "prefill", 0.0, 3.0, 2.0, 1.0)
+    t = Trace([spinning, row(0, 0, 1, "compute", 1)], [], {"devices": 1, "makespan_s": 4.0})
+    d = device_metrics(t).set_index("device")
+    assert d.loc[0, "spin_s"] == 2.0
+    assert d.loc[0, "busy_s"] == 2.0              # compute [0,1] + transfer [2,3]
+    assert d.loc[0, "exposed_comm_s"] == 1.0
+
+
 def test_request_summary():
     reqs = [RequestRecord(0, 0.0, 0.0, 1.0, 3.0, 10, 3, 1, False),
             RequestRecord(1, 1.0, 1.0, 2.0, 5.0, 10, 3, 1, True),
