@@ -158,8 +158,10 @@ def _hardware(args) -> int:
           + f", {d.memory_bytes / 2**30:.1f} GiB at {d.memory_bandwidth_bytes_per_s / 1e9:.0f} GB/s")
     print(f"  topology     {p.interconnect.topology} (shared link: {p.interconnect.shared_link})")
     for n, lp in p.interconnect.collectives.items():
-        print(f"  collectives  n={n}: alpha {lp.alpha_s * 1e6:.1f} us, busbw "
-              f"{lp.bandwidth_bytes_per_s / 1e9:.1f} GB/s")
+        regimes = getattr(lp, "regimes", None) or (lp,)
+        print(f"  collectives  n={n}: " + "; ".join(
+            f"alpha {r.alpha_s * 1e6:.1f} us, busbw {r.bandwidth_bytes_per_s / 1e9:.1f} GB/s"
+            for r in regimes))
     print("  sources:")
     for key, src in p.sources.items():
         print(f"    {key}: {src}")
@@ -191,7 +193,7 @@ def _cost(args) -> int:
     if getattr(args, "bytes", None) is not None and args.bytes < 0:
         raise ConfigError("argument", "--bytes", f"must be >= 0, got {args.bytes}")
     dtype = getattr(args, "dtype", "fp16")
-    if dtype not in hw.device.peak_flops and dtype != "bf16":
+    if dtype not in hw.device.peak_flops:
         raise ConfigError("argument", "--dtype", f"{dtype!r} not in profile {hw.name}; it has "
                           + ", ".join(hw.device.peak_flops))
     if args.op == "gemm":
@@ -211,11 +213,13 @@ def _cost(args) -> int:
         op = Collective(args.op.replace("-", "_"), args.bytes, tuple(range(args.devices)))
     c = CostModel(hw).cost(op)
     out = {"seconds": c.seconds, "bound": c.bound, "op_class": c.op_class, "flops": c.flops,
-           "bytes": c.bytes, "hardware": hw.name, "op": args.op}
+           "bytes": c.bytes, "detail": getattr(c, "detail", ""), "hardware": hw.name, "op": args.op}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.op} on {hw.name}: {c.seconds * 1e6:.2f} us ({c.bound}-bound)")
+        detail = getattr(c, "detail", "")
+        print(f"{args.op} on {hw.name}: {c.seconds * 1e6:.2f} us ({c.bound}-bound"
+              + (f"; {detail})" if detail else ")"))
     return 0
 
 

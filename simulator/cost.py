@@ -6,15 +6,27 @@ Compute ops follow a roofline with shape-dependent efficiency::
 
 where `wave_eff` is the tile and wave quantisation of the launch grid (Volkov's wave model as used
 in CUTLASS/cuBLAS heuristics: a grid of B thread blocks on S SMs runs in ceil(B/S) waves, so only
-B / (S * ceil(B/S)) of the machine does useful work). GEMMs pick the tile shape that minimises time
-among a few cuBLAS-like tiles, smaller tiles paying a lower per-tile efficiency (assumed constants
-below, documented as such).
+B / (S * ceil(B/S)) of the machine does useful work). GEMMs pick the plan (tile shape and split-K
+factor) that minimises time among a few cuBLAS-like tiles, smaller tiles paying a lower per-tile
+efficiency (assumed constants below, documented as such).
+
+Split-K (as in cuBLAS and CUTLASS): a GEMM with few output tiles and a long k splits k into s slices,
+so that s times as many blocks, each s times shorter, fill the machine. Each slice writes an fp32
+partial output tile, and a reduction then reads them back, so a plan with s > 1 pays
+``2 * m * n * s * 4`` bytes (partials written, then read) at the memory bandwidth (with
+`memory_efficiency`), after the main loop; nothing else is charged (the reduction kernel's own launch
+and the final output write are neglected). Splits are s in {1, 2, 4, 8, 16} with k / s >= 128::
+
+    t_gemm = min over (tile, s) of  max(main(tile, s), bytes / (bw * eff_mem)) + reduce(s) + overhead
 
 Collectives follow the alpha-beta (Hockney) model with the standard algorithm factors (ring
 all-reduce moves 2(n-1)/n of the buffer per device; all-gather, reduce-scatter and all-to-all move
-(n-1)/n; Thakur, Rabenseifner and Gropp 2005; nccl-tests PERFORMANCE.md)::
+(n-1)/n; Thakur, Rabenseifner and Gropp 2005; nccl-tests PERFORMANCE.md), per protocol regime r of
+the group size's profile entry (e.g. NCCL's LL: small alpha, low bandwidth; Simple: large alpha, full
+bandwidth). NCCL picks the protocol its own cost model predicts to be fastest, so the time is the
+minimum over regimes, a continuous, concave curve with no size threshold::
 
-    t = alpha(n) + factor(kind, n) * bytes / busbw(n)
+    t = min over r of  alpha_r(n) + factor(kind, n) * bytes / busbw_r(n)
 
 The cost model knows ops and hardware, never strategies.
 """
@@ -29,6 +41,12 @@ from .ops import DTYPE_BYTES, Attention, Collective, Elementwise, Gemm, Op, Send
 # (tile_m, tile_n, efficiency relative to the largest tile). Assumed: cuBLAS/CUTLASS main-loop
 # efficiency drops with smaller tiles because each tile re-reads more operand data per flop.
 GEMM_TILES = ((128, 256, 1.0), (128, 128, 0.95), (64, 128, 0.85), (64, 64, 0.70))
+# Split-K factors tried, the shortest k slice allowed, and the bytes of one partial-sum element
+# (fp32 accumulators). Assumed: the cuBLAS/CUTLASS split-K range; a slice shorter than 128 is a few
+# main-loop iterations of a 32- or 64-deep k tile, which no heuristic picks.
+SPLIT_K = (1, 2, 4, 8, 16)
+MIN_SPLIT_K_DEPTH = 128
+PARTIAL_BYTES = 4
 # FlashAttention-2 forward: one thread block per (sequence, head, 128-query tile) (Dao 2023).
 ATTENTION_Q_TILE = 128
 
@@ -42,6 +60,18 @@ class OpCost:
     op_class: str
     flops: float
     bytes: float
+    detail: str = ""         # the plan behind the time: GEMM tile and split-K, collective regime
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """One way to run a GEMM: tile shape, split-K factor, and its parts in seconds (without the
+    fixed kernel overhead): `main` the main loop (waves of tiles), `reduce` the split-K reduction."""
+    tile_m: int
+    tile_n: int
+    split_k: int
+    main_s: float
+    reduce_s: float
 
 
 def collective_factor(kind: str, n: int) -> float:
@@ -84,13 +114,13 @@ class CostModel:
         raise TypeError(f"not an op: {op!r}")
 
     def _peak(self, dtype: str) -> float:
+        """The profile's dense rate for `dtype`; a dtype the profile does not list is unsupported
+        (no silent stand-in: V100 has no bf16 tensor cores, and an fp16 rate would hide that)."""
         peak = self.hw.device.peak_flops
         if dtype in peak:
             return peak[dtype]
-        if dtype == "bf16":
-            return peak["fp16"]
-        raise ValueError(f"profile {self.hw.name} gives no peak rate for dtype {dtype}; it has "
-                         + ", ".join(peak))
+        raise ValueError(f"hardware profile {self.hw.name!r} does not support dtype {dtype!r}: its "
+                         "peak_tflops lists only " + ", ".join(peak))
 
     def _roofline(self, compute_s: float, flops: float, nbytes: float) -> OpCost:
         dev = self.hw.device
@@ -99,21 +129,48 @@ class CostModel:
             return OpCost(compute_s + dev.kernel_overhead_s, "compute", "compute", flops, nbytes)
         return OpCost(memory_s + dev.kernel_overhead_s, "memory", "memory", flops, nbytes)
 
-    def gemm_compute_seconds(self, op: Gemm) -> float:
-        """Compute-bound time of a GEMM with the best tile's wave quantisation."""
+    def gemm_plans(self, op: Gemm) -> list[GemmPlan]:
+        """For each allowed split-K factor, the plan with the fastest tile (the tile choice does not
+        depend on the efficiencies: every tile's time scales with 1 / gemm_efficiency)."""
         dev = self.hw.device
         rate = self._peak(op.dtype) * dev.gemm_efficiency
-        best = math.inf
-        for tm, tn, tile_eff in GEMM_TILES:
-            blocks = math.ceil(op.m / tm) * math.ceil(op.n / tn) * op.count
-            waves = math.ceil(blocks / dev.sms)
-            # each wave runs `sms` tiles' worth of flops at the tile's efficiency
-            t = waves * dev.sms * 2.0 * tm * tn * op.k / (rate * tile_eff)
-            best = min(best, t)
-        return best
+        mem_rate = dev.memory_bandwidth_bytes_per_s * dev.memory_efficiency
+        plans = []
+        for s in SPLIT_K:
+            if s > 1 and op.k / s < MIN_SPLIT_K_DEPTH:
+                break
+            best = None
+            for tm, tn, tile_eff in GEMM_TILES:
+                blocks = math.ceil(op.m / tm) * math.ceil(op.n / tn) * s * op.count
+                waves = math.ceil(blocks / dev.sms)
+                # each wave runs `sms` tiles' worth of flops (k / s deep) at the tile's efficiency
+                t = waves * dev.sms * 2.0 * tm * tn * (op.k / s) / (rate * tile_eff)
+                if best is None or t < best[2]:
+                    best = (tm, tn, t)
+            reduce_s = 2.0 * op.m * op.n * s * PARTIAL_BYTES * op.count / mem_rate if s > 1 else 0.0
+            plans.append(GemmPlan(best[0], best[1], s, best[2], reduce_s))
+        return plans
+
+    def gemm_plan(self, op: Gemm) -> GemmPlan:
+        """The plan that minimises max(main, memory) + reduce (the memory time, the operands'
+        bytes at the memory bandwidth, is the same for every plan)."""
+        memory_s = op.bytes / (self.hw.device.memory_bandwidth_bytes_per_s
+                               * self.hw.device.memory_efficiency)
+        return min(self.gemm_plans(op), key=lambda p: max(p.main_s, memory_s) + p.reduce_s)
+
+    def gemm_compute_seconds(self, op: Gemm) -> float:
+        """Compute-bound time of a GEMM: the best plan's main loop plus its split-K reduction,
+        ignoring the operands' memory time."""
+        return min(p.main_s + p.reduce_s for p in self.gemm_plans(op))
 
     def _gemm(self, op: Gemm) -> OpCost:
-        return self._roofline(self.gemm_compute_seconds(op), op.flops, op.bytes)
+        dev = self.hw.device
+        memory_s = op.bytes / (dev.memory_bandwidth_bytes_per_s * dev.memory_efficiency)
+        plan = self.gemm_plan(op)
+        bound = "compute" if plan.main_s >= memory_s else "memory"
+        seconds = max(plan.main_s, memory_s) + plan.reduce_s + dev.kernel_overhead_s
+        return OpCost(seconds, bound, bound, op.flops, op.bytes,
+                      f"tile {plan.tile_m}x{plan.tile_n}, split-k {plan.split_k}")
 
     def _attention(self, op: Attention) -> OpCost:
         dev = self.hw.device
@@ -131,11 +188,15 @@ class CostModel:
         n = len(op.group)
         if n <= 1:
             return OpCost(0.0, "latency", "comm", 0.0, 0.0)
-        p = self.hw.interconnect.collective_params(n)
         moved = collective_factor(op.kind, n) * op.bytes
-        transfer = moved / p.bandwidth_bytes_per_s
-        bound = "bandwidth" if transfer >= p.alpha_s else "latency"
-        return OpCost(p.alpha_s + transfer, bound, "comm", 0.0, moved)
+        regimes = self.hw.interconnect.collective_params(n).regimes
+        times = [r.alpha_s + moved / r.bandwidth_bytes_per_s for r in regimes]
+        i = min(range(len(times)), key=times.__getitem__)
+        r = regimes[i]
+        bound = "bandwidth" if moved / r.bandwidth_bytes_per_s >= r.alpha_s else "latency"
+        detail = (f"regime {i} of {len(regimes)}: alpha {r.alpha_s * 1e6:.1f} us, busbw "
+                  f"{r.bandwidth_bytes_per_s / 1e9:.1f} GB/s") if len(regimes) > 1 else ""
+        return OpCost(times[i], bound, "comm", 0.0, moved, detail)
 
     def _p2p(self, op: SendRecv) -> OpCost:
         p = self.hw.interconnect.p2p

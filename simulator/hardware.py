@@ -5,6 +5,9 @@ is one of ``datasheet``, ``measured``, ``fitted`` or ``assumed`` (DESIGN §3). T
 number without a source. Units are in the key names (``_us``, ``_gb_per_s``, ``_tflops``, ``_gib``)
 and are converted to SI here, once.
 
+A collective group size gives one protocol regime, ``{alpha_us, busbw_gb_per_s}``, or several,
+``regimes: [{alpha_us, busbw_gb_per_s}, ...]``; the cost model takes the fastest regime at each size.
+
 Built-in profiles live in the ``hwprofiles`` package; a path to a YAML file works wherever a name does.
 """
 from __future__ import annotations
@@ -42,16 +45,38 @@ class DeviceSpec:
 
 
 @dataclass(frozen=True)
+class Regime:
+    """Alpha-beta parameters of one protocol regime (e.g. NCCL's LL or Simple)."""
+    alpha_s: float
+    bandwidth_bytes_per_s: float
+
+
+@dataclass(frozen=True)
 class LinkParams:
-    """Alpha-beta parameters of one collective group size (or of point-to-point transfers)."""
+    """Alpha-beta parameters of one collective group size (or of point-to-point transfers).
+
+    `regimes` are the protocol regimes; a transfer takes the fastest of them (the minimum over
+    regimes of alpha + bytes / bandwidth). `alpha_s` and `bandwidth_bytes_per_s` are the
+    large-message regime's (the highest bandwidth), what a single-regime reader sees."""
     alpha_s: float
     bandwidth_bytes_per_s: float             # bus bandwidth for collectives, plain bandwidth for p2p
+    regimes: tuple = ()                      # of Regime; empty: the one regime (alpha_s, bandwidth)
+
+    def __post_init__(self):
+        if not self.regimes:
+            object.__setattr__(self, "regimes", (Regime(self.alpha_s, self.bandwidth_bytes_per_s),))
+
+    @classmethod
+    def of_regimes(cls, regimes) -> "LinkParams":
+        regimes = tuple(regimes)
+        large = max(regimes, key=lambda r: r.bandwidth_bytes_per_s)
+        return cls(large.alpha_s, large.bandwidth_bytes_per_s, regimes)
 
 
 @dataclass(frozen=True)
 class InterconnectSpec:
     topology: str
-    collectives: Mapping[int, LinkParams]    # group size -> alpha and bus bandwidth
+    collectives: Mapping[int, LinkParams]    # group size -> alpha and bus bandwidth, per regime
     p2p: LinkParams
     shared_link: bool                        # transfers of disjoint groups share one link (host memory, PCIe root)
 
@@ -115,6 +140,30 @@ class _Reader:
         return value
 
 
+def _regimes(r: _Reader, entry: Section) -> list[Regime]:
+    """``regimes: [{alpha_us, busbw_gb_per_s}, ...]`` of one collective group size. Every regime must
+    be the fastest somewhere: one that is no faster than another at any size (alpha as large or
+    larger and bandwidth as small or smaller) never applies, and is taken for a slip."""
+    items = entry.raw("regimes")
+    key = entry.key("regimes")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(entry.where, key, "must be a non-empty list of {alpha_us, busbw_gb_per_s}"
+                          f" mappings, got {items!r}")
+    out = []
+    for i, item in enumerate(items):
+        sec = Section(item, entry.where, f"{key}[{i}]")
+        out.append(Regime(r.number(sec, "alpha_us", min_open=False) * 1e-6,
+                          r.number(sec, "busbw_gb_per_s") * 1e9))
+        sec.done()
+    for i, a in enumerate(out):
+        for j, b in enumerate(out):
+            if i != j and a.alpha_s >= b.alpha_s and a.bandwidth_bytes_per_s <= b.bandwidth_bytes_per_s:
+                raise ConfigError(entry.where, f"{key}[{i}]",
+                                  f"never applies: regimes[{j}] has no larger alpha_us and no smaller "
+                                  "busbw_gb_per_s, so it is as fast or faster at every size")
+    return out
+
+
 def _parse(data, where: str) -> HardwareProfile:
     top = Section(data, where)
     r = _Reader(where)
@@ -161,9 +210,12 @@ def _parse(data, where: str) -> HardwareProfile:
         if size < 2:
             raise coll.error(size_key, "group sizes must be integers >= 2")
         entry = coll.section(size_key)
-        collectives[size] = LinkParams(
-            alpha_s=r.number(entry, "alpha_us", min_open=False) * 1e-6,
-            bandwidth_bytes_per_s=r.number(entry, "busbw_gb_per_s") * 1e9)
+        if entry.has("regimes"):
+            collectives[size] = LinkParams.of_regimes(_regimes(r, entry))
+        else:
+            collectives[size] = LinkParams(
+                alpha_s=r.number(entry, "alpha_us", min_open=False) * 1e-6,
+                bandwidth_bytes_per_s=r.number(entry, "busbw_gb_per_s") * 1e9)
         entry.done()
     coll.done()
     if not collectives:

@@ -11,7 +11,8 @@ from importlib import resources
 import pytest
 import yaml
 
-from simulator.cost import CostModel, collective_factor
+from simulator.cost import GEMM_TILES, PARTIAL_BYTES, CostModel, collective_factor
+from simulator.errors import ConfigError
 from simulator.hardware import SOURCE_KINDS, builtin_names, load_hardware
 from simulator.ops import Attention, Collective, Gemm, SendRecv
 
@@ -35,9 +36,24 @@ def value(node) -> float:
     return float(node["value"])
 
 
+def regimes(entry: dict) -> list[dict]:
+    """The protocol regimes of a raw YAML collective entry (the plain form is one regime)."""
+    return entry["regimes"] if "regimes" in entry else [entry]
+
+
+def line(regime: dict, moved_bytes: float) -> float:
+    return value(regime["alpha_us"]) * 1e-6 + moved_bytes / (value(regime["busbw_gb_per_s"]) * 1e9)
+
+
 def alpha_beta(entry: dict, moved_bytes: float) -> float:
-    """alpha + moved / busbw from a raw YAML collective entry."""
-    return value(entry["alpha_us"]) * 1e-6 + moved_bytes / (value(entry["busbw_gb_per_s"]) * 1e9)
+    """min over regimes of alpha + moved / busbw, from a raw YAML collective entry."""
+    return min(line(r, moved_bytes) for r in regimes(entry))
+
+
+def write_profile(tmp_path, data: dict, name: str = "custom.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +87,11 @@ def test_all_gather_and_reduce_scatter_move_n_minus_1_over_n(a100, kind):
 def test_all_reduce_costs_twice_the_transfer_of_all_gather(a100):
     hw, _ = a100
     cm, group, nbytes = CostModel(hw), (0, 1, 2, 3), 64 * MIB
-    alpha = hw.interconnect.collective_params(4).alpha_s
-    ar = cm.seconds(Collective("all_reduce", nbytes, group)) - alpha
-    ag = cm.seconds(Collective("all_gather", nbytes, group)) - alpha
+    # 64 MiB is far above the crossover: both use the large-message (highest-bandwidth) regime
+    large = hw.interconnect.collective_params(4)
+    assert large.bandwidth_bytes_per_s == max(r.bandwidth_bytes_per_s for r in large.regimes)
+    ar = cm.seconds(Collective("all_reduce", nbytes, group)) - large.alpha_s
+    ag = cm.seconds(Collective("all_gather", nbytes, group)) - large.alpha_s
     assert ar == pytest.approx(2 * ag, rel=1e-12)
 
 
@@ -104,9 +122,7 @@ def test_group_sizes_between_entries_use_the_next_larger_entry(a100, tmp_path):
     _, data = a100
     table = data["interconnect"]["collectives"]
     data = dict(data, interconnect=dict(data["interconnect"], collectives={2: table[2], 8: table[8]}))
-    path = tmp_path / "two-entries.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    cm, nbytes = CostModel(load_hardware(str(path))), 8 * MIB
+    cm, nbytes = CostModel(load_hardware(write_profile(tmp_path, data, "two-entries.yaml"))), 8 * MIB
 
     def predicted(n):
         return cm.seconds(Collective("all_reduce", nbytes, tuple(range(n))))
@@ -126,6 +142,104 @@ def test_built_in_table_lookup_uses_next_larger_entry(a100):
     assert ic.collective_params(2) == ic.collectives[2]
 
 
+# ------------------------------------------------------------------------ protocol regimes of collectives
+
+def _two_regime_profile(tmp_path, small=(5.0, 40.0), large=(50.0, 200.0), name="regimes.yaml"):
+    """The A100 profile with n = 4 given two regimes: (alpha_us, busbw_gb_per_s) each."""
+    data = raw("a100-sxm4-80gb")
+    src = "assumed: a test regime"
+    entry = {"regimes": [{"alpha_us": {"value": a, "source": src}, "busbw_gb_per_s": {"value": b, "source": src}}
+                         for a, b in (small, large)]}
+    table = {**data["interconnect"]["collectives"], 4: entry}
+    data = dict(data, interconnect=dict(data["interconnect"], collectives=table))
+    return load_hardware(write_profile(tmp_path, data, name))
+
+
+def test_collective_time_is_the_minimum_over_regimes(tmp_path):
+    hw = _two_regime_profile(tmp_path)
+    cm, group, f = CostModel(hw), (0, 1, 2, 3), 1.5       # ring all-reduce factor at n = 4
+    p = hw.interconnect.collective_params(4)
+    assert len(p.regimes) == 2
+    # the single-regime view is the large-message (highest-bandwidth) regime
+    assert p.alpha_s == pytest.approx(50e-6) and p.bandwidth_bytes_per_s == pytest.approx(200e9)
+    # crossover (buffer bytes): 5 us + f S / 40 GB/s = 50 us + f S / 200 GB/s
+    cross = (50e-6 - 5e-6) / (1 / 40e9 - 1 / 200e9) / f
+    assert cross == pytest.approx(1.5e6)      # 45 us / (1/40 - 1/200 ns/B) = 2.25 MB moved
+    small = cm.cost(Collective("all_reduce", 64 * 1024, group))
+    assert small.seconds == pytest.approx(5e-6 + f * 64 * 1024 / 40e9, rel=1e-12)
+    assert small.detail.startswith("regime 0 of 2")
+    big = cm.cost(Collective("all_reduce", 64 * MIB, group))
+    assert big.seconds == pytest.approx(50e-6 + f * 64 * MIB / 200e9, rel=1e-12)
+    assert big.detail.startswith("regime 1 of 2") and big.bound == "bandwidth"
+    # continuous at the crossover: both regimes give the same time there, and no jump either side
+    at = 5e-6 + f * cross / 40e9
+    assert at == pytest.approx(50e-6 + f * cross / 200e9, rel=1e-12)
+    for s in (cross * (1 - 1e-9), cross, cross * (1 + 1e-9)):
+        assert cm.seconds(Collective("all_reduce", s, group)) == pytest.approx(at, rel=1e-8)
+    # below the crossover the small regime is the faster, above it the large one
+    assert cm.cost(Collective("all_reduce", cross * 0.9, group)).detail.startswith("regime 0")
+    assert cm.cost(Collective("all_reduce", cross * 1.1, group)).detail.startswith("regime 1")
+
+
+@pytest.mark.parametrize("name", ["a100-sxm4-80gb", "h100-sxm5-80gb"])
+def test_fitted_regimes_small_messages_use_small_alpha_large_use_high_bandwidth(name):
+    hw = load_hardware(name)
+    cm = CostModel(hw)
+    for n in (2, 8):
+        p = hw.interconnect.collective_params(n)
+        lo, hi = sorted(p.regimes, key=lambda r: r.bandwidth_bytes_per_s)
+        assert lo.alpha_s < hi.alpha_s and lo.bandwidth_bytes_per_s < hi.bandwidth_bytes_per_s
+        group, f = tuple(range(n)), 2 * (n - 1) / n
+        tiny = cm.seconds(Collective("all_reduce", 16 * 1024, group))
+        assert tiny == pytest.approx(lo.alpha_s + f * 16 * 1024 / lo.bandwidth_bytes_per_s, rel=1e-12)
+        huge = cm.seconds(Collective("all_reduce", 1024 * MIB, group))
+        assert huge == pytest.approx(hi.alpha_s + f * 1024 * MIB / hi.bandwidth_bytes_per_s, rel=1e-12)
+
+
+def _with_entry(tmp_path, entry, name="bad.yaml") -> str:
+    data = raw("a100-sxm4-80gb")
+    table = {**data["interconnect"]["collectives"], 4: entry}
+    return write_profile(tmp_path, dict(data, interconnect=dict(data["interconnect"], collectives=table)), name)
+
+
+SRC = "assumed: a test regime"
+GOOD = {"alpha_us": {"value": 5.0, "source": SRC}, "busbw_gb_per_s": {"value": 40.0, "source": SRC}}
+FAST = {"alpha_us": {"value": 50.0, "source": SRC}, "busbw_gb_per_s": {"value": 200.0, "source": SRC}}
+
+
+@pytest.mark.parametrize("entry, key, words", [
+    ({"regimes": []}, "interconnect.collectives.4.regimes", "non-empty list"),
+    ({"regimes": GOOD}, "interconnect.collectives.4.regimes", "non-empty list"),
+    ({"regimes": [GOOD, 7]}, "interconnect.collectives.4.regimes[1]", "mapping"),
+    ({"regimes": [GOOD, {"alpha_us": {"value": 50.0, "source": SRC}}]},
+     "interconnect.collectives.4.regimes[1].busbw_gb_per_s", "missing"),
+    ({"regimes": [GOOD, dict(FAST, alpha_us=50.0)]}, "interconnect.collectives.4.regimes[1].alpha_us", "mapping"),
+    ({"regimes": [GOOD, dict(FAST, alpha_us={"value": -1.0, "source": SRC})]},
+     "interconnect.collectives.4.regimes[1].alpha_us.value", ">= 0"),
+    ({"regimes": [GOOD, dict(FAST, alpha_us={"value": 50.0, "source": "a guess"})]},
+     "interconnect.collectives.4.regimes[1].alpha_us.source", "KIND"),
+    ({"regimes": [GOOD, dict(FAST, latency_us={"value": 1.0, "source": SRC})]},
+     "interconnect.collectives.4.regimes[1].latency_us", "unknown key"),
+    # a regime no faster than another at any size never applies: taken for a slip
+    ({"regimes": [GOOD, dict(FAST, busbw_gb_per_s={"value": 30.0, "source": SRC})]},
+     "interconnect.collectives.4.regimes[1]", "never applies"),
+    ({"regimes": [GOOD, FAST], **GOOD}, "interconnect.collectives.4.alpha_us", "unknown key"),
+])
+def test_malformed_regimes_are_config_errors_naming_the_key(tmp_path, entry, key, words):
+    path = _with_entry(tmp_path, entry)
+    with pytest.raises(ConfigError) as info:
+        load_hardware(path)
+    assert info.value.key == key, info.value.line()
+    assert words in info.value.message and path in info.value.line()
+
+
+def test_regime_sources_are_recorded_per_regime(tmp_path):
+    hw = load_hardware(_with_entry(tmp_path, {"regimes": [GOOD, FAST]}, "ok.yaml"))
+    for i in (0, 1):
+        for key in ("alpha_us", "busbw_gb_per_s"):
+            assert hw.sources[f"interconnect.collectives.4.regimes[{i}].{key}"] == SRC
+
+
 # ------------------------------------------------------------------------------------------ compute
 
 def test_large_gemm_takes_flops_over_peak_times_efficiency(a100):
@@ -138,6 +252,71 @@ def test_large_gemm_takes_flops_over_peak_times_efficiency(a100):
     busy = cost.seconds - value(dev["kernel_overhead_us"]) * 1e-6
     # 128x256 tiles: 2048 blocks on 108 SMs run in 19 waves, 2052 block slots: 0.2% quantisation
     assert ideal <= busy <= ideal * 1.01
+
+
+def test_split_k_fills_the_machine_for_a_few_block_gemm_with_long_k(a100):
+    """m=16, n=1024, k=8192 on A100's 108 SMs (TP decode: few output tiles, long k).
+
+    Without split-K the best tile is 64x64 (efficiency 0.70): 16 blocks, one wave of 108 slots, each
+    block 8192 deep: 108 * 2*64*64*8192 / (peak * eff * 0.70) = 41.8 us of main loop, far above the
+    11.4 us of weight streaming. With s = 4, 64 blocks of k = 2048 still fit one wave: a quarter of
+    the main loop, 10.4 us, now below the memory time, so the GEMM streams its weights at the memory
+    rate and pays the reduction, 2 * m*n*s * 4 bytes. s = 8 and 16 shorten the main loop further
+    but it is already hidden, and their reductions cost more."""
+    hw, data = a100
+    dev = data["device"]
+    rate = value(dev["peak_tflops"]["fp16"]) * 1e12 * value(dev["gemm_efficiency"])
+    mem_rate = value(dev["memory_bandwidth_gb_per_s"]) * 1e9 * value(dev["memory_efficiency"])
+    overhead = value(dev["kernel_overhead_us"]) * 1e-6
+    sms = value(dev["sms"])
+    assert sms == 108 and dict(((tm, tn), e) for tm, tn, e in GEMM_TILES)[(64, 64)] == 0.70
+    op = Gemm(16, 1024, 8192)
+    memory = op.bytes / mem_rate
+    unsplit_main = sms * 2 * 64 * 64 * 8192 / (rate * 0.70)
+    split4_main = sms * 2 * 64 * 64 * 2048 / (rate * 0.70)
+    reduce4 = 2 * 16 * 1024 * 4 * PARTIAL_BYTES / mem_rate
+    assert split4_main < memory < unsplit_main
+    cm = CostModel(hw)
+    plan = cm.gemm_plan(op)
+    assert (plan.tile_m, plan.tile_n, plan.split_k) == (64, 64, 4)
+    assert plan.main_s == pytest.approx(split4_main, rel=1e-12)
+    assert plan.reduce_s == pytest.approx(reduce4, rel=1e-12)
+    cost = cm.cost(op)
+    assert cost.seconds == pytest.approx(memory + reduce4 + overhead, rel=1e-12)
+    assert cost.bound == "memory" and cost.detail == "tile 64x64, split-k 4"
+    # without split-K (the plan with s = 1) it would be compute-bound and about 3x slower
+    unsplit = [p for p in cm.gemm_plans(op) if p.split_k == 1][0]
+    assert unsplit.main_s == pytest.approx(unsplit_main, rel=1e-12) and unsplit.reduce_s == 0.0
+    assert cost.seconds < (unsplit_main + overhead) / 2.5
+
+
+def test_split_k_keeps_slices_at_least_128_deep(a100):
+    hw, _ = a100
+    cm = CostModel(hw)
+    assert [p.split_k for p in cm.gemm_plans(Gemm(16, 1024, 256))] == [1, 2]
+    assert [p.split_k for p in cm.gemm_plans(Gemm(16, 1024, 255))] == [1]
+    assert [p.split_k for p in cm.gemm_plans(Gemm(16, 1024, 8192))] == [1, 2, 4, 8, 16]
+
+
+def test_split_k_is_not_used_when_the_grid_fills_the_machine(a100):
+    hw, _ = a100
+    cm = CostModel(hw)
+    assert cm.gemm_plan(Gemm(8192, 8192, 8192)).split_k == 1
+    assert cm.gemm_plan(Gemm(4096, 28672, 8192)).split_k == 1
+
+
+def test_dtype_a_profile_does_not_list_is_an_error():
+    v100 = load_hardware("v100-sxm2-32gb")
+    assert "bf16" not in v100.device.peak_flops and "fp16" in v100.device.peak_flops
+    cm = CostModel(v100)
+    for op in (Gemm(128, 128, 128, dtype="bf16"),
+               Attention(batch=1, q_len=128, kv_len=128, heads=8, kv_heads=8, head_dim=128, dtype="bf16")):
+        with pytest.raises(ValueError, match=r"v100-sxm2-32gb.*does not support dtype 'bf16'.*fp16"):
+            cm.cost(op)
+    # a listed dtype works: A100 lists bf16 at the fp16 rate
+    a100 = load_hardware("a100-sxm4-80gb")
+    assert a100.device.peak_flops["bf16"] == a100.device.peak_flops["fp16"]
+    assert CostModel(a100).seconds(Gemm(128, 128, 128, dtype="bf16")) > 0
 
 
 def test_gemm_wave_quantisation_makes_one_extra_block_cost_a_wave(a100):
@@ -197,13 +376,22 @@ def test_all_six_profiles_are_built_in():
 
 
 def _sourced_leaves(node, path=""):
-    """Dotted paths of every {value, source} mapping in a raw profile."""
+    """Dotted paths of every {value, source} mapping in a raw profile (list items as key[i])."""
     if isinstance(node, dict):
         if "value" in node:
             yield path, node
             return
         for key, child in node.items():
             yield from _sourced_leaves(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _sourced_leaves(child, f"{path}[{i}]")
+
+
+def _collective_keys(sources, n: int, name: str) -> list[str]:
+    """The source keys of parameter `name` of group size n: plain or per regime."""
+    prefix = f"interconnect.collectives.{n}."
+    return [k for k in sources if k.startswith(prefix) and k.endswith("." + name)]
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -223,8 +411,9 @@ def test_profile_loads_and_every_number_has_a_source(name):
                 "contention.low_priority_share"):
         assert key in hw.sources, key
     for n in (2, 4, 8):
-        assert f"interconnect.collectives.{n}.alpha_us" in hw.sources
-        assert f"interconnect.collectives.{n}.busbw_gb_per_s" in hw.sources
+        regimes = len(hw.interconnect.collectives[n].regimes)
+        assert len(_collective_keys(hw.sources, n, "alpha_us")) == regimes
+        assert len(_collective_keys(hw.sources, n, "busbw_gb_per_s")) == regimes
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -241,8 +430,9 @@ def test_profile_topology_and_size(name):
 @pytest.mark.parametrize("name", FITTED_FROM_VIDUR)
 def test_vidur_fitted_profiles_name_the_fit(name):
     sources = load_hardware(name).sources
-    collectives = [f"interconnect.collectives.{n}.{p}"
-                   for n in (2, 4, 8) for p in ("alpha_us", "busbw_gb_per_s")]
+    collectives = [k for n in (2, 4, 8) for p in ("alpha_us", "busbw_gb_per_s")
+                   for k in _collective_keys(sources, n, p)]
+    assert len(collectives) >= 6
     for key in ("device.gemm_efficiency", "device.memory_efficiency", "interconnect.p2p.alpha_us",
                 "interconnect.p2p.bandwidth_gb_per_s", *collectives):
         assert sources[key].startswith("fitted:") and "benchmarks/fit_vidur.py" in sources[key], key
@@ -265,7 +455,24 @@ def test_a800_links_are_two_thirds_of_a100():
         ratio = (a800.interconnect.collectives[n].bandwidth_bytes_per_s
                  / a100.interconnect.collectives[n].bandwidth_bytes_per_s)
         assert ratio == pytest.approx(2 / 3, abs=0.005)
+        for r800, r100 in zip(a800.interconnect.collectives[n].regimes, a100.interconnect.collectives[n].regimes):
+            assert r800.bandwidth_bytes_per_s / r100.bandwidth_bytes_per_s == pytest.approx(2 / 3, abs=0.005)
+            assert r800.alpha_s == r100.alpha_s
     assert a800.device.peak_flops == a100.device.peak_flops
+
+
+# nvidia-smi's total memory (MiB) of each profile's card, as its memory_gib source states it
+NVIDIA_SMI_MIB = {"a100-sxm4-80gb": 81920, "a800-sxm4-80gb": 81920, "h100-sxm5-80gb": 81559,
+                  "a100-pcie-40gb": 40960, "v100-sxm2-32gb": 32768, "rtx4090": 24564}
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_memory_is_the_nvidia_smi_total_in_gib(name):
+    mib = NVIDIA_SMI_MIB[name]
+    node = raw(name)["device"]["memory_gib"]
+    assert node["source"].startswith("measured: nvidia-smi total memory") and f"{mib} MiB" in node["source"]
+    assert value(node) == math.floor(mib / 1024 * 100) / 100       # GiB, rounded down to 0.01
+    assert load_hardware(name).device.memory_bytes == pytest.approx(value(node) * 2**30)
 
 
 def test_bigger_collective_is_never_faster():

@@ -30,18 +30,24 @@ MODELS = ("Llama-2-7b-hf", "Llama-2-70b-hf")
 FAMILIES = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 
 # Bounds on the median absolute percentage error, with the reason for each.
-# GEMM: the roofline with wave quantisation, after fitting two efficiencies, lands at 5.7% (A100) and
-# 7.2% (H100) over all 8352 GEMMs; per family and model at most ~11%. 20% per family is the bound the
-# design asks for; 10% over all rows catches a regression of the tile/wave model.
-GEMM_FAMILY_BOUND_PCT = 20.0
-GEMM_ALL_BOUND_PCT = 10.0
-# All-reduce: one alpha-beta line per group size cannot follow NCCL's switch of protocol (LL/LL128
-# for small messages, Simple above a few MiB): after the fit the medians are 4.3/12.5/11.7% (A100
-# n = 2/4/8) and 2.8/5.1/4.3% (H100); 15% holds all of them with a little room for refits.
-ALL_REDUCE_BOUND_PCT = 15.0
+# GEMM: the roofline with tile, wave and split-K plans, after fitting two efficiencies, lands at 5.5%
+# (A100) and 7.2% (H100) over all 8352 GEMMs; per family (both models) 4.9-6.9% (A100) and 5.7-9.4%
+# (H100). The bounds leave ~1.5 points of room for refits: a regression of the plan model breaks them.
+GEMM_FAMILY_BOUND_PCT = 11.0
+GEMM_ALL_BOUND_PCT = 8.0
+# Worst single row: before split-K the 1-64 token QKV GEMM of Llama-2-70b at TP 8 was predicted at
+# 2.3x its measured 19 us (A100); with split-K the worst rows are 42% (A100) and 50% (H100), mid-size
+# (64-272 token) GEMMs that cuBLAS runs slower than the tile model expects.
+GEMM_WORST_BOUND_PCT = 55.0
+# TP decode: Llama-2-70b QKV at TP 8 with 1-64 tokens (measured 19 us A100, 12-13 us H100), the case
+# split-K exists for: median abs error 7.2% (A100) and 11.0% (H100), both under-predictions.
+TP_DECODE_QKV_BOUND_PCT = 20.0
+# All-reduce: the minimum over (up to) two protocol regimes per group size: medians 1.9/3.0/2.5%
+# (A100 n = 2/4/8) and 4.8/5.1/2.0% (H100; n = 4 has one regime, the data support no second one).
+ALL_REDUCE_BOUND_PCT = 6.0
 # Send/recv: A100 bandwidth peaks at 16-32 MiB (258 GB/s) and falls at 64 MiB (228), which a
 # constant bandwidth cannot follow: 9.5% median after the fit (H100 1.7%).
-SEND_RECV_BOUND_PCT = 12.0
+SEND_RECV_BOUND_PCT = 10.5
 
 
 def gemm_shape(row, family: str) -> tuple[int, int, int]:
@@ -63,7 +69,7 @@ def pct_errors(pred, measured) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def gemm_errors() -> pd.DataFrame:
-    """One row per (device, model, family, CSV row): the absolute percentage error."""
+    """One row per (device, model, family, CSV row): the shape, tp and the absolute percentage error."""
     out = []
     for device, (profile, _) in DEVICES.items():
         cm = CostModel(load_hardware(profile))
@@ -74,8 +80,8 @@ def gemm_errors() -> pd.DataFrame:
                     m, n, k = gemm_shape(row, family)
                     measured = row[f"time_stats.{family}.median"] * 1e-3
                     err = float(pct_errors(cm.seconds(Gemm(m, n, k)), measured))
-                    out.append((device, model, family, err))
-    return pd.DataFrame(out, columns=["device", "model", "family", "err"])
+                    out.append((device, model, family, int(row["num_tensor_parallel_workers"]), m, n, k, err))
+    return pd.DataFrame(out, columns=["device", "model", "family", "tp", "m", "n", "k", "err"])
 
 
 def network(system: str, kind: str, n: int) -> pd.DataFrame:
@@ -107,9 +113,11 @@ def test_report(gemm_errors, comm_errors, capsys, record_property):
     """Prints the error tables (even under capture) and attaches them to the test report."""
     by_family = gemm_errors.groupby(["device", "family"])["err"].median().unstack("device").round(1)
     overall = gemm_errors.groupby("device")["err"].median().round(1)
+    worst = gemm_errors.groupby("device")["err"].max().round(1)
     lines = ["", "Vidur vs CostModel, median absolute percentage error",
              "GEMM by family:", by_family.to_string(),
              "GEMM all rows: " + ", ".join(f"{d} {e}%" for d, e in overall.items()),
+             "GEMM worst row: " + ", ".join(f"{d} {e}%" for d, e in worst.items()),
              "Communication:", comm_errors.round(1).to_string(index=False)]
     with capsys.disabled():
         print("\n".join(lines))
@@ -135,6 +143,28 @@ def test_gemm_all_rows_median_error(gemm_errors, record_property, device):
     err = float(gemm_errors[gemm_errors["device"] == device]["err"].median())
     record_property("median_abs_pct", round(err, 2))
     assert err <= GEMM_ALL_BOUND_PCT, f"{device}: median abs error {err:.1f}% over all GEMMs"
+
+
+@pytest.mark.parametrize("device", sorted(DEVICES))
+def test_gemm_worst_row_error(gemm_errors, record_property, device):
+    err = float(gemm_errors[gemm_errors["device"] == device]["err"].max())
+    record_property("max_abs_pct", round(err, 2))
+    assert err <= GEMM_WORST_BOUND_PCT, f"{device}: worst GEMM error {err:.1f}%"
+
+
+@pytest.mark.parametrize("device", sorted(DEVICES))
+def test_tp_decode_qkv_uses_split_k(gemm_errors, record_property, device):
+    """Few output tiles and a long k: without split-K the tile model charges a whole wave of
+    full-length tiles (A100: 44.5 us predicted against 19 us measured)."""
+    rows = gemm_errors[(gemm_errors["device"] == device) & (gemm_errors["model"] == "Llama-2-70b-hf")
+                       & (gemm_errors["family"] == "attn_pre_proj") & (gemm_errors["tp"] == 8)
+                       & (gemm_errors["m"] <= 64)]
+    assert len(rows) > 10 and set(rows["k"]) == {8192}
+    err = float(rows["err"].median())
+    record_property("median_abs_pct", round(err, 2))
+    assert err <= TP_DECODE_QKV_BOUND_PCT, f"{device} 70b QKV tp8 decode: median abs error {err:.1f}%"
+    profile = DEVICES[device][0]
+    assert CostModel(load_hardware(profile)).gemm_plan(Gemm(16, 1280, 8192)).split_k > 1
 
 
 @pytest.mark.parametrize("device", sorted(DEVICES))
