@@ -1,0 +1,362 @@
+"""`liger`: interleaved parallelism (Du et al., "Liger", PPoPP 2024), as its public artifact does.
+
+Source: the artifact `MachineLearningSystem/24PPOPP-Liger` (commit dfde116), `src/schedule.h::
+run_stream_sync` and `src/init.h::Sample`; summarised in shared/research/liger.md §2.3-2.5.
+
+Weights are sharded as in Megatron tensor parallelism over all devices (as `tp`). Each device has a
+high-priority *main* stream and a low-priority *sub* stream. A request's program is the flat list of
+the ops of all its steps (prefill, then decode steps; `strategies/program.py`). A *segment* is a
+maximal run of ops of one class: `comm` (collectives) or `compute` (everything else).
+
+The host keeps an FCFS *window* of at most `window` requests; the oldest is the *head*. Each
+iteration of the host loop:
+
+1. the host synchronises on the previous iteration's Wait event (recorded *before* the last op of
+   the previous main segment, so the host wakes when that op starts and launch latency is hidden);
+2. the sub stream waits on the previous iteration's Main event (recorded *after* that segment), so
+   sub work of iteration k never starts before main segment k-1 has ended;
+3. the head's next segment is launched on the main stream; its planned time is the sum of the ops'
+   profiled (isolated) times;
+4. the fill budget is planned x `contention_factor` (the artifact's constant 0.8);
+5. the other window requests, in window order, fill the sub stream with ops of the *opposite* class:
+   a request whose next op has the main segment's class is skipped; an op that fits is launched and
+   its profiled time charged; a collective is charged the whole remaining budget (so at most one
+   overlaps a segment; `comm_budget: profiled` charges its profiled time instead); a GEMM that does
+   not fit is decomposed along its output dimension into `decompose_factor` parts: the largest
+   piece of n parts (1 <= n < parts left) whose profiled time fits is launched and the rest stays
+   pending (it may be split again later); any other op that does not fit ends the fill.
+
+Every op is launched on every device, in one order (one host program for all devices), so
+collectives issued from either stream match across devices. A request leaves the window when all its
+ops are launched and it is the head (`retire: head`, the artifact) or at once (`retire: any`).
+As in the artifact nothing orders a request's ops across the two streams when it becomes the head:
+its first main-stream op may start before its last sub-stream op has ended (`handoff_wait: true`
+adds that dependency). A step counts as done (first token, finish, decode gating) only once all of
+its ops have ended, on both streams.
+
+Decode steps (the artifact has none): with `host_sync` (default) a step's ops need the previous
+step's output token, so a segment never crosses a step boundary; the head at a boundary blocks the
+host on its previous step's completion (as `tp` does after each step), and a window request at a
+boundary is skipped by the fill until its previous step has completed (a non-blocking event query).
+With one request in the window the host program issues the same ops in the same order as `tp`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Generator, Optional
+
+from simulator.model import check_tp_degree
+from simulator.ops import Gemm, Op, is_comm
+
+from .base import Params, Strategy
+from .program import request_steps, step_ops
+
+COMM_BUDGETS = ("remaining", "profiled")
+RETIRE = ("head", "any")
+
+
+@dataclass(frozen=True)
+class LigerParams(Params):
+    """Knobs; the defaults are the artifact's (liger.md §2.3-2.5)."""
+    window: int = 6                            # schedule_deep: requests in flight
+    contention_factor: float | str = 0.8       # fill budget / planned time; or "profile"
+    decompose_factor: int = 8                  # GEMM pieces are multiples of 1/factor; 1 = off
+    comm_budget: str = "remaining"             # a sub-stream collective costs: remaining | profiled
+    retire: str = "head"                       # who leaves the window when launched: head | any
+    host_sync: bool = True                     # decode steps wait for the previous step's token
+    handoff_wait: bool = False                 # a new head's main ops wait for its sub-stream ops
+    main_priority: int = -4                    # cudaStreamCreateWithPriority of the artifact
+    sub_priority: int = 0
+
+    def check(self) -> tuple[str, str] | None:
+        if self.window < 1:
+            return "window", f"must be >= 1, got {self.window}"
+        cf = self.contention_factor
+        if isinstance(cf, str):
+            if cf != "profile":
+                return "contention_factor", f"must be a number > 0 or 'profile', got {cf!r}"
+        elif not cf > 0:
+            return "contention_factor", f"must be > 0, got {cf}"
+        if self.decompose_factor < 1:
+            return "decompose_factor", \
+                f"must be >= 1 (1 = no decomposition), got {self.decompose_factor}"
+        if self.comm_budget not in COMM_BUDGETS:
+            return "comm_budget", f"{self.comm_budget!r} is not allowed; choose one of: " \
+                + ", ".join(COMM_BUDGETS)
+        if self.retire not in RETIRE:
+            return "retire", f"{self.retire!r} is not allowed; choose one of: " + ", ".join(RETIRE)
+        return None
+
+
+class _Flight:
+    """A request in the window: its flat program and how far it has been launched.
+
+    `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
+    __slots__ = ("req", "ops", "step_of", "phases", "pos", "done_parts", "steps_done", "tail",
+                 "on_main")
+
+    def __init__(self, req, ops, step_of, phases):
+        self.req, self.ops, self.step_of, self.phases = req, ops, step_of, phases
+        self.pos = 0
+        self.done_parts = 0
+        # per finished step: [(event, streams it is recorded on)]; the step is done when all are
+        self.steps_done: list[list] = []
+        self.tail: Optional[list] = None       # per-device events after its last sub-stream op
+        self.on_main = False                   # it has been the head (main-stream ops begun)
+
+    @property
+    def launched(self) -> bool:
+        return self.pos >= len(self.ops)
+
+
+class Liger(Strategy):
+    name = "liger"
+    Params = LigerParams
+
+    def __init__(self, model, devices, params=None):
+        super().__init__(model, devices, params)
+        self.group = tuple(range(devices))
+        self.main: list[int] = []
+        self.sub: list[int] = []
+        self.factors = {True: 1.0, False: 1.0}
+        # Test and analysis hook: set to a list to get one dict per host-loop iteration.
+        self.plan_log: Optional[list] = None
+
+    def validate(self, where: str, key: str) -> None:
+        check_tp_degree(self.model, self.devices, where, key)
+
+    def setup(self, rt) -> None:
+        p = self.params
+        self.main = [rt.create_stream(d, p.main_priority) for d in self.group]
+        self.sub = [rt.create_stream(d, p.sub_priority) for d in self.group]
+        self.factors = {comm: self._budget_factor(rt, comm) for comm in (True, False)}
+
+    def _budget_factor(self, rt, main_comm: bool) -> float:
+        """The artifact's constant, or with 'profile' the ratio of the main segment's slowdown to
+        the fill's slowdown in the hardware profile's contention model (both run side by side, so
+        fill work W fits a segment of planned time T when W * s_fill <= T * s_main)."""
+        cf = self.params.contention_factor
+        if not isinstance(cf, str):
+            return float(cf)
+        hw = getattr(rt, "hw", None)
+        slow = dict(hw.contention.slowdown) if hw is not None else {}
+        main, fill = ("comm", "compute") if main_comm else ("compute", "comm")
+        return slow.get((main, fill), 1.0) / slow.get((fill, main), 1.0)
+
+    # ------------------------------------------------------------------------------ host program
+    def host(self, rt) -> Generator:
+        window: list[_Flight] = []
+        prev = None                            # (Wait events, Main events) of the last iteration
+        while True:
+            self._retire(window)
+            while len(window) < self.params.window:
+                req = rt.try_next_request()
+                if req is None:
+                    break
+                window.append(self._flight(req))
+            if not window:
+                req = yield from rt.next_request()
+                if req is None:
+                    return
+                window.append(self._flight(req))
+                continue
+            prev = yield from self._iteration(rt, window, prev)
+
+    def _retire(self, window: list) -> None:
+        if self.params.retire == "any":
+            window[:] = [f for f in window if not f.launched]
+        else:
+            while window and window[0].launched:
+                window.pop(0)
+
+    def _flight(self, req) -> _Flight:
+        ops: list[Op] = []
+        step_of: list[int] = []
+        steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
+        for i, step in enumerate(steps):
+            step_program = step_ops(self.model, self.devices, step, self.group)
+            ops.extend(step_program)
+            step_of.extend([i] * len(step_program))
+        return _Flight(req, ops, step_of, [s.phase for s in steps])
+
+    def _iteration(self, rt, window: list, prev) -> Generator:
+        head = window[0]
+        if prev is not None:                   # 1. CPU-GPU sync on the previous Wait event
+            for ev in prev[0]:
+                yield from rt.synchronize(ev)
+        if not self._ready(head):              # decode: the head needs its previous token
+            for ev, _streams in head.steps_done[head.step_of[head.pos] - 1]:
+                yield from rt.synchronize(ev)
+        if not head.on_main:
+            head.on_main = True
+            if head.tail is not None and self.params.handoff_wait:   # its sub-stream ops first
+                for d, ev in zip(self.group, head.tail):
+                    rt.wait(d, self.main[d], ev)
+        segment = self._segment(head)
+        main_comm = is_comm(segment[0])
+        entry = None
+        if self.plan_log is not None:
+            entry = {"head": head.req.id, "main_comm": main_comm, "main": [], "sub": []}
+            self.plan_log.append(entry)
+        waits = [rt.new_event(f"wait.r{head.req.id}") for _ in self.group]
+        mains = [rt.new_event(f"main.r{head.req.id}") for _ in self.group]
+        planned = 0.0
+        for i, op in enumerate(segment):       # 3. the head's segment on the main stream
+            if i == len(segment) - 1:
+                for d in self.group:
+                    rt.record(waits[d], d, self.main[d])
+            t = rt.profiled_seconds(op)
+            planned += t
+            self._log(entry, "main", head, op, t, t)
+            self._launch(rt, head, op, self.main, self.params.decompose_factor - head.done_parts)
+        for d in self.group:
+            rt.record(mains[d], d, self.main[d])
+        budget = planned * self.factors[main_comm]         # 4. contention factor
+        if entry is not None:
+            entry.update(planned_s=planned, budget_s=budget)
+        self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)   # 5.
+        return waits, mains
+
+    @staticmethod
+    def _log(entry, where: str, f: _Flight, op: Op, profiled_s: float, charged_s: float) -> None:
+        if entry is not None:
+            entry[where].append({"request": f.req.id, "index": f.pos, "op": op,
+                                 "original": f.ops[f.pos], "profiled_s": profiled_s,
+                                 "charged_s": charged_s})
+
+    def _ready(self, f: _Flight) -> bool:
+        """False when f's next op starts a step whose previous step is not done (host_sync)."""
+        if not self.params.host_sync or f.pos == 0 or f.done_parts or f.launched:
+            return True
+        step = f.step_of[f.pos]
+        return step == f.step_of[f.pos - 1] or all(ev.done for ev, _ in f.steps_done[step - 1])
+
+    def _segment(self, f: _Flight) -> list[Op]:
+        """f's next maximal run of same-class ops (not crossing a step boundary with host_sync);
+        the first is the pending remainder of a decomposed GEMM if there is one."""
+        first = self._next_op(f)
+        comm = is_comm(first)
+        step = f.step_of[f.pos]
+        out = [first]
+        p = f.pos + 1
+        while p < len(f.ops) and is_comm(f.ops[p]) == comm and \
+                (not self.params.host_sync or f.step_of[p] == step):
+            out.append(f.ops[p])
+            p += 1
+        return out
+
+    def _fill(self, rt, window: list, main_comm: bool, budget: float, prev_main, entry) -> None:
+        """Step 5: opposite-class ops of the other window requests onto the sub stream."""
+        p = self.params
+        waited = prev_main is None
+        for f in window[1:]:
+            launched = False
+            while budget > 0 and not f.launched and self._ready(f):
+                op = f.ops[f.pos]
+                if is_comm(op) == main_comm:
+                    break                      # same class as the main segment: next request
+                piece = self._next_op(f)
+                parts = p.decompose_factor - f.done_parts
+                t = rt.profiled_seconds(piece)
+                if not main_comm and p.comm_budget == "remaining":
+                    charge = budget            # artifact: a collective takes what is left
+                elif t <= budget:
+                    charge = t
+                else:
+                    split = self._split(rt, f, op, budget) if isinstance(op, Gemm) else None
+                    if split is None:
+                        budget = 0.0           # does not fit and cannot be split: stop filling
+                        break
+                    piece, parts, charge = split
+                if not waited:                 # 2. inter-stream sync, before the first sub op
+                    for d in self.group:
+                        rt.wait(d, self.sub[d], prev_main[d])
+                    waited = True
+                self._log(entry, "sub", f, piece, rt.profiled_seconds(piece), charge)
+                self._launch(rt, f, piece, self.sub, parts)
+                budget -= charge
+                launched = True
+            if launched:
+                f.tail = [rt.new_event(f"tail.r{f.req.id}") for _ in self.group]
+                for d in self.group:
+                    rt.record(f.tail[d], d, self.sub[d])
+
+    def _split(self, rt, f: _Flight, op: Gemm, budget: float):
+        """(piece, parts, profiled time) of the largest piece of the pending GEMM that fits."""
+        factor = self.params.decompose_factor
+        left = factor - f.done_parts
+        if op.n < factor:
+            return None
+        for n in range(left - 1, 0, -1):
+            piece = _slice(op, f.done_parts, f.done_parts + n, factor)
+            t = rt.profiled_seconds(piece)
+            if t <= budget:
+                return piece, n, t
+        return None
+
+    def _next_op(self, f: _Flight) -> Op:
+        op = f.ops[f.pos]
+        if f.done_parts:
+            factor = self.params.decompose_factor
+            return _slice(op, f.done_parts, factor, factor)
+        return op
+
+    def _launch(self, rt, f: _Flight, op: Op, streams: list, parts: int) -> None:
+        """Launch `op` (f's next op, or `parts` parts of it) on `streams` of every device; when it
+        completes a step, record the step's event after it.
+
+        A step is done when its last op and, if that op is on the main stream, the request's last
+        sub-stream op have ended (without handoff_wait a new head's main-stream ops may overtake
+        its sub-stream ops): that marks the first token and the finish, and gates decode steps.
+        Without host_sync the first op of a step still needs the previous step's token (sampled on
+        the device): this stream waits for the events of the previous step on other streams."""
+        step = f.step_of[f.pos]
+        phase = f.phases[step]
+        rid = f.req.id
+        if step and not f.done_parts and f.step_of[f.pos - 1] != step:
+            for ev, where in f.steps_done[step - 1]:
+                if where is not streams and not ev.done:
+                    for d in self.group:
+                        rt.wait(d, streams[d], ev)
+        for d in self.group:
+            rt.launch(op, d, streams[d], rid, phase)
+        if f.done_parts + parts < self.params.decompose_factor:
+            f.done_parts += parts
+            return
+        f.pos += 1
+        f.done_parts = 0
+        if f.launched or f.step_of[f.pos] != step:
+            done = rt.new_event(f"r{rid}.step{step}")
+            rt.record(done, self.group[0], streams[self.group[0]])
+            events = [(done, streams)]
+            if streams is self.main and f.tail is not None and not f.tail[0].done:
+                events.append((f.tail[0], self.sub))
+            f.steps_done.append(events)
+            if step == 0:
+                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
+            if f.launched:
+                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))
+
+
+def _when_all(rt, events: list, mark) -> None:
+    """Call mark(the event that completed last) once every one of `events` has completed."""
+    if len(events) == 1:
+        mark(events[0])
+        return
+    fired = [False]
+
+    def check(_t) -> None:
+        if not fired[0] and all(ev.done for ev in events):
+            fired[0] = True
+            mark(max(events, key=lambda ev: ev.time))
+    for ev in events:
+        rt.when(ev, check)
+
+
+def _slice(op: Gemm, lo: int, hi: int, parts: int) -> Gemm:
+    """Parts [lo, hi) of `parts` equal slices of `op` along its output dimension n.
+
+    Slice boundaries are floor(n * j / parts), so the slices of one GEMM tile n exactly and their
+    flops add up to the original's (as `Gemm.split_n`, named `name[taken/parts]`)."""
+    cols = op.n * hi // parts - op.n * lo // parts
+    return replace(op, n=cols, name=f"{op.name}[{hi - lo}/{parts}]")
