@@ -194,6 +194,10 @@ class SimRuntime:
         if self._host[d] > self.env.now:
             yield self.env.timeout(self._host[d] - self.env.now)
 
+    def query(self, event: Event) -> bool:
+        """Whether `event` has completed, without blocking (CUDA: cudaEventQuery)."""
+        return event.done
+
     def when(self, event: Event, fn: Callable[[float], None]) -> None:
         """Call fn(time) when `event` completes (at once if it has)."""
         if event.done:

@@ -184,7 +184,7 @@ class Liger(Strategy):
         if prev is not None:                   # 1. CPU-GPU sync on the previous Wait event
             for ev in prev[0]:
                 yield from rt.synchronize(ev)
-        if not self._ready(head):              # decode: the head needs its previous token
+        if not self._ready(rt, head):          # decode: the head needs its previous token
             for ev, _streams in head.steps_done[head.step_of[head.pos] - 1]:
                 yield from rt.synchronize(ev)
         if not head.on_main:
@@ -224,12 +224,12 @@ class Liger(Strategy):
                                  "original": f.ops[f.pos], "profiled_s": profiled_s,
                                  "charged_s": charged_s})
 
-    def _ready(self, f: _Flight) -> bool:
+    def _ready(self, rt, f: _Flight) -> bool:
         """False when f's next op starts a step whose previous step is not done (host_sync)."""
         if not self.params.host_sync or f.pos == 0 or f.done_parts or f.launched:
             return True
         step = f.step_of[f.pos]
-        return step == f.step_of[f.pos - 1] or all(ev.done for ev, _ in f.steps_done[step - 1])
+        return step == f.step_of[f.pos - 1] or all(rt.query(ev) for ev, _ in f.steps_done[step - 1])
 
     def _segment(self, f: _Flight) -> list[Op]:
         """f's next maximal run of same-class ops (not crossing a step boundary with host_sync);
@@ -251,7 +251,7 @@ class Liger(Strategy):
         waited = prev_main is None
         for f in window[1:]:
             launched = False
-            while budget > 0 and not f.launched and self._ready(f):
+            while budget > 0 and not f.launched and self._ready(rt, f):
                 op = f.ops[f.pos]
                 if is_comm(op) == main_comm:
                     break                      # same class as the main segment: next request
