@@ -6,6 +6,7 @@ the piecewise-linear interpolation of its JCT statistic (`jct_mean_s` by default
 ``stat="p90"``) over `throughput_rps`, its successful points sorted by throughput (points that share
 a throughput are averaged; points are never extrapolated). Columns of the result:
 
+- Curves end at the saturation knee when the summary sweeps the offered load (see `curve`).
 - ``throughput_at_rps``: the common throughput the JCTs are read at. ``at="max"`` (default): the
   highest throughput both curves reach, ``min(max_A, max_B)``; ``at="mid"``: the middle of the
   overlap ``[max(min_A, min_B), min(max_A, max_B)]``.
@@ -75,8 +76,35 @@ def successful(summary: pd.DataFrame, y_col: str = "jct_mean_s") -> pd.DataFrame
     return summary[ok]
 
 
+# A point whose throughput does not exceed every lower-load point's by this fraction is past the
+# saturation knee: more offered load only queues. Such points leave the curve (they would make it
+# fold back on itself), though they still count for the maximum throughput.
+SATURATION_GAIN = 0.01
+
+
+def load_column(points: pd.DataFrame) -> Optional[str]:
+    """The swept offered-load column (arrival rate, clients), if the summary has exactly one."""
+    cols = [c for c in points.columns if str(c).startswith("workload.arrival.")
+            and points[c].nunique() > 1]
+    return cols[0] if len(cols) == 1 else None
+
+
 def curve(points: pd.DataFrame, y_col: str) -> tuple[np.ndarray, np.ndarray]:
-    """(throughput, jct) arrays sorted by throughput, points with equal throughput averaged."""
+    """(throughput, jct) arrays sorted by throughput, points with equal throughput averaged.
+
+    When the points come from a sweep of offered load, they are taken in order of that load and a
+    point is kept only while throughput still rises (by more than SATURATION_GAIN over every
+    lighter-load point): the curve ends at the saturation knee instead of folding back.
+    """
+    load = load_column(points)
+    if load is not None:
+        ordered = points.sort_values(load, kind="stable")
+        keep, best = [], -math.inf
+        for idx, x in zip(ordered.index, ordered["throughput_rps"].astype(float)):
+            if x > best * (1.0 + SATURATION_GAIN) or best == -math.inf:
+                keep.append(idx)
+                best = x
+        points = points.loc[keep]
     xy = points[["throughput_rps", y_col]].astype(float).groupby("throughput_rps", sort=True)[y_col].mean()
     return xy.index.to_numpy(float), xy.to_numpy(float)
 
@@ -97,14 +125,18 @@ def max_x_under(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     return float(x[i] + frac * (x[i + 1] - x[i]))
 
 
-def compare_pair(xa, ya, xb, yb, at: str = "max") -> dict:
-    """Compare curve A with curve B (arrays from `curve`); see the module docstring for columns."""
+def compare_pair(xa, ya, xb, yb, at: str = "max", max_a: Optional[float] = None,
+                 max_b: Optional[float] = None) -> dict:
+    """Compare curve A with curve B (arrays from `curve`); see the module docstring for columns.
+    `max_a`/`max_b`: the highest throughputs measured (default: the curves' last points)."""
     row = dict.fromkeys(BASE_COLUMNS[2:], math.nan)
     reasons = []
     if len(xa) == 0 or len(xb) == 0:
         return {**row, "reason": "no successful points for " + ("A" if len(xa) == 0 else "B")}
-    row["max_throughput_a_rps"], row["max_throughput_b_rps"] = float(xa[-1]), float(xb[-1])
-    row["max_throughput_ratio"] = _ratio(xa[-1], xb[-1])
+    max_a = float(xa[-1]) if max_a is None else float(max_a)
+    max_b = float(xb[-1]) if max_b is None else float(max_b)
+    row["max_throughput_a_rps"], row["max_throughput_b_rps"] = max_a, max_b
+    row["max_throughput_ratio"] = _ratio(max_a, max_b)
     lo, hi = max(xa[0], xb[0]), min(xa[-1], xb[-1])
     if lo > hi:
         reasons.append(f"throughput ranges do not overlap (A {xa[0]:.4g}-{xa[-1]:.4g} rps, "
@@ -148,12 +180,15 @@ def compare_frame(summary_df: pd.DataFrame, slo_s: Optional[float] = None, stat:
         labels = list(dict.fromkeys(frame["strategy"].astype(str)))
         good = ok.loc[ok.index.intersection(frame.index)]
         curves = {lab: curve(good[good["strategy"].astype(str) == lab], y_col) for lab in labels}
+        peaks = {lab: good.loc[good["strategy"].astype(str) == lab, "throughput_rps"].astype(float).max()
+                 for lab in labels}
         for a in labels:
             for b in labels:
                 if a == b:
                     continue
                 row = {**dict(zip(groups, key)), "strategy_a": a, "strategy_b": b,
-                       **compare_pair(*curves[a], *curves[b], at=at), "jct_stat": y_col}
+                       **compare_pair(*curves[a], *curves[b], at=at, max_a=peaks[a],
+                                      max_b=peaks[b]), "jct_stat": y_col}
                 if slo_s is not None:
                     _add_slo(row, curves[a], curves[b], float(slo_s))
                 rows.append(row)

@@ -125,3 +125,23 @@ def test_compare_dir_writes_compare_csv(tmp_path):
     with pytest.raises(ConfigError, match="no summary.csv"):
         compare_dir(str(tmp_path / "missing"))
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_saturated_points_leave_the_curve_but_count_for_max_throughput():
+    from simulator.compare import compare_frame
+    rows = []
+    # A saturates at 10 rps: beyond it throughput wobbles (9.9, 10.05) while JCT explodes
+    for rate, x, y in ((2, 2.0, 1.0), (6, 6.0, 1.0), (10, 10.0, 2.0), (14, 9.9, 50.0), (18, 10.05, 90.0)):
+        rows.append({"strategy": "A", "workload.arrival.rate_rps": rate, "throughput_rps": x,
+                     "jct_mean_s": y, "error": ""})
+    for rate, x, y in ((2, 2.0, 2.0), (6, 6.0, 2.0), (10, 9.0, 4.0), (14, 9.0, 40.0)):
+        rows.append({"strategy": "B", "workload.arrival.rate_rps": rate, "throughput_rps": x,
+                     "jct_mean_s": y, "error": ""})
+    t = compare_frame(pd.DataFrame(rows))
+    ab = t[(t["strategy_a"] == "A") & (t["strategy_b"] == "B")].iloc[0]
+    # B's curve ends at its knee (9 rps, 4 s); A's is read on its rising part: 1 + 0.75 = 1.75 s
+    assert ab["throughput_at_rps"] == pytest.approx(9.0)
+    assert ab["jct_a_s"] == pytest.approx(1.75)
+    assert ab["jct_b_s"] == pytest.approx(4.0)
+    assert ab["max_throughput_a_rps"] == pytest.approx(10.05)
+    assert ab["max_throughput_ratio"] == pytest.approx(10.05 / 9.0)
