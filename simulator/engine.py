@@ -24,6 +24,7 @@ from collections import deque
 from typing import Callable, Generator, Iterable, Optional
 
 import simpy
+from simpy.events import NORMAL, Event as _SimEvent
 
 from .contention import ContentionModel, make_contention
 from .cost import CostModel
@@ -33,6 +34,7 @@ from .ops import Collective, Op, SendRecv
 from .trace import Trace
 
 _OP, _RECORD, _WAIT = 0, 1, 2
+_COMM_TYPES = frozenset((Collective, SendRecv))
 _KIND = {"Gemm": "gemm", "Attention": "attention", "Elementwise": "elementwise",
          "SendRecv": "send_recv"}
 
@@ -70,18 +72,43 @@ class _Stream:
         self.current = None        # the _Run in progress
 
 
+class _Finish(_SimEvent):
+    """A SimPy event scheduled at an activity's projected finish (a Timeout without its checks:
+    the delay is known to be >= 0). `act` is the activity it finishes."""
+
+    def __init__(self, env, act, callback, delay):
+        self.env = env
+        self.callbacks = [callback]
+        self._value = None
+        self._ok = True
+        self.act = act
+        env.schedule(self, NORMAL, delay)
+
+
 class _Run:
     """One op on one device: what the contention model sees. A single-device op is its own
     activity (the fields after `activity`); a collective's runs share one `_Activity`."""
     __slots__ = ("stream", "item", "cost", "kind", "start", "op_class", "priority", "factor",
                  "activity", "runs", "links", "remaining", "rate", "last", "ev")
 
-    def __init__(self, stream, item, cost, kind, start):
-        self.stream, self.item, self.cost, self.kind, self.start = stream, item, cost, kind, start
-        self.op_class = cost.op_class
+    def __init__(self, stream, item, cost, kind, start, op_class, work):
+        self.stream = stream
+        self.item = item
+        self.cost = cost
+        self.kind = kind
+        self.start = self.last = start
+        self.op_class = op_class
         self.priority = stream.priority
         self.factor = 1.0
-        self.activity = None
+        self.remaining = work
+        self.links = ()
+        self.rate = 0.0
+        self.ev = None
+        if op_class == "comm":
+            self.activity = None
+        else:
+            self.activity = self
+            self.runs = (self,)
 
 
 class _Activity:
@@ -159,7 +186,7 @@ class SimRuntime:
         host[device] = t = (t if t > now else now) + self.launch_s
         st = self._streams[device][stream]
         seq = 0
-        if type(op) is Collective or type(op) is SendRecv:
+        if type(op) in _COMM_TYPES:
             # NCCL semantics: the i-th launch of a group on a device joins the group's i-th instance
             if device not in op.group:
                 raise SimulationError(f"{_describe(op)} launched on device {device}, "
@@ -295,25 +322,42 @@ class SimRuntime:
         env = self.env
         while q and not st.busy and not st.blocked:
             item = q[0]
-            if item[2] > env._now:
+            now = env._now
+            if item[2] > now:
                 st.blocked = True
-                env.timeout(item[2] - env._now).callbacks.append(
-                    lambda _e, st=st: self._unblock(st))
+                env.timeout(item[2] - now).callbacks.append(lambda _e, st=st: self._unblock(st))
                 return
             kind = item[0]
             if kind == _OP:
                 q.popleft()
-                self._start(st, item)
-            elif kind == _RECORD:
+                # _start, inlined for the common case: a compute op alone on an idle device
+                op = item[1]
+                hit = self._op_cost.get(id(op))
+                if hit is None or hit[0] is not op:
+                    hit = self._cost_entry(op)
+                op_class = hit[3]
+                run = _Run(st, item, hit[1], hit[2], now, op_class, hit[4])
+                st.busy = True
+                st.current = run
+                running = self._running[st.device]
+                running.append(run)
+                if op_class == "comm":
+                    self._join(run, op, st.device)
+                elif len(running) == 1:    # alone on an idle device: full speed, no contention model
+                    run.rate = 1.0
+                    run.ev = _Finish(env, run, self._on_timeout, hit[4])
+                else:
+                    self._reflow((st.device,), ())
+                return
+            if kind == _RECORD:
                 q.popleft()
                 self._complete_event(item[3])
+            elif item[3].done:
+                q.popleft()
             else:
-                if item[3].done:
-                    q.popleft()
-                else:
-                    st.blocked = True
-                    item[3]._streams.append(st)
-                    return
+                st.blocked = True
+                item[3]._streams.append(st)
+                return
 
     def _unblock(self, st: _Stream) -> None:
         st.blocked = False
@@ -333,37 +377,12 @@ class SimRuntime:
             ev._sim.succeed()
 
     # ------------------------------------------------------------------------------ ops
-    def _start(self, st: _Stream, item: tuple) -> None:
-        op = item[1]
-        hit = self._op_cost.get(id(op))
-        if hit is None or hit[0] is not op:
-            kind = op.kind if type(op) is Collective else _KIND[type(op).__name__]
-            hit = self._op_cost[id(op)] = (op, self.cost.cost(op), kind)
-        cost = hit[1]
-        now = self.env._now
-        run = _Run(st, item, cost, hit[2], now)
-        st.busy = True
-        st.current = run
-        d = st.device
-        running = self._running[d]
-        running.append(run)
-        if cost.op_class == "comm":
-            self._join(run, op, d)
-            return
-        run.activity = run
-        run.runs = (run,)
-        run.links = ()
-        run.remaining = cost.seconds
-        run.last = now
-        if len(running) == 1:          # alone on an idle device: full speed, no contention model
-            run.rate = 1.0
-            run.ev = ev = self.env.timeout(cost.seconds)
-            ev.act = run
-            ev.callbacks.append(self._on_timeout)
-        else:
-            run.rate = 0.0
-            run.ev = None
-            self._reflow((d,), ())
+    def _cost_entry(self, op) -> tuple:
+        """(op, OpCost, kind, op_class, isolated seconds), cached by the op object's identity."""
+        kind = op.kind if type(op) is Collective else _KIND[type(op).__name__]
+        cost = self.cost.cost(op)
+        hit = self._op_cost[id(op)] = (op, cost, kind, cost.op_class, cost.seconds)
+        return hit
 
     def _join(self, run: _Run, op, device: int) -> None:
         group = op.group
@@ -421,14 +440,30 @@ class SimRuntime:
                 act.remaining = 0.0
             act.last = now
             act.rate = rate
-            act.ev = ev = self.env.timeout(act.remaining / rate)
-            ev.act = act
-            ev.callbacks.append(self._on_timeout)
+            act.ev = _Finish(self.env, act, self._on_timeout, act.remaining / rate)
 
     def _on_timeout(self, ev) -> None:
         act = ev.act
-        if act.ev is ev:               # otherwise the rate changed since and a newer timeout is due
+        if act.ev is not ev:           # the rate changed since and a newer timeout is due
+            return
+        if type(act) is _Activity:     # a collective: several runs, links
             self._finish(act)
+            return
+        # a single-device op (the common case), inlined
+        now = self._end = self.env._now
+        st = act.stream
+        d = st.device
+        running = self._running[d]
+        running.remove(act)
+        item = act.item
+        self._rows.append((d, st.index, st.priority, item[1].name, act.kind, act.op_class, item[4],
+                           item[5], act.start, now, act.start, act.cost.seconds))
+        st.busy = False
+        st.current = None
+        if running:
+            self._reflow((d,), ())
+        if st.queue:
+            self._advance(st)
 
     def _finish(self, act) -> None:
         now = self.env._now
