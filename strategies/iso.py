@@ -52,7 +52,7 @@ from typing import Callable, Generator, Sequence
 
 from simulator.ops import Attention, Collective, is_comm
 
-from .program import Step, attention_block, head_ops, mlp_block, request_steps, step_ops
+from .program import Step, attention_block, head_ops, mlp_block, request_steps
 from .tp import TP, TPParams
 
 SPLITS = ("equal_tokens", "balanced")
@@ -200,17 +200,8 @@ class ISO(TP):
                          group, req.id, "prefill")
         for i, step in enumerate(steps):
             if i > 0:                        # decode: exactly tp's step
-                for op in step_ops(self.model, len(group), step, group):
-                    for d in group:
-                        rt.launch(op, d, COMPUTE_STREAM, req.id, step.phase)
-            done = rt.new_event(f"r{req.id}.step{i}")
-            rt.record(done, group[0], COMPUTE_STREAM)
-            if i == 0:
-                rt.first_token_when(req.id, done)
-            if i == len(steps) - 1:
-                rt.finish_when(req.id, done)
-            elif self.params.host_sync:
-                yield from rt.synchronize(done)
+                self.launch_step(rt, req, group, step, COMPUTE_STREAM)
+            yield from self.end_step(rt, req, group, i, len(steps), COMPUTE_STREAM)
 
 
 # ---------------------------------------------------------------------------------- split policies

@@ -39,16 +39,24 @@ class TP(Strategy):
 
     def serve(self, rt, req, group) -> Generator:
         steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
-        tp = len(group)
         for i, step in enumerate(steps):
-            for op in step_ops(self.model, tp, step, group):
-                for d in group:
-                    rt.launch(op, d, 0, req.id, step.phase)
-            done = rt.new_event(f"r{req.id}.step{i}")
-            rt.record(done, group[0], 0)
-            if i == 0:
-                rt.first_token_when(req.id, done)
-            if i == len(steps) - 1:
-                rt.finish_when(req.id, done)
-            elif self.params.host_sync:
-                yield from rt.synchronize(done)
+            self.launch_step(rt, req, group, step)
+            yield from self.end_step(rt, req, group, i, len(steps))
+
+    def launch_step(self, rt, req, group, step, stream: int = 0) -> None:
+        """Every op of one forward step on every device of `group`, in order, on `stream`."""
+        for op in step_ops(self.model, len(group), step, group):
+            for d in group:
+                rt.launch(op, d, stream, req.id, step.phase)
+
+    def end_step(self, rt, req, group, i: int, n_steps: int, stream: int = 0) -> Generator:
+        """Mark step i's end: first token after the prefill, finish after the last step; with
+        `host_sync` the host waits for a step before launching the next (sampling)."""
+        done = rt.new_event(f"r{req.id}.step{i}")
+        rt.record(done, group[0], stream)
+        if i == 0:
+            rt.first_token_when(req.id, done)
+        if i == n_steps - 1:
+            rt.finish_when(req.id, done)
+        elif self.params.host_sync:
+            yield from rt.synchronize(done)
