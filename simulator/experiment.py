@@ -40,17 +40,52 @@ class Job:
     base_dir: str = "."
 
     def cache_key(self) -> str:
+        """Hash of the job's configuration, of the files it names (a hardware YAML, a model
+        config.json, a trace CSV: anything in the configuration that is an existing file) and of
+        parasim's own code and built-in profiles, so that no change can reuse a stale result."""
         blob = json.dumps({"config": self.config, "strategy": self.strategy, "label": self.label},
                           sort_keys=True, default=str)
-        extra = []
-        for key in ("hardware",):
-            value = self.config.get(key)
-            if isinstance(value, str) and os.path.isfile(value):
-                with open(value, "rb") as fh:
-                    extra.append(hashlib.sha256(fh.read()).hexdigest())
-        from . import __version__
-        blob += __version__ + "".join(extra)
+        extra = [code_fingerprint()]
+        for value in _strings(self.config):
+            for path in (value, os.path.join(self.base_dir, value)):
+                if os.path.isfile(path):
+                    with open(path, "rb") as fh:
+                        extra.append(hashlib.sha256(fh.read()).hexdigest())
+                    break
+        blob += "".join(extra)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _strings(node: Any):
+    if isinstance(node, str):
+        if node.endswith((".yaml", ".yml", ".json", ".csv")):
+            yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+_FINGERPRINT: list = []
+
+
+def code_fingerprint() -> str:
+    """A hash of parasim's source (simulator/, strategies/) and built-in profiles (hwprofiles/)."""
+    if not _FINGERPRINT:
+        import hwprofiles
+        import strategies
+        from . import __version__
+        h = hashlib.sha256(__version__.encode())
+        for pkg_dir in (os.path.dirname(__file__), os.path.dirname(strategies.__file__),
+                        os.path.dirname(hwprofiles.__file__)):
+            for name in sorted(os.listdir(pkg_dir)):
+                if name.endswith((".py", ".yaml")):
+                    with open(os.path.join(pkg_dir, name), "rb") as fh:
+                        h.update(name.encode() + fh.read())
+        _FINGERPRINT.append(h.hexdigest())
+    return _FINGERPRINT[0]
 
 
 def read_yaml(path: str) -> Any:

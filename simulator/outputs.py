@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -169,7 +170,9 @@ def plot_latency_throughput(summary: pd.DataFrame, file: str) -> bool:
     handles += [Line2D([], [], color="black", linestyle="-", marker="o", label="mean JCT"),
                 Line2D([], [], color="black", linestyle="--", marker="s", markersize=4, label="p90 JCT")]
     ax.legend(handles=handles, fontsize=8)
-    fig.tight_layout()
+    with warnings.catch_warnings():      # a long legend cannot always fit: keep the plot anyway
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     _save(fig, file)
     return True
 

@@ -134,6 +134,9 @@ def run_job(job: Job, keep_trace: bool = False) -> JobResult:
         trace = simulate(built)
     except (ConfigError, SimulationError) as exc:
         return JobResult(job.index, {**base, "error": str(exc)}, None, None, str(exc))
+    except Exception as exc:      # a bug, not bad input: record it with its type and go on
+        msg = f"internal error ({type(exc).__name__}: {exc}); please report it"
+        return JobResult(job.index, {**base, "error": msg}, None, None, msg)
     row = {**base, **summarize(trace), "error": ""}
     req = request_metrics(trace)
     for k, v in reversed(list(base.items())):
