@@ -103,10 +103,11 @@ class Workload:
         reqs = self.generate(rng)
         if self.arrival == "closed_loop":
             return _closed_loop(reqs, self.clients, self.think_s)
-        return _open_loop(reqs)
+        return open_loop(reqs)
 
 
-def _open_loop(reqs: list[Request]):
+def open_loop(reqs: list[Request]):
+    """An arrival process: each request arrives at its `arrival_s`, then no more."""
     def source(rt) -> Generator:
         for r in reqs:
             if r.arrival_s > rt.now:

@@ -17,7 +17,7 @@ from simulator.engine import SimRuntime
 from simulator.errors import DeadlockError
 from simulator.hardware import OP_CLASSES, ContentionSpec, load_hardware
 from simulator.ops import Collective, Elementwise
-from simulator.workload import Request
+from simulator.workload import Request, open_loop
 
 BASE = load_hardware("a100-sxm4-80gb")
 EXACT = 1e-9
@@ -72,15 +72,7 @@ def no_requests(rt):
     yield  # a generator that sends nothing
 
 
-def arrivals(reqs):
-    """An open-loop source: each request arrives at its arrival_s."""
-    def source(rt):
-        for r in reqs:
-            if r.arrival_s > rt.now:
-                yield rt.env.timeout(r.arrival_s - rt.now)
-            rt.arrive(r)
-        rt.sources_done()
-    return source
+arrivals = open_loop          # each request arrives at its arrival_s
 
 
 def simulate(host, table, *, devices=1, hw=None, launch_s=0.0, setup=None, source=no_requests):

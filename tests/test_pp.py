@@ -21,7 +21,7 @@ from simulator.hardware import load_hardware
 from simulator.model import ModelSpec, load_model, split_layers
 from simulator.ops import SendRecv
 from simulator.runner import build, make_strategy
-from simulator.workload import Request
+from simulator.workload import Request, open_loop
 from strategies.pp import PP, balance_layers, parse_split
 from strategies.program import Step, request_steps, step_ops
 
@@ -34,14 +34,7 @@ EXACT = 1e-9
 
 # ------------------------------------------------------------------------------------ helpers
 
-def source(reqs):
-    def src(rt):
-        for r in reqs:
-            if r.arrival_s > rt.now:
-                yield rt.env.timeout(r.arrival_s - rt.now)
-            rt.arrive(r)
-        rt.sources_done()
-    return src
+source = open_loop            # each request arrives at its arrival_s
 
 
 def run(name, devices, reqs, *, model=MODEL, hw=HW, launch_s=None, quiet=False, **params):
