@@ -123,8 +123,8 @@ def split_layers(layers: int, pp: int) -> tuple[int, ...]:
     return tuple(base + (1 if i < extra else 0) for i in range(pp))
 
 
-def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int,
-                      context_tokens: int) -> MemoryFootprint:
+def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int, context_tokens: int,
+                      split: tuple[int, ...] | None = None) -> MemoryFootprint:
     """Memory of the fullest device (max total over pipeline stages) with Megatron-style tensor
     parallelism (heads, FFN columns and vocab split `tp` ways; norms replicated) and `pp` stages.
 
@@ -132,6 +132,7 @@ def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int,
     KV width is max(kv_heads // tp, 1) * head_dim (for both K/V weights and cache). The embedding sits
     on the first stage and the LM head on the last, each split by tp.
     KV cache = batch * context_tokens * 2 * local KV width * dtype_bytes * stage layers.
+    `split` gives the layers per stage explicitly (default: as even as possible).
     Activations (a rough transient bound, not from a paper): two live buffers of the widest per-token
     activation, batch * context_tokens * max(hidden, ffn / tp) * dtype_bytes * 2.
     """
@@ -145,7 +146,7 @@ def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int,
     embed_params = model.vocab * model.hidden / tp
     activation = batch * context_tokens * max(model.hidden, model.ffn / tp) * b * 2
     best: MemoryFootprint | None = None
-    stages = split_layers(model.layers, pp)
+    stages = tuple(split) if split is not None else split_layers(model.layers, pp)
     for i, n in enumerate(stages):
         embeds = (i == 0) + (i == len(stages) - 1)
         weights = (n * layer_params + embeds * embed_params) * b
@@ -184,9 +185,11 @@ def check_tp_degree(model: ModelSpec, tp: int, where: str, key: str) -> None:
 
 
 def check_fits(model: ModelSpec, device_memory_bytes: float, tp: int, pp: int, batch: int,
-               context_tokens: int, where: str, key: str) -> MemoryFootprint:
-    """Return the footprint, or raise ConfigError at `key` when it exceeds the device memory."""
-    fp = parse_with(where, key, lambda: memory_per_device(model, tp, pp, batch, context_tokens))
+               context_tokens: int, where: str, key: str,
+               split: tuple[int, ...] | None = None) -> MemoryFootprint:
+    """Return the footprint, or raise ConfigError at `key` when it exceeds the device memory.
+    `batch` counts every sequence whose KV cache is resident at once."""
+    fp = parse_with(where, key, lambda: memory_per_device(model, tp, pp, batch, context_tokens, split))
     if fp.total_bytes <= device_memory_bytes:
         return fp
     hint = ""

@@ -65,10 +65,11 @@ def build(job: Job) -> Built:
     workload = parse_workload(cfg["workload"], where, "workload", base_dir=job.base_dir)
     strategy = make_strategy(job.strategy, model, devices, where, job.strategy_key)
     tp, pp = strategy.parallel_layout()
-    batch = workload.batch
+    batch = workload.batch * strategy.resident_requests()
     context = _max_context(workload, seed)
     try:
-        check_fits(model, hardware.device.memory_bytes, tp, pp, batch, context, where, "model")
+        check_fits(model, hardware.device.memory_bytes, tp, pp, batch, context, where, "model",
+                   split=strategy.stage_layers())
     except ConfigError as exc:
         raise PointError(exc.where, exc.key, exc.message) from None
     return Built(model, hardware, devices, workload, strategy, seed)

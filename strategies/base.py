@@ -71,6 +71,14 @@ class Strategy:
         """(tp, pp): how the model's weights are split, for the memory check."""
         return self.devices, 1
 
+    def stage_layers(self) -> tuple[int, ...] | None:
+        """Layers per pipeline stage when given explicitly (None: as even as possible)."""
+        return None
+
+    def resident_requests(self) -> int:
+        """How many requests' KV caches a device may hold at once, for the memory check."""
+        return 1
+
     def setup(self, rt) -> None:
         pass
 

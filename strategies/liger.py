@@ -122,6 +122,10 @@ class Liger(Strategy):
         # Test and analysis hook: set to a list to get one dict per host-loop iteration.
         self.plan_log: Optional[list] = None
 
+    def resident_requests(self) -> int:
+        """Every request in the window has its KV cache on the devices."""
+        return self.params.window
+
     def validate(self, where: str, key: str) -> None:
         check_tp_degree(self.model, self.devices, where, key)
 

@@ -148,6 +148,13 @@ class PP(Strategy):
     def parallel_layout(self) -> tuple[int, int]:
         return self.tp, self.stages
 
+    def stage_layers(self) -> tuple[int, ...] | None:
+        return self.split
+
+    def resident_requests(self) -> int:
+        """Generative requests in flight, or one per stage for single-pass ones."""
+        return max(self.max_in_flight, self.stages)
+
     # ------------------------------------------------------------------------------ host program
     def setup(self, rt) -> None:
         """Fix the layer split (the weights' placement) before the first request."""

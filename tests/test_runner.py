@@ -108,3 +108,19 @@ def test_strategy_variants_from_lists(tmp_path):
     path.write_text(yaml.safe_dump(data))
     labels = sorted({j.label for j in load_experiment(str(path))})
     assert labels == ["tp[host_sync=False]", "tp[host_sync=True]"]
+
+
+def test_memory_check_counts_every_resident_request_and_explicit_splits(tmp_path):
+    from simulator.errors import ConfigError
+    from simulator.runner import build
+    exp = {"model": "llama-2-13b", "hardware": "a100-pcie-40gb", "devices": 2,
+           "strategies": ["tp", "liger", {"name": "pp", "split": "4,36"}],
+           "workload": {"requests": 2, "batch": 8, "prompt_tokens": 4000, "output_tokens": 2}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    tp, liger, pp = load_experiment(str(path))
+    build(tp)                                    # one request's KV cache at a time fits
+    with pytest.raises(ConfigError, match="GiB per device"):
+        build(liger)                             # six windowed requests' KV caches do not
+    with pytest.raises(ConfigError, match="GiB per device"):
+        build(pp)                                # 36 of 40 layers on one device do not
