@@ -10,6 +10,8 @@ import pkgutil
 
 from .base import Params, Strategy
 
+__all__ = ["Params", "Strategy", "REGISTRY", "names", "get"]
+
 REGISTRY: dict[str, type[Strategy]] = {}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
