@@ -80,6 +80,9 @@ def successful(summary: pd.DataFrame, y_col: str = "jct_mean_s") -> pd.DataFrame
 # saturation knee: more offered load only queues. Such points leave the curve (they would make it
 # fold back on itself), though they still count for the maximum throughput.
 SATURATION_GAIN = 0.01
+# With an open-loop arrival-rate sweep, a point that serves less than this fraction of its offered
+# rate is saturated (below saturation a queue keeps up with its arrivals).
+SATURATED_FRACTION = 0.9
 
 
 def load_column(points: pd.DataFrame) -> Optional[str]:
@@ -94,13 +97,18 @@ def curve(points: pd.DataFrame, y_col: str) -> tuple[np.ndarray, np.ndarray]:
 
     When the points come from a sweep of offered load, they are taken in order of that load and a
     point is kept only while throughput still rises (by more than SATURATION_GAIN over every
-    lighter-load point): the curve ends at the saturation knee instead of folding back.
+    lighter-load point) and, for an arrival-rate sweep, while it serves at least
+    SATURATED_FRACTION of its offered rate: the curve ends at the saturation knee instead of
+    running along the saturated plateau or folding back.
     """
     load = load_column(points)
     if load is not None:
         ordered = points.sort_values(load, kind="stable")
         keep, best = [], -math.inf
-        for idx, x in zip(ordered.index, ordered["throughput_rps"].astype(float)):
+        offered = ordered[load].astype(float) if load.endswith("rate_rps") else None
+        for i, (idx, x) in enumerate(zip(ordered.index, ordered["throughput_rps"].astype(float))):
+            if offered is not None and keep and x < SATURATED_FRACTION * offered.iloc[i]:
+                continue
             if x > best * (1.0 + SATURATION_GAIN) or best == -math.inf:
                 keep.append(idx)
                 best = x

@@ -145,3 +145,12 @@ def test_saturated_points_leave_the_curve_but_count_for_max_throughput():
     assert ab["jct_b_s"] == pytest.approx(4.0)
     assert ab["max_throughput_a_rps"] == pytest.approx(10.05)
     assert ab["max_throughput_ratio"] == pytest.approx(10.05 / 9.0)
+
+
+def test_points_serving_far_less_than_their_offered_rate_are_saturated():
+    from simulator.compare import curve
+    pts = pd.DataFrame({"strategy": "A", "workload.arrival.rate_rps": [4.0, 12.0, 16.0, 24.0],
+                        "throughput_rps": [3.9, 11.4, 11.6, 11.7], "jct_mean_s": [0.1, 0.3, 0.9, 1.5]})
+    x, y = curve(pts, "jct_mean_s")
+    # 11.6 rps is 1.8% above 11.4 but serves only 72% of the 16 rps offered: past the knee
+    assert list(x) == [3.9, 11.4] and list(y) == [0.1, 0.3]
