@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, Optional
@@ -213,7 +213,9 @@ def run_experiment(path: str, out_dir: str, workers: int = 1, progress: bool = T
     args = [(job, job.index in traced) for job in todo]
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-            for res in pool.map(_work, args):
+            futures = [pool.submit(_work, a) for a in args]
+            for fut in as_completed(futures):       # cache each point as soon as it is done
+                res = fut.result()
                 _finish_one(out_dir, jobs[res.index], res, results, bar)
     else:
         for a in args:
