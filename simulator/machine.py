@@ -45,14 +45,22 @@ class Event:
 
 
 class _Stream:
-    __slots__ = ("device", "index", "priority", "queue", "busy", "blocked", "current")
+    """A FIFO of items on one device, and the op it runs (a stream runs one op at a time, so the
+    stream carries that op's state: what the contention model sees, and, for a single-device op,
+    the fluid activity itself; a collective's member streams share one `_Activity`)."""
+    __slots__ = ("device", "index", "priority", "queue", "busy", "blocked",
+                 "item", "cost", "kind", "start", "op_class", "factor", "activity", "runs",
+                 "links", "remaining", "rate", "last", "ev")
 
     def __init__(self, device: int, index: int, priority: int):
         self.device, self.index, self.priority = device, index, priority
         self.queue: deque = deque()
         self.busy = False          # an op is running (or spinning) on it
         self.blocked = False       # waiting for an event or for its head's launch to finish
-        self.current = None        # the _Run in progress
+        self.activity = None       # while busy: itself (single-device op) or a collective's _Activity
+        self.runs = (self,)
+        self.links = ()
+        self.ev = None
 
 
 class _Finish(_SimEvent):
@@ -68,34 +76,9 @@ class _Finish(_SimEvent):
         env.schedule(self, NORMAL, delay)
 
 
-class _Run:
-    """One op on one device: what the contention model sees. A single-device op is its own
-    activity (the fields after `activity`); a collective's runs share one `_Activity`."""
-    __slots__ = ("stream", "item", "cost", "kind", "start", "op_class", "priority", "factor",
-                 "activity", "runs", "links", "remaining", "rate", "last", "ev")
-
-    def __init__(self, stream, item, cost, kind, start, op_class, work):
-        self.stream = stream
-        self.item = item
-        self.cost = cost
-        self.kind = kind
-        self.start = self.last = start
-        self.op_class = op_class
-        self.priority = stream.priority
-        self.factor = 1.0
-        self.remaining = work
-        self.links = ()
-        self.rate = 0.0
-        self.ev = None
-        if op_class == "comm":
-            self.activity = None
-        else:
-            self.activity = self
-            self.runs = (self,)
-
-
 class _Activity:
-    """Work in progress: remaining isolated seconds, shared by its runs (one per member device).
+    """A collective's work in progress: remaining isolated seconds, shared by its runs (the member
+    streams, one per device).
     `ev` is the pending finish timeout; a timeout that is no longer `ev` is stale and ignored."""
     __slots__ = ("runs", "links", "remaining", "rate", "last", "ev", "start")
 
@@ -144,16 +127,25 @@ class _Machine:
                 if hit is None or hit[0] is not op:
                     hit = self._cost_entry(op)
                 op_class = hit[3]
-                run = _Run(st, item, hit[1], hit[2], now, op_class, hit[4])
                 st.busy = True
-                st.current = run
+                st.item = item
+                st.cost = hit[1]
+                st.kind = hit[2]
+                st.start = st.last = now
+                st.op_class = op_class
+                st.factor = 1.0
+                st.remaining = hit[4]
+                st.rate = 0.0
                 running = self._running[st.device]
-                running.append(run)
+                running.append(st)
                 if op_class == "comm":
-                    self._join(run, op, st.device)
-                elif len(running) == 1:    # alone on an idle device: full speed, no contention model
-                    run.rate = 1.0
-                    run.ev = _Finish(env, run, self._on_timeout, hit[4])
+                    st.activity = None
+                    self._join(st, op, st.device)
+                    return
+                st.activity = st
+                if len(running) == 1:      # alone on an idle device: full speed, no contention model
+                    st.rate = 1.0
+                    st.ev = _Finish(env, st, self._on_timeout, hit[4])
                 else:
                     self._reflow((st.device,), ())
                 return
@@ -192,7 +184,7 @@ class _Machine:
         hit = self._op_cost[id(op)] = (op, cost, kind, cost.op_class, cost.seconds)
         return hit
 
-    def _join(self, run: _Run, op, device: int) -> None:
+    def _join(self, run: _Stream, op, device: int) -> None:
         group = op.group
         key = (type(op).__name__, getattr(op, "kind", ""), group)
         gkey = (key, run.item[6])
@@ -257,17 +249,17 @@ class _Machine:
         if type(act) is _Activity:     # a collective: several runs, links
             self._finish(act)
             return
-        # a single-device op (the common case), inlined
+        # a single-device op (the common case), inlined: the activity is its stream
         now = self._end = self.env._now
-        st = act.stream
+        st = act
         d = st.device
         running = self._running[d]
-        running.remove(act)
-        item = act.item
-        self._rows.append((d, st.index, st.priority, item[1].name, act.kind, act.op_class, item[4],
-                           item[5], act.start, now, act.start, act.cost.seconds))
+        running.remove(st)
+        item = st.item
+        self._rows.append((d, st.index, st.priority, item[1].name, st.kind, st.op_class, item[4],
+                           item[5], st.start, now, st.start, st.cost.seconds))
         st.busy = False
-        st.current = None
+        st.activity = None
         if running:
             self._reflow((d,), ())
         if st.queue:
@@ -278,19 +270,17 @@ class _Machine:
         self._end = now
         rows = self._rows
         busy = []
-        for run in act.runs:
-            st = run.stream
-            item = run.item
-            op = item[1]
+        for st in act.runs:
+            item = st.item
             d = st.device
             running = self._running[d]
-            running.remove(run)
+            running.remove(st)
             if running:
                 busy.append(d)
-            rows.append((d, st.index, st.priority, op.name, run.kind, run.op_class, item[4],
-                         item[5], run.start, now, act.start, run.cost.seconds))
+            rows.append((d, st.index, st.priority, item[1].name, st.kind, st.op_class, item[4],
+                         item[5], st.start, now, act.start, st.cost.seconds))
             st.busy = False
-            st.current = None
+            st.activity = None
         links = []
         for link in act.links:
             members = self._links[link]
@@ -299,20 +289,19 @@ class _Machine:
                 links.append(link)
         if busy or links:
             self._reflow(busy, links)
-        for run in act.runs:
-            self._advance(run.stream)
+        for st in act.runs:
+            self._advance(st)
 
     # ------------------------------------------------------------------------------ driving
 
     def _describe_stream(self, st: _Stream) -> str:
         where = f"device {st.device} stream {st.index} (priority {st.priority})"
-        if st.busy and st.current is not None:
-            run = st.current
-            op = run.item[1]
-            if run.activity is None:
+        if st.busy:
+            op = st.item[1]
+            if st.activity is None:
                 key = (type(op).__name__, getattr(op, "kind", ""), op.group)
-                g = next((g for (k, _), g in self._groups.items() if k == key and run in g.runs), None)
-                have = {r.stream.device for r in g.runs} if g else {st.device}
+                g = next((g for (k, _), g in self._groups.items() if k == key and st in g.runs), None)
+                have = {r.device for r in g.runs} if g else {st.device}
                 missing = [d for d in op.group if d not in have]
                 return f"{where}: {_describe(op)} waits for device(s) {missing} to start it"
             return f"{where}: running {_describe(op)}"
