@@ -28,13 +28,21 @@ minimum over regimes, a continuous, concave curve with no size threshold::
 
     t = min over r of  alpha_r(n) + factor(kind, n) * bytes / busbw_r(n)
 
+Measured-table mode (cost_tables.py): where the profile (or the `tables` argument) has a table for
+the op's family, its measured time wins: an exact row, else the interpolation between the nearest
+measured rows along the family's axis. Outside the measured range, or with no row of the op's other
+columns, the roofline / alpha-beta time above answers. `OpCost.detail` says which. A table time
+keeps the roofline's `bound` and `op_class`, so the contention model still sees compute or memory.
+
 The cost model knows ops and hardware, never strategies.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Mapping
 
+from .cost_tables import MeasuredTable, merge_tables, table_query
 from .hardware import HardwareProfile
 from .ops import DTYPE_BYTES, Attention, Collective, Elementwise, Gemm, Op, SendRecv
 
@@ -60,7 +68,8 @@ class OpCost:
     op_class: str
     flops: float
     bytes: float
-    detail: str = ""         # the plan behind the time: GEMM tile and split-K, collective regime
+    detail: str = ""         # the plan behind the time: GEMM tile and split-K, collective regime,
+                             # or which table rows ("table: ...", "roofline: outside table ...")
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,15 @@ def collective_factor(kind: str, n: int) -> float:
 
 
 class CostModel:
-    """Isolated op times for one hardware profile; results are cached per op description."""
+    """Isolated op times for one hardware profile; results are cached per op description.
 
-    def __init__(self, hardware: HardwareProfile):
+    `tables` (op family -> MeasuredTable) add to the profile's `measured_tables`, replacing the
+    profile's table of the same family: measured times given in code, e.g. by calibration."""
+
+    def __init__(self, hardware: HardwareProfile,
+                 tables: Mapping[str, MeasuredTable] | None = None):
         self.hw = hardware
+        self.tables = merge_tables(getattr(hardware, "measured_tables", None), tables)
         self._cache: dict = {}
 
     def seconds(self, op: Op) -> float:
@@ -101,6 +115,18 @@ class CostModel:
 
     # ------------------------------------------------------------------------------------ families
     def _compute(self, op: Op) -> OpCost:
+        model = self._model(op)
+        query = table_query(op) if self.tables else None
+        table = self.tables.get(query[0]) if query else None
+        if table is None:
+            return model
+        seconds, why = table.lookup(query[1], query[2])
+        if seconds is None:
+            return replace(model, detail=f"roofline: {why}" + (f"; {model.detail}" if model.detail else ""))
+        return replace(model, seconds=seconds, detail=why)
+
+    def _model(self, op: Op) -> OpCost:
+        """The roofline (compute, memory) or alpha-beta (communication) cost of `op`."""
         if isinstance(op, Gemm):
             return self._gemm(op)
         if isinstance(op, Attention):

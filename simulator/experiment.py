@@ -49,11 +49,32 @@ class Job:
         for value in _strings(self.config):
             for path in (value, os.path.join(self.base_dir, value)):
                 if os.path.isfile(path):
-                    with open(path, "rb") as fh:
-                        extra.append(hashlib.sha256(fh.read()).hexdigest())
+                    for named in [path] + _tables_named_by(path):
+                        with open(named, "rb") as fh:
+                            extra.append(hashlib.sha256(fh.read()).hexdigest())
                     break
         blob += "".join(extra)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _tables_named_by(path: str) -> list[str]:
+    """The measured-table CSVs a hardware profile YAML names (they change its costs too)."""
+    if not path.endswith((".yaml", ".yml")):
+        return []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+        tables = data.get("measured_tables", {}) if isinstance(data, dict) else {}
+        out = []
+        for entry in (tables.values() if isinstance(tables, dict) else []):
+            csv = entry.get("csv") if isinstance(entry, dict) else None
+            if isinstance(csv, str):
+                full = os.path.join(os.path.dirname(os.path.abspath(path)), csv)
+                if os.path.isfile(full):
+                    out.append(full)
+        return out
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return []          # the loader reports a bad file; the key just cannot include it
 
 
 def _strings(node: Any):

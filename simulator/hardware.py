@@ -8,11 +8,16 @@ and are converted to SI here, once.
 A collective group size gives one protocol regime, ``{alpha_us, busbw_gb_per_s}``, or several,
 ``regimes: [{alpha_us, busbw_gb_per_s}, ...]``; the cost model takes the fastest regime at each size.
 
+An optional ``measured_tables:`` maps an op family (see `cost_tables.FAMILIES`) to
+``{csv: PATH, source: "measured: ..."}``, PATH relative to the profile's folder; the cost model then
+interpolates those measured times and falls back to the roofline outside them (DESIGN §3).
+
 Built-in profiles live in the ``hwprofiles`` package; a path to a YAML file works wherever a name does.
 """
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -21,6 +26,7 @@ from typing import Mapping
 
 import yaml
 
+from .cost_tables import FAMILIES, MeasuredTable, load_table_csv, source_problem
 from .errors import ConfigError
 from .schema import Section
 
@@ -111,6 +117,8 @@ class HardwareProfile:
     contention: ContentionSpec
     sources: Mapping[str, str] = field(default_factory=dict)   # dotted key -> provenance
     path: str = ""
+    # op family -> measured times the cost model prefers to its roofline (cost_tables.py)
+    measured_tables: Mapping[str, MeasuredTable] = field(default_factory=lambda: MappingProxyType({}))
 
     def with_contention(self, contention: ContentionSpec) -> "HardwareProfile":
         from dataclasses import replace
@@ -131,10 +139,8 @@ class _Reader:
         node = sec.section(name)
         value = node.get("value", int if integer else float, min=min, max=max, min_open=min_open)
         source = node.get("source", str)
-        kind = source.split(":", 1)[0].strip().lower()
-        if kind not in SOURCE_KINDS or ":" not in source or not source.split(":", 1)[1].strip():
-            raise node.error("source", "must read 'KIND: where it comes from' with KIND one of "
-                             + ", ".join(SOURCE_KINDS) + f"; got {source!r}")
+        if source_problem(source):
+            raise node.error("source", source_problem(source))
         node.done()
         self.sources[node.path] = source
         return value
@@ -164,7 +170,33 @@ def _regimes(r: _Reader, entry: Section) -> list[Regime]:
     return out
 
 
-def _parse(data, where: str) -> HardwareProfile:
+def _tables(r: _Reader, top: Section, base_dir: str) -> Mapping[str, MeasuredTable]:
+    """``measured_tables: {FAMILY: {csv: PATH, source: "KIND: ..."}}``, PATH relative to `base_dir`
+    (the profile's folder). YAML errors name the profile and key, CSV errors the CSV and row."""
+    if not top.has("measured_tables"):
+        return MappingProxyType({})
+    sec = top.section("measured_tables")
+    tables = {}
+    for family in list(sec.data):
+        if family not in FAMILIES:
+            raise sec.error(family, "unknown op family; allowed: " + ", ".join(FAMILIES))
+        entry = sec.section(family)
+        csv_path = entry.get("csv", str)
+        source = entry.get("source", str)
+        if source_problem(source):
+            raise entry.error("source", source_problem(source))
+        entry.done()
+        path = csv_path if os.path.isabs(csv_path) else os.path.join(base_dir, csv_path)
+        if not os.path.isfile(path):
+            raise entry.error("csv", f"no such file {path!r} (a relative path is read from the "
+                              "profile's folder)")
+        tables[family] = load_table_csv(path, family, source)
+        r.sources[entry.path] = source
+    sec.done()
+    return MappingProxyType(tables)
+
+
+def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
     top = Section(data, where)
     r = _Reader(where)
     name = top.get("name", str)
@@ -243,9 +275,10 @@ def _parse(data, where: str) -> HardwareProfile:
     share = r.number(con, "low_priority_share", max=1.0)
     con.done()
     contention = ContentionSpec(model, MappingProxyType(slowdown), share)
+    tables = _tables(r, top, base_dir)
     top.done()
     return HardwareProfile(name, description, max_devices, device, launch, interconnect, contention,
-                           MappingProxyType(r.sources), where)
+                           MappingProxyType(r.sources), where, tables)
 
 
 def builtin_names() -> list[str]:
@@ -263,24 +296,43 @@ def load_hardware(name_or_path: str, where: str = "hardware") -> HardwareProfile
             raise ConfigError(path, "", "no such hardware profile file")
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
+        base_dir = os.path.dirname(os.path.abspath(path))
     else:
         if name_or_path not in builtin_names():
             raise ConfigError(where, "", f"unknown hardware profile {name_or_path!r}; built-in: "
                               + ", ".join(builtin_names()) + " (or give a path to a YAML file)")
         path = f"hwprofiles/{name_or_path}.yaml"
         text = resources.files("hwprofiles").joinpath(f"{name_or_path}.yaml").read_text("utf-8")
+        base_dir = str(resources.files("hwprofiles"))
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(path, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
-    return _load_cached(path, data)
+    return _load_cached(path, data, base_dir)
 
 
 _CACHE: dict[str, HardwareProfile] = {}
 
 
-def _load_cached(path: str, data) -> HardwareProfile:
-    key = path + repr(data)
+def _load_cached(path: str, data, base_dir: str) -> HardwareProfile:
+    key = path + repr(data) + repr(_table_stamps(data, base_dir))
     if key not in _CACHE:
-        _CACHE[key] = _parse(data, path)
+        _CACHE[key] = _parse(data, path, base_dir)
     return _CACHE[key]
+
+
+def _table_stamps(data, base_dir: str) -> list:
+    """(path, content hash) of each measured-table CSV the profile names, so that an edited CSV
+    is read again; malformed entries are left for `_parse` to report."""
+    stamps = []
+    tables = data.get("measured_tables") if isinstance(data, dict) else None
+    for entry in (tables.values() if isinstance(tables, dict) else ()):
+        csv_path = entry.get("csv") if isinstance(entry, dict) else None
+        if isinstance(csv_path, str):
+            path = os.path.join(base_dir, csv_path)
+            try:
+                with open(path, "rb") as fh:
+                    stamps.append((path, hashlib.sha256(fh.read()).hexdigest()))
+            except OSError:
+                stamps.append((path, None))
+    return stamps

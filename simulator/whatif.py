@@ -20,6 +20,8 @@ from .metrics import summarize
 from .model import ModelSpec, load_model
 from .workload import parse_workload
 
+COMM_FAMILIES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+
 
 def _scaled(p: LinkParams, bw_factor: float, alpha_factor: float) -> LinkParams:
     kwargs = {"alpha_s": p.alpha_s * alpha_factor,
@@ -42,8 +44,10 @@ def with_interconnect(profile: HardwareProfile | str, bandwidth_factor: float = 
     sources = dict(hw.sources)
     sources["interconnect.what_if"] = (f"assumed: what-if, bandwidths x{bandwidth_factor:g}, "
                                        f"latencies x{alpha_factor:g} of {hw.name}")
+    # measured communication times no longer hold on the what-if links: drop those tables
+    tables = {f: t for f, t in getattr(hw, "measured_tables", {}).items() if f not in COMM_FAMILIES}
     return replace(hw, name=f"{hw.name}*bw{bandwidth_factor:g}", interconnect=ic,
-                   sources=MappingProxyType(sources))
+                   sources=MappingProxyType(sources), measured_tables=MappingProxyType(tables))
 
 
 def simulate_point(model: ModelSpec | str | dict, hardware: HardwareProfile | str, devices: int,

@@ -124,3 +124,18 @@ def test_memory_check_counts_every_resident_request_and_explicit_splits(tmp_path
         build(liger)                             # six windowed requests' KV caches do not
     with pytest.raises(ConfigError, match="GiB per device"):
         build(pp)                                # 36 of 40 layers on one device do not
+
+
+def test_cache_key_follows_the_measured_tables_a_profile_names(tmp_path):
+    from importlib import resources
+    text = resources.files("hwprofiles").joinpath("a100-sxm4-80gb.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["measured_tables"] = {"gemm": {"csv": "g.csv", "source": "measured: test"}}
+    (tmp_path / "box.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "g.csv").write_text("m,n,k,dtype,seconds\n16,4096,4096,fp16,0.0001\n")
+    exp = dict(EXP, hardware="box.yaml", devices=1)
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    before = load_experiment(str(path))[0].cache_key()
+    (tmp_path / "g.csv").write_text("m,n,k,dtype,seconds\n16,4096,4096,fp16,0.0002\n")
+    assert load_experiment(str(path))[0].cache_key() != before
