@@ -1,8 +1,9 @@
 """SimRuntime: the simulated multi-device machine (DESIGN §2), driven by SimPy.
 
 Strategies talk to it through the runtime verbs only: ``create_stream``, ``launch``, ``record``,
-``wait``, ``synchronize`` (a generator: the host blocks), ``next_request`` (a generator),
-``finish_when`` / ``first_token_when`` and ``profiled_seconds``.
+``wait``, ``query``, ``synchronize`` and ``wait_any`` (generators: the host blocks), ``when``
+(a host callback), ``next_request`` (a generator) and ``try_next_request``, ``finish_when`` /
+``first_token_when`` and ``profiled_seconds``. The mechanics live in machine.py.
 
 Semantics, in short:
 - Each device has a host clock. A launch costs the profile's launch overhead of host time; the op
@@ -213,8 +214,7 @@ class SimRuntime(_Machine):
     def on_finish(self, fn: Callable) -> None:
         self._finish_listeners = tuple(self._finish_listeners) + (fn,)
 
-    # ------------------------------------------------------------------------------ streams
-
+    # ------------------------------------------------------------------------------ driving
     def run(self, strategy, source: Callable[["SimRuntime"], Generator]) -> Trace:
         """Run `strategy.host(self)` as the host program and `source(self)` as the arrival process."""
         strategy.setup(self)
