@@ -3,7 +3,7 @@
 Strategies talk to it through the runtime verbs only: ``create_stream``, ``launch``, ``record``,
 ``wait``, ``query``, ``synchronize`` and ``wait_any`` (generators: the host blocks), ``when``
 (a host callback), ``next_request`` (a generator) and ``try_next_request``, ``finish_when`` /
-``first_token_when`` and ``profiled_seconds``. The mechanics live in machine.py.
+``first_token_when``, ``profiled_seconds`` and ``profiled_slowdown``. The mechanics live in machine.py.
 
 Semantics, in short:
 - Each device has a host clock. A launch costs the profile's launch overhead of host time; the op
@@ -35,6 +35,14 @@ from .ops import Op
 from .trace import RequestRecord, Trace
 
 __all__ = ["Event", "SimRuntime"]
+
+
+class _Probe:
+    """A stand-in running op for asking the contention model (see `profiled_slowdown`)."""
+    __slots__ = ("op_class", "priority")
+
+    def __init__(self, op_class: str, priority: int = 0):
+        self.op_class, self.priority = op_class, priority
 
 
 class SimRuntime(_Machine):
@@ -86,6 +94,12 @@ class SimRuntime(_Machine):
     def profiled_seconds(self, op: Op) -> float:
         """The op's isolated time, as a profiler would have measured it (the cost model here)."""
         return self.cost.seconds(op)
+
+    def profiled_slowdown(self, op_class: str, beside_class: str) -> float:
+        """How much slower an op of `op_class` runs beside one of `beside_class` on one device, as
+        an overlapped profiling run would measure it (here: the contention model's answer)."""
+        pair = [_Probe(op_class), _Probe(beside_class)]
+        return 1.0 / self.contention.rates(pair)[0]
 
     def launch(self, op: Op, device: int, stream: int = 0, request: int = -1, phase: str = "") -> None:
         host = self._host

@@ -137,15 +137,13 @@ class Liger(Strategy):
 
     def _budget_factor(self, rt, main_comm: bool) -> float:
         """The artifact's constant, or with 'profile' the ratio of the main segment's slowdown to
-        the fill's slowdown in the hardware profile's contention model (both run side by side, so
-        fill work W fits a segment of planned time T when W * s_fill <= T * s_main)."""
+        the fill's slowdown as the runtime's overlapped profile reports them (both run side by
+        side, so fill work W fits a segment of planned time T when W * s_fill <= T * s_main)."""
         cf = self.params.contention_factor
         if not isinstance(cf, str):
             return float(cf)
-        hw = getattr(rt, "hw", None)
-        slow = dict(hw.contention.slowdown) if hw is not None else {}
         main, fill = ("comm", "compute") if main_comm else ("compute", "comm")
-        return slow.get((main, fill), 1.0) / slow.get((fill, main), 1.0)
+        return rt.profiled_slowdown(main, fill) / rt.profiled_slowdown(fill, main)
 
     # ------------------------------------------------------------------------------ host program
     def host(self, rt) -> Generator:

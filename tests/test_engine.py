@@ -261,14 +261,18 @@ def test_collective_instances_match_in_launch_order_across_streams():
 
 # ------------------------------------------------------------------------------------ 4. contention
 
+def g_beside_all_reduce(rt):
+    """Both devices start all-reduce 'ar' on a second stream; device 0 runs compute op 'g' beside it."""
+    for d in (0, 1):
+        s1 = rt.create_stream(d)
+        rt.launch(ar("ar", (0, 1)), d, s1)
+    rt.launch(op("g"), 0, 0)
+
+
 def test_compute_beside_all_reduce_is_slowed_by_the_profile_factor():
     table = {"g": (1.0, "compute"), "ar": (1.0, "comm")}
 
-    def host(rt):
-        for d in (0, 1):
-            s1 = rt.create_stream(d)
-            rt.launch(ar("ar", (0, 1)), d, s1)
-        rt.launch(op("g"), 0, 0)
+    host = g_beside_all_reduce
 
     _, trace = simulate(host, table, devices=2, hw=profile(compute_by_comm=1.25))
     # g runs at 1/1.25 = 0.8 while the all-reduce runs ([0, 1]: comm is not slowed, factor 1.0):
@@ -281,11 +285,7 @@ def test_compute_beside_all_reduce_is_slowed_by_the_profile_factor():
 def test_collective_slowed_on_one_member_slows_all_members():
     table = {"g": (1.0, "compute"), "ar": (1.0, "comm")}
 
-    def host(rt):
-        for d in (0, 1):
-            s1 = rt.create_stream(d)
-            rt.launch(ar("ar", (0, 1)), d, s1)
-        rt.launch(op("g"), 0, 0)
+    host = g_beside_all_reduce
 
     hw = profile(compute_by_comm=1.25, comm_by_compute=2.0)
     _, trace = simulate(host, table, devices=2, hw=hw)
@@ -326,11 +326,7 @@ def test_compute_rate_is_recomputed_at_every_change_beside_it():
 def test_makespan_is_the_end_of_the_last_op():
     table = {"g": (1.0, "compute"), "ar": (1.0, "comm")}
 
-    def host(rt):
-        for d in (0, 1):
-            s1 = rt.create_stream(d)
-            rt.launch(ar("ar", (0, 1)), d, s1)
-        rt.launch(op("g"), 0, 0)
+    host = g_beside_all_reduce
 
     _, trace = simulate(host, table, devices=2)
     # Same program as above: g first expects to end at 1 / 0.8 = 1.25, then speeds up when the
@@ -604,3 +600,10 @@ def test_request_first_token_and_finish_times():
     df = trace.ops()
     assert list(zip(df["request"], df["phase"])) == [(0, "prefill"), (0, "decode"),
                                                      (1, "prefill"), (1, "decode")]
+
+
+def test_profiled_slowdown_answers_from_the_contention_model():
+    rt = SimRuntime(profile(compute_by_comm=1.25, comm_by_compute=1.1), 1)
+    assert rt.profiled_slowdown("compute", "comm") == pytest.approx(1.25)
+    assert rt.profiled_slowdown("comm", "compute") == pytest.approx(1.1)
+    assert rt.profiled_slowdown("compute", "compute") == pytest.approx(2.0)   # equal share
