@@ -32,7 +32,7 @@ from .errors import DeadlockError, SimulationError
 from .hardware import HardwareProfile
 from .machine import _OP, _RECORD, _WAIT, _COMM_TYPES, Event, _Machine, _Stream, _describe
 from .ops import Op
-from .trace import RequestRecord, Trace
+from .trace import KEEP_ALL, RequestRecord, Trace, TraceRecorder
 
 __all__ = ["Event", "SimRuntime"]
 
@@ -49,7 +49,8 @@ class SimRuntime(_Machine):
     """The simulated machine: `devices` devices of `hardware`, costed by `cost`."""
 
     def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
-                 contention: ContentionModel | None = None, launch_overhead_s: float | None = None):
+                 contention: ContentionModel | None = None, launch_overhead_s: float | None = None,
+                 keep_ops: int = KEEP_ALL):
         if devices < 1:
             raise ValueError("devices must be >= 1")
         self.hw = hardware
@@ -65,7 +66,8 @@ class SimRuntime(_Machine):
         self._coll_seq: dict = {}
         self._groups: dict = {}
         self._shared = hardware.interconnect.shared_link
-        self._rows: list = []
+        self._recorder = TraceRecorder(devices, keep_ops)
+        self._rows = self._recorder.buffer       # the hot path appends here; folded in chunks
         self._end = 0.0                # time of the last op end or event (stale timeouts run later)
         self._op_cost: dict = {}       # id(op) -> (op, OpCost): ops are re-launched on many devices
         self._arrivals: deque = deque()
@@ -255,16 +257,15 @@ class SimRuntime(_Machine):
                                   "the strategy did not mark their completion")
 
     def _trace(self) -> Trace:
-        reqs = {}
-        for row in self._rows:
-            r = row[6]
-            if r >= 0 and (r not in reqs or row[8] < reqs[r]):
-                reqs[r] = row[8]
+        rec = self._recorder
+        rec.fold(float("inf"))
         records = []
         for rid, (arrival, _s, first, finish, req) in self._requests.items():
-            start = reqs.get(rid, finish)
+            start = rec.first_start(rid)
+            start = finish if start is None else start
             records.append(RequestRecord(rid, arrival, start, first if first is not None else finish,
                                          finish, req.prompt_tokens, req.output_tokens, req.batch,
                                          req.measured))
-        meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self._end}
-        return Trace(self._rows, records, meta)
+        meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self._end,
+                "ops": rec.ops}
+        return Trace(rec.kept, records, meta, rec.device_stats())

@@ -15,6 +15,7 @@ from simpy.events import NORMAL, Event as _SimEvent
 
 from .errors import SimulationError
 from .ops import Collective, SendRecv
+from .trace import CHUNK_OPS
 
 _OP, _RECORD, _WAIT = 0, 1, 2
 _COMM_TYPES = frozenset((Collective, SendRecv))
@@ -260,6 +261,8 @@ class _Machine:
                            item[5], st.start, now, st.start, st.cost.seconds))
         st.busy = False
         st.activity = None
+        if len(self._rows) >= CHUNK_OPS:
+            self._fold()
         if running:
             self._reflow((d,), ())
         if st.queue:
@@ -281,6 +284,8 @@ class _Machine:
                          item[5], st.start, now, act.start, st.cost.seconds))
             st.busy = False
             st.activity = None
+        if len(rows) >= CHUNK_OPS:
+            self._fold()
         links = []
         for link in act.links:
             members = self._links[link]
@@ -291,6 +296,16 @@ class _Machine:
             self._reflow(busy, links)
         for st in act.runs:
             self._advance(st)
+
+    def _fold(self) -> None:
+        """Fold the recorded rows into the recorder's totals. No op not yet recorded can have
+        started before the earliest start among running ops (or now, for ops not started)."""
+        horizon = self.env._now
+        for running in self._running:
+            for st in running:
+                if st.start < horizon:
+                    horizon = st.start
+        self._recorder.fold(horizon)
 
     # ------------------------------------------------------------------------------ driving
 

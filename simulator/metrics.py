@@ -50,23 +50,14 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
 
 def device_metrics(trace: Trace) -> pd.DataFrame:
     """Per device: busy time (compute or transferring), compute time, communication (transfer)
-    time, exposed communication time and spin time (waiting for a collective's peers)."""
-    ops = trace.ops()
-    span = float(trace.meta.get("makespan_s", ops["end_s"].max() if len(ops) else 0.0)) or 1.0
-    rows = []
-    for d in range(int(trace.meta.get("devices", ops["device"].max() + 1 if len(ops) else 0))):
-        sub = ops[ops["device"] == d]
-        comm = sub["op_class"].to_numpy() == "comm"
-        s, e = sub["start_s"].to_numpy(float), sub["end_s"].to_numpy(float)
-        s = np.where(comm, sub["transfer_start_s"].to_numpy(float), s)     # transfer part only
-        busy = union_length(s, e)
-        work = union_length(s[~comm], e[~comm])
-        comm_t = union_length(s[comm], e[comm])
-        spin = float(np.sum(s[comm] - sub["start_s"].to_numpy(float)[comm]))
-        rows.append({"device": d, "busy_s": busy, "busy_fraction": busy / span,
-                     "compute_s": work, "comm_s": comm_t, "exposed_comm_s": busy - work,
-                     "spin_s": spin})
-    return pd.DataFrame(rows)
+    time, exposed communication time and spin time (waiting for a collective's peers), from the
+    totals the recorder accumulated over every op of the run (kept rows or not)."""
+    span = float(trace.meta.get("makespan_s", 0.0)) or 1.0
+    rows = [{"device": s.device, "busy_s": s.busy_s, "busy_fraction": s.busy_s / span,
+             "compute_s": s.compute_s, "comm_s": s.comm_s, "exposed_comm_s": s.busy_s - s.compute_s,
+             "spin_s": s.spin_s} for s in trace.devices]
+    return pd.DataFrame(rows, columns=["device", "busy_s", "busy_fraction", "compute_s", "comm_s",
+                                       "exposed_comm_s", "spin_s"])
 
 
 def summarize(trace: Trace) -> dict:
@@ -95,5 +86,5 @@ def summarize(trace: Trace) -> dict:
         out["spin_s"] = float(dev["spin_s"].mean())
         out["exposed_comm_fraction"] = float((dev["exposed_comm_s"] / dev["busy_s"].clip(lower=1e-30)).mean())
     out["makespan_s"] = float(trace.meta.get("makespan_s", 0.0))
-    out["ops"] = len(trace)
+    out["ops"] = trace.total_ops
     return out

@@ -31,7 +31,7 @@ from .metrics import request_metrics, summarize
 from .model import ModelSpec, check_fits, load_model
 from .progress import Progress
 from .schema import check_value
-from .trace import Trace
+from .trace import KEEP_ALL, Trace
 from .workload import Workload, parse_workload
 
 SUMMARY_COLUMNS = ["experiment", "strategy", "model", "hardware", "devices", "requests",
@@ -104,9 +104,10 @@ def _max_context(workload: Workload, seed: int) -> int:
     return max(r.prompt_tokens + r.output_tokens for r in reqs) if reqs else 1
 
 
-def simulate(built: Built) -> Trace:
-    """Run one built job in a fresh SimRuntime."""
-    rt = SimRuntime(built.hardware, built.devices)
+def simulate(built: Built, keep_ops: int = 0) -> Trace:
+    """Run one built job in a fresh SimRuntime, keeping `keep_ops` full op rows (KEEP_ALL: all);
+    metrics come from the recorder's totals either way."""
+    rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops)
     source = built.workload.source(np.random.default_rng(built.seed))
     return rt.run(built.strategy, source)
 
@@ -132,7 +133,7 @@ def run_job(job: Job, keep_trace: bool = False) -> JobResult:
     base = _base_row(job)
     try:
         built = build(job)
-        trace = simulate(built)
+        trace = simulate(built, KEEP_ALL if keep_trace else 0)
     except (ConfigError, SimulationError) as exc:
         return JobResult(job.index, {**base, "error": str(exc)}, None, None, str(exc))
     except Exception as exc:      # a bug, not bad input: record it with its type and go on

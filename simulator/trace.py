@@ -1,18 +1,47 @@
-"""The trace: flat per-op records, the one format both runtimes return (DESIGN §1).
+"""The trace: what a run produced, in the one format both runtimes return (DESIGN §1).
 
-One record per op per device it ran on. Times are seconds from the start of the run. For a
-collective or send/recv, `start_s` is when the op started on that device (it then may spin,
-waiting for the other members) and `transfer_start_s` is when every member had started.
+Per-op records (`OpRecord`, one per op per device it ran on) stream through a `TraceRecorder` while
+the run goes: it folds them, a chunk at a time, into per-device totals (busy, compute,
+communication and spin seconds, the metrics' inputs) and per-request first starts, and keeps full
+rows only as far as `keep_ops` says (the timeline and Perfetto window of the outputs), so a run's
+memory does not grow with its number of ops. Per-request records (`RequestRecord`) are kept for every
+request.
+
+Times are seconds from the start of the run. For a collective or send/recv, `start_s` is when the op
+started on that device (it then may spin, waiting for the other members) and `transfer_start_s` is
+when every member had started.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple, Optional
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = ("device", "stream", "priority", "name", "kind", "op_class", "request", "phase",
            "start_s", "end_s", "transfer_start_s", "isolated_s")
+CHUNK_OPS = 65_536               # rows folded at a time (bounds the recorder's buffer)
+KEEP_ALL = -1                    # keep_ops value: keep every row
+
+
+class OpRecord(NamedTuple):
+    """One op on one device. The engine's hot path builds plain tuples in this field order."""
+    device: int
+    stream: int
+    priority: int
+    name: str
+    kind: str
+    op_class: str                # 'compute', 'memory' or 'comm'
+    request: int
+    phase: str
+    start_s: float
+    end_s: float
+    transfer_start_s: float
+    isolated_s: float
+
+
+assert OpRecord._fields == COLUMNS
 
 
 @dataclass(frozen=True)
@@ -29,19 +58,173 @@ class RequestRecord:
     measured: bool = True        # False for warm-up requests left out of metrics
 
 
+@dataclass(frozen=True)
+class DeviceStats:
+    """One device's totals over a run: `busy_s` is the length of the union of its compute and
+    transfer intervals, `compute_s` of its compute/memory ops, `comm_s` of its communication ops'
+    transfer parts; `spin_s` sums the time collectives held the device waiting for peers."""
+    device: int
+    busy_s: float = 0.0
+    compute_s: float = 0.0
+    comm_s: float = 0.0
+    spin_s: float = 0.0
+    ops: int = 0
+
+
+class _Union:
+    """The length of a union of intervals fed in chunks. Intervals that end before the horizon (no
+    later interval can start before it) are folded into `closed_s`; the rest stay `open`, merged."""
+    __slots__ = ("closed_s", "open_start", "open_end")
+
+    def __init__(self):
+        self.closed_s = 0.0
+        self.open_start = np.empty(0)
+        self.open_end = np.empty(0)
+
+    def add(self, starts: np.ndarray, ends: np.ndarray, horizon_s: float) -> None:
+        s = np.concatenate((self.open_start, starts))
+        e = np.concatenate((self.open_end, ends))
+        if not len(s):
+            return
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], np.maximum.accumulate(e[order])
+        new = np.empty(len(s), dtype=bool)
+        new[0] = True
+        new[1:] = s[1:] > e[:-1]
+        idx = np.flatnonzero(new)
+        seg_s, seg_e = s[idx], e[np.r_[idx[1:] - 1, len(s) - 1]]
+        done = seg_e < horizon_s
+        self.closed_s += float(np.sum(seg_e[done] - seg_s[done]))
+        self.open_start, self.open_end = seg_s[~done], seg_e[~done]
+
+    def total_s(self) -> float:
+        return self.closed_s + float(np.sum(self.open_end - self.open_start))
+
+
+class _DeviceTotals:
+    __slots__ = ("busy", "compute", "comm", "spin_s", "ops")
+
+    def __init__(self):
+        self.busy, self.compute, self.comm = _Union(), _Union(), _Union()
+        self.spin_s = 0.0
+        self.ops = 0
+
+
+class TraceRecorder:
+    """Collects a run's op records: the engine appends OpRecord-shaped tuples to `buffer` and calls
+    `fold(horizon_s)` when it holds `CHUNK_OPS` or more (and once at the end, with an infinite
+    horizon); `horizon_s` is a time before which no op not yet in a record can start.
+
+    `keep_ops`: how many full rows to keep (the first ones recorded, in end-time order), 0 for none,
+    `KEEP_ALL` for every one."""
+
+    def __init__(self, devices: int, keep_ops: int = KEEP_ALL):
+        self.buffer: list = []
+        self.keep_ops = keep_ops
+        self.kept: list = []
+        self.ops = 0
+        self._devices = [_DeviceTotals() for _ in range(devices)]
+        self._first_start: dict = {}
+
+    def fold(self, horizon_s: float) -> None:
+        rows = self.buffer[:]
+        self.buffer.clear()          # in place: the engine holds a reference to the list
+        if not rows:
+            self._close(horizon_s)
+            return
+        self.ops += len(rows)
+        if self.keep_ops == KEEP_ALL:
+            self.kept.extend(rows)
+        elif len(self.kept) < self.keep_ops:
+            self.kept.extend(rows[:self.keep_ops - len(self.kept)])
+        cols = list(zip(*rows))
+        device = np.asarray(cols[0], dtype=np.int64)
+        comm = np.asarray(cols[5], dtype=object) == "comm"
+        request = np.asarray(cols[6], dtype=np.int64)
+        start = np.asarray(cols[8], dtype=float)
+        end = np.asarray(cols[9], dtype=float)
+        xfer = np.where(comm, np.asarray(cols[10], dtype=float), start)
+        for d in np.unique(device).tolist():
+            on = device == d
+            tot = self._devices[d]
+            tot.ops += int(on.sum())
+            c, w = on & comm, on & ~comm
+            tot.busy.add(xfer[on], end[on], horizon_s)
+            tot.compute.add(start[w], end[w], horizon_s)
+            tot.comm.add(xfer[c], end[c], horizon_s)
+            tot.spin_s += float(np.sum(xfer[c] - start[c]))
+        self._close(horizon_s)
+        has = request >= 0
+        if has.any():
+            frame = pd.DataFrame({"r": request[has], "s": start[has]}).groupby("r", sort=False)["s"].min()
+            first = self._first_start
+            for r, s in zip(frame.index.tolist(), frame.tolist()):
+                old = first.get(r)
+                if old is None or s < old:
+                    first[r] = s
+
+    def _close(self, horizon_s: float) -> None:
+        empty = np.empty(0)
+        for tot in self._devices:
+            for u in (tot.busy, tot.compute, tot.comm):
+                if len(u.open_start):
+                    u.add(empty, empty, horizon_s)
+
+    def first_start(self, request: int) -> Optional[float]:
+        """The earliest start of any op of `request` folded so far (None if it ran none)."""
+        return self._first_start.get(request)
+
+    def device_stats(self) -> list[DeviceStats]:
+        return [DeviceStats(d, t.busy.total_s(), t.compute.total_s(), t.comm.total_s(), t.spin_s, t.ops)
+                for d, t in enumerate(self._devices)]
+
+
 @dataclass
 class Trace:
-    """What a run produced: op records (tuples in COLUMNS order) and request records."""
+    """What a run produced: kept op rows (OpRecords, see TraceRecorder's `keep_ops`), request
+    records, per-device totals over every op, and `meta` (devices, hardware, makespan_s, ops: the
+    number of op records in the run, kept or not)."""
     rows: list = field(default_factory=list)
     requests: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    devices: list = field(default_factory=list)      # DeviceStats per device
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple], requests: Iterable[RequestRecord] = (),
+                  meta: Optional[dict] = None, chunk_ops: int = CHUNK_OPS) -> "Trace":
+        """A trace of finished rows (OpRecord-shaped, any order), e.g. hand-made or read back from
+        a file; every row is kept. Folded `chunk_ops` at a time, like a run's recorder."""
+        rows = sorted(rows, key=lambda r: r[9])          # a runtime records rows as ops end
+        meta = dict(meta or {})
+        devices = int(meta.get("devices", max((r[0] for r in rows), default=-1) + 1))
+        rec = TraceRecorder(devices)
+        for i in range(0, len(rows), chunk_ops):
+            rec.buffer.extend(rows[i:i + chunk_ops])
+            later = rows[i + chunk_ops:]
+            rec.fold(min(r[8] for r in later) if later else float("inf"))
+        meta["ops"] = rec.ops
+        return cls(rec.kept, list(requests), meta, rec.device_stats())
 
     def ops(self) -> pd.DataFrame:
         return pd.DataFrame.from_records(self.rows, columns=list(COLUMNS))
 
+    def records(self) -> list[OpRecord]:
+        """The kept op rows as named records."""
+        return [OpRecord._make(r) for r in self.rows]
+
     def request_frame(self) -> pd.DataFrame:
         cols = list(RequestRecord.__dataclass_fields__)
         return pd.DataFrame([[getattr(r, c) for c in cols] for r in self.requests], columns=cols)
+
+    @property
+    def total_ops(self) -> int:
+        """Op records in the run, whether their rows were kept or not."""
+        return int(self.meta.get("ops", len(self.rows)))
+
+    @property
+    def complete(self) -> bool:
+        """Whether every op's row was kept."""
+        return self.total_ops == len(self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -61,5 +61,5 @@ def simulate_point(model: ModelSpec | str | dict, hardware: HardwareProfile | st
     strat = cls(m, devices, p)
     strat.validate("what-if", strategy)
     wl = parse_workload(workload, "what-if")
-    trace = SimRuntime(hw, devices).run(strat, wl.source(np.random.default_rng(seed)))
+    trace = SimRuntime(hw, devices, keep_ops=0).run(strat, wl.source(np.random.default_rng(seed)))
     return {"strategy": strategy, "hardware": hw.name, "devices": devices, **summarize(trace)}
