@@ -32,6 +32,7 @@ from .errors import DeadlockError, SimulationError
 from .hardware import HardwareProfile
 from .machine import _OP, _RECORD, _WAIT, _COMM_TYPES, Event, _Machine, _Stream, _describe
 from .ops import Op
+from .segment import SegmentMixin
 from .trace import KEEP_ALL, RequestRecord, Trace, TraceRecorder
 
 __all__ = ["Event", "SimRuntime"]
@@ -45,12 +46,12 @@ class _Probe:
         self.op_class, self.priority = op_class, priority
 
 
-class SimRuntime(_Machine):
+class SimRuntime(SegmentMixin, _Machine):
     """The simulated machine: `devices` devices of `hardware`, costed by `cost`."""
 
     def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
                  contention: ContentionModel | None = None, launch_overhead_s: float | None = None,
-                 keep_ops: int = KEEP_ALL):
+                 keep_ops: int = KEEP_ALL, segments: bool = True):
         if devices < 1:
             raise ValueError("devices must be >= 1")
         self.hw = hardware
@@ -66,6 +67,10 @@ class SimRuntime(_Machine):
         self._coll_seq: dict = {}
         self._groups: dict = {}
         self._shared = hardware.interconnect.shared_link
+        self.segments = segments       # launch_seq runs as timed segments where exact (segment.py)
+        self._seg_on: list = [None] * devices
+        self.segment_counts = {"run": 0, "expanded": 0, "split": 0}     # for tests and benchmarks
+        self._comm_types = _COMM_TYPES
         self._recorder = TraceRecorder(devices, keep_ops)
         self._rows = self._recorder.buffer       # the hot path appends here; folded in chunks
         self._end = 0.0                # time of the last op end or event (stale timeouts run later)

@@ -15,6 +15,7 @@ from simpy.events import NORMAL, Event as _SimEvent
 
 from .errors import SimulationError
 from .ops import Collective, SendRecv
+from .segment import _SEG
 from .trace import CHUNK_OPS
 
 _OP, _RECORD, _WAIT = 0, 1, 2
@@ -122,6 +123,9 @@ class _Machine:
             kind = item[0]
             if kind == _OP:
                 q.popleft()
+                seg = self._seg_on[st.device]
+                if seg is not None:            # an op starts beside a running segment
+                    self._seg_split(seg)
                 # _start, inlined for the common case: a compute op alone on an idle device
                 op = item[1]
                 hit = self._op_cost.get(id(op))
@@ -153,6 +157,10 @@ class _Machine:
             if kind == _RECORD:
                 q.popleft()
                 self._complete_event(item[3])
+            elif kind == _SEG:
+                q.popleft()
+                self._seg_arrive(st, item[1])
+                return
             elif item[3].done:
                 q.popleft()
             else:
@@ -200,13 +208,21 @@ class _Machine:
             self._reflow((device,), ())
             return
         del self._groups[gkey]
+        act = self._new_activity(tuple(g.runs), group, run.cost.seconds, self.env._now)
+        self._reflow(group, act.links)
+
+    def _new_activity(self, runs, group, seconds: float, now: float) -> _Activity:
+        """A collective's transfer over its members' ports (and the shared link, if any)."""
         links = tuple(("port", d) for d in group) + ((("shared",),) if self._shared else ())
-        act = _Activity(tuple(g.runs), links, run.cost.seconds, self.env._now)
-        for r in g.runs:
+        act = _Activity(runs, links, seconds, now)
+        for r in runs:
             r.activity = act
         for link in links:
             self._links.setdefault(link, {})[act] = None
-        self._reflow(group, links)
+        return act
+
+    def _finish_event(self, act, callback, delay: float) -> "_Finish":
+        return _Finish(self.env, act, callback, delay)
 
     def _reflow(self, devices: Iterable[int], links: Iterable) -> None:
         """Recompute rates of everything on `devices` and `links` and reschedule finish times."""

@@ -163,6 +163,23 @@ class TraceRecorder:
                 if old is None or s < old:
                     first[r] = s
 
+    def add_exclusive(self, device: int, compute_s: float, comm_s: float, ops: int) -> None:
+        """Totals of ops that ran on `device` with nothing else there (a segment): their intervals
+        overlap no other op's, so they add to the unions' lengths as they are."""
+        tot = self._devices[device]
+        tot.busy.closed_s += compute_s + comm_s
+        tot.compute.closed_s += compute_s
+        tot.comm.closed_s += comm_s
+        tot.ops += ops
+        self.ops += ops
+
+    def note_start(self, request: int, start_s: float) -> None:
+        """An op of `request` started at `start_s` (for ops recorded only in totals)."""
+        if request >= 0:
+            old = self._first_start.get(request)
+            if old is None or start_s < old:
+                self._first_start[request] = start_s
+
     def _close(self, horizon_s: float) -> None:
         empty = np.empty(0)
         for tot in self._devices:

@@ -239,9 +239,8 @@ class _HostState:
             for d, (ready, op) in zip(devs, handoff):
                 rt.wait(d, 0, ready)
                 rt.launch(op, d, 0, rid, phase)
-            for op in step_ops(pp.model, pp.tp, step, devs, pp.layers_per_stage[stage], stage == last):
-                for d in devs:
-                    rt.launch(op, d, 0, rid, phase)
+            rt.launch_seq(step_ops(pp.model, pp.tp, step, devs, pp.layers_per_stage[stage], stage == last),
+                          devs, 0, rid, phase)
             if stage < last:
                 handoff = []
                 for d, dst in zip(devs, pp.groups[stage + 1]):

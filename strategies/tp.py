@@ -45,9 +45,7 @@ class TP(Strategy):
 
     def launch_step(self, rt, req, group, step, stream: int = 0) -> None:
         """Every op of one forward step on every device of `group`, in order, on `stream`."""
-        for op in step_ops(self.model, len(group), step, group):
-            for d in group:
-                rt.launch(op, d, stream, req.id, step.phase)
+        rt.launch_seq(step_ops(self.model, len(group), step, group), group, stream, req.id, step.phase)
 
     def end_step(self, rt, req, group, i: int, n_steps: int, stream: int = 0) -> Generator:
         """Mark step i's end: first token after the prefill, finish after the last step; with
