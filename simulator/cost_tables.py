@@ -34,9 +34,9 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
-from .ops import DTYPE_BYTES, Attention, Collective, Elementwise, Gemm, Op, SendRecv
+from .ops import COLLECTIVES, DTYPE_BYTES, Op
 
-COLLECTIVE_FAMILIES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+COLLECTIVE_FAMILIES = COLLECTIVES
 # family -> (key columns in order, the axis column, interpolation: "linear" or "loglog")
 FAMILIES: Mapping[str, tuple] = MappingProxyType({
     "gemm": (("m", "n", "k", "dtype"), "m", "linear"),
@@ -204,18 +204,7 @@ def load_table_csv(path: str, family: str, source: str) -> MeasuredTable:
 
 def table_query(op: Op) -> tuple | None:
     """(family, key, axis value) of `op` in table terms, or None for an op no table covers."""
-    if isinstance(op, Gemm):
-        return ("gemm", (op.n, op.k, op.dtype), op.m) if op.count == 1 else None
-    if isinstance(op, Attention):
-        return ("attention", (op.batch, op.q_len, op.heads, op.kv_heads, op.head_dim, op.causal,
-                              op.dtype), op.kv_len)
-    if isinstance(op, Elementwise):
-        return "elementwise", (), float(op.bytes)
-    if isinstance(op, Collective):
-        return op.kind, (len(op.group),), float(op.bytes)
-    if isinstance(op, SendRecv):
-        return "send_recv", (), float(op.bytes)
-    return None
+    return op.table_query()
 
 
 def merge_tables(*layers: Mapping[str, MeasuredTable] | None) -> Mapping[str, MeasuredTable]:

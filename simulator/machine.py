@@ -14,14 +14,13 @@ from typing import Iterable, Optional
 from simpy.events import NORMAL, Event as _SimEvent
 
 from .errors import SimulationError
-from .ops import Collective, SendRecv
+from .ops import COMM_TYPES, Collective, SendRecv
 from .segment import _SEG
 from .trace import CHUNK_OPS
 
 _OP, _RECORD, _WAIT = 0, 1, 2
-_COMM_TYPES = frozenset((Collective, SendRecv))
-_KIND = {"Gemm": "gemm", "Attention": "attention", "Elementwise": "elementwise",
-         "SendRecv": "send_recv"}
+_COMM_TYPES = COMM_TYPES
+OP_CACHE_ENTRIES = 4096        # ops whose (cost, kind, class) the engine keeps by identity
 
 
 class Event:
@@ -188,9 +187,12 @@ class _Machine:
     # ------------------------------------------------------------------------------ ops
     def _cost_entry(self, op) -> tuple:
         """(op, OpCost, kind, op_class, isolated seconds), cached by the op object's identity."""
-        kind = op.kind if type(op) is Collective else _KIND[type(op).__name__]
+        kind = op.family
         cost = self.cost.cost(op)
-        hit = self._op_cost[id(op)] = (op, cost, kind, cost.op_class, cost.seconds)
+        cache = self._op_cost
+        if len(cache) >= OP_CACHE_ENTRIES:     # bounded: ops are re-made every step
+            cache.clear()
+        hit = cache[id(op)] = (op, cost, kind, cost.op_class, cost.seconds)
         return hit
 
     def _join(self, run: _Stream, op, device: int) -> None:

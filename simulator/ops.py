@@ -3,11 +3,15 @@
 Ops are small frozen, hashable values so that the cost model can cache their isolated times and the
 same description can be launched on many devices. Every op has a `name` (what the model calls it,
 e.g. ``qkv`` or ``ar_mlp``) which ends up in traces; the cost model ignores it.
+
+This module is the one place that knows the op types: each says its `family` (the trace's `kind`
+and the measured-table family), whether it is communication (`comm`: it runs on every device of its
+`group`, NCCL-style) and its key in a measured table (`table_query`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Tuple, Union
+from typing import ClassVar, Tuple, Union
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
@@ -22,6 +26,12 @@ class Gemm:
     dtype: str = "fp16"
     name: str = "gemm"
     count: int = 1
+    comm: ClassVar[bool] = False
+    family: ClassVar[str] = "gemm"
+
+    def table_query(self):
+        """(family, key, axis value) in a measured table (interpolated along m), or None."""
+        return ("gemm", (self.n, self.k, self.dtype), self.m) if self.count == 1 else None
 
     @property
     def flops(self) -> float:
@@ -52,6 +62,12 @@ class Attention:
     causal: bool = True
     dtype: str = "fp16"
     name: str = "attn"
+    comm: ClassVar[bool] = False
+    family: ClassVar[str] = "attention"
+
+    def table_query(self):
+        return ("attention", (self.batch, self.q_len, self.heads, self.kv_heads, self.head_dim,
+                              self.causal, self.dtype), self.kv_len)
 
     @property
     def pairs(self) -> float:
@@ -79,6 +95,11 @@ class Elementwise:
     """A memory-bound op (norm, activation, residual add, rotary): `bytes` read plus written."""
     bytes: float
     name: str = "elementwise"
+    comm: ClassVar[bool] = False
+    family: ClassVar[str] = "elementwise"
+
+    def table_query(self):
+        return "elementwise", (), float(self.bytes)
 
     @property
     def flops(self) -> float:
@@ -93,6 +114,14 @@ class Collective:
     bytes: float
     group: Tuple[int, ...]
     name: str = ""
+    comm: ClassVar[bool] = True
+
+    @property
+    def family(self) -> str:
+        return self.kind
+
+    def table_query(self):
+        return self.kind, (len(self.group),), float(self.bytes)
 
     def __post_init__(self):
         if self.kind not in COLLECTIVES:
@@ -112,6 +141,11 @@ class SendRecv:
     src: int
     dst: int
     name: str = "sendrecv"
+    comm: ClassVar[bool] = True
+    family: ClassVar[str] = "send_recv"
+
+    def table_query(self):
+        return "send_recv", (), float(self.bytes)
 
     @property
     def group(self) -> Tuple[int, ...]:
@@ -123,7 +157,10 @@ class SendRecv:
 
 
 Op = Union[Gemm, Attention, Elementwise, Collective, SendRecv]
+OP_TYPES = (Gemm, Attention, Elementwise, Collective, SendRecv)
+COMM_TYPES = frozenset(t for t in OP_TYPES if t.comm)
 
 
 def is_comm(op: Op) -> bool:
-    return isinstance(op, (Collective, SendRecv))
+    """Communication: a collective or send/recv, an op on every device of its group."""
+    return op.comm

@@ -24,6 +24,8 @@ over with exactly the state it would have had.
 """
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 from .trace import KEEP_ALL
@@ -34,7 +36,7 @@ _SEG = 3          # stream item kind (beside machine.py's _OP, _RECORD, _WAIT)
 class Segment:
     """One launch_seq in flight: its ops, launch times and, once running, the planned times."""
     __slots__ = ("ops", "devices", "stream", "request", "phase", "ready", "seqs", "arrived",
-                 "state", "start", "end", "costs", "ev", "arrive_s")
+                 "state", "start", "end", "costs", "totals", "ev", "arrive_s")
 
     def __init__(self, ops, devices, stream, request, phase, ready, seqs):
         self.ops, self.devices, self.stream = ops, devices, stream
@@ -43,6 +45,8 @@ class Segment:
         self.seqs = seqs             # per op: the collective sequence number (0 for compute)
         self.arrived: list = []      # member streams that reached the segment
         self.state = "queued"        # queued -> running -> done, or expanded / split
+        self.costs: list = []        # per op: the engine's cost entry (op, OpCost, kind, class, s)
+        self.totals = (0.0, 0.0)     # isolated compute and communication seconds of all ops
         self.ev = None
         self.arrive_s = None
 
@@ -66,6 +70,7 @@ class SegmentMixin:
             self._enqueue(d, stream, (_SEG, seg, 0.0, None, request, phase, 0))
 
     def _plan(self, ops, devices, stream, request, phase):
+        """The Segment for this launch, or None where the closed form may not hold."""
         if len(ops) < 2:
             return None
         host, now = self._host, self.env._now
@@ -73,23 +78,31 @@ class SegmentMixin:
         if any(host[d] != base for d in devices):
             return None
         group = tuple(sorted(devices))
-        has_comm = False
         seqs = [0] * len(ops)
         counters: dict = {}
+        entries = []
+        cache_get, cost_entry = self._op_cost.get, self._cost_entry
+        comm_s = compute_s = 0.0
         for i, op in enumerate(ops):
-            if type(op) in self._comm_types:
-                if tuple(sorted(op.group)) != group:
+            hit = cache_get(id(op))
+            if hit is None or hit[0] is not op:
+                hit = cost_entry(op)
+            entries.append(hit)
+            if hit[3] != "comm":
+                compute_s += hit[4]
+                continue
+            comm_s += hit[4]
+            if tuple(sorted(op.group)) != group:
+                return None
+            key = (type(op).__name__, getattr(op, "kind", ""), op.group)
+            if key not in counters:
+                got = {self._coll_seq.get((d,) + key, 0) for d in devices}
+                if len(got) != 1:
                     return None
-                has_comm = True
-                key = (type(op).__name__, getattr(op, "kind", ""), op.group)
-                if key not in counters:
-                    got = {self._coll_seq.get((d,) + key, 0) for d in devices}
-                    if len(got) != 1:
-                        return None
-                    counters[key] = got.pop()
-                seqs[i] = counters[key]
-                counters[key] += 1
-        if has_comm and self._shared and len(devices) < self.devices:
+                counters[key] = got.pop()
+            seqs[i] = counters[key]
+            counters[key] += 1
+        if counters and self._shared and len(devices) < self.devices:
             return None
         for key, nxt in counters.items():
             for d in devices:
@@ -100,7 +113,9 @@ class SegmentMixin:
         last = float(ready[-1])
         for d in devices:
             host[d] = last
-        return Segment(ops, devices, stream, request, phase, ready, seqs)
+        seg = Segment(ops, devices, stream, request, phase, ready, seqs)
+        seg.costs, seg.totals = entries, (compute_s, comm_s)
+        return seg
 
     # ------------------------------------------------------------------------------ arrival
     def _seg_arrive(self, st, seg) -> None:
@@ -146,28 +161,20 @@ class SegmentMixin:
     # ------------------------------------------------------------------------------ running
     def _seg_run(self, seg) -> None:
         now = self.env._now
-        entries = [self._entry(op) for op in seg.ops]
         starts, ends = [], []
         t = now
-        for r, h in zip(seg.ready.tolist(), entries):
+        for r, h in zip(seg.ready.tolist(), seg.costs):
             if r > t:
                 t = t + (r - t)          # as the engine's wait for a launch ends
             starts.append(t)
             t = t + h[4]
             ends.append(t)
-        seg.costs, seg.start, seg.end = entries, np.array(starts), np.array(ends)
-        end = ends
+        seg.start, seg.end = starts, ends
         seg.state = "running"
         self.segment_counts["run"] += 1
         for d in seg.devices:
             self._seg_on[d] = seg
-        seg.ev = self._finish_event(seg, self._seg_done, end[-1] - now)
-
-    def _entry(self, op):
-        hit = self._op_cost.get(id(op))
-        if hit is None or hit[0] is not op:
-            hit = self._cost_entry(op)
-        return hit
+        seg.ev = self._finish_event(seg, self._seg_done, t - now)
 
     def _seg_done(self, ev) -> None:
         seg = ev.act
@@ -188,27 +195,28 @@ class SegmentMixin:
         if n == 0:
             return
         rec = self._recorder
-        start, end, entries = seg.start[:n], seg.end[:n], seg.costs[:n]
+        entries = seg.costs
         if rec.keep_ops == KEEP_ALL or len(rec.kept) + len(rec.buffer) < rec.keep_ops:
-            s, e = start.tolist(), end.tolist()
+            s, e = seg.start, seg.end
             rid, phase = seg.request, seg.phase
             for st in seg.arrived:
                 d, idx, pr = st.device, st.index, st.priority
                 self._rows.extend((d, idx, pr, h[0].name, h[2], h[3], rid, phase, s[k], e[k], s[k], h[4])
-                                  for k, h in enumerate(entries))
+                                  for k, h in zip(range(n), entries))
             return
-        comm = np.fromiter((h[3] == "comm" for h in entries), bool, n)
-        dur = end - start
-        comm_s = float(dur[comm].sum())
-        compute_s = float(dur[~comm].sum())
+        if n == len(entries):
+            compute_s, comm_s = seg.totals
+        else:
+            compute_s = sum(h[4] for h in entries[:n] if h[3] != "comm")
+            comm_s = sum(h[4] for h in entries[:n] if h[3] == "comm")
         for st in seg.arrived:
             rec.add_exclusive(st.device, compute_s, comm_s, n)
-        rec.note_start(seg.request, float(start[0]))
+        rec.note_start(seg.request, seg.start[0])
 
     def _seg_split(self, seg) -> None:
         """An op is about to start beside the segment: hand its state to the op-level engine."""
         now = self.env._now
-        n_done = int(np.searchsorted(seg.end, now, side="right"))
+        n_done = bisect.bisect_right(seg.end, now)
         self._seg_record(seg, n_done)
         seg.state = "split"
         self.segment_counts["split"] += 1
@@ -216,7 +224,7 @@ class SegmentMixin:
         for st in seg.arrived:
             self._seg_on[st.device] = None
         k = n_done
-        if k < len(seg.ops) and float(seg.start[k]) <= now:
+        if k < len(seg.ops) and seg.start[k] <= now:
             self._seg_resume(seg, k)
             k += 1
         else:
@@ -232,7 +240,7 @@ class SegmentMixin:
         (or collective activity) whose rate-1 progress since then the next reflow accounts for."""
         hit = seg.costs[k]
         op, cost, kind, op_class, seconds = hit
-        s, e, now = float(seg.start[k]), float(seg.end[k]), self.env._now
+        s, e, now = seg.start[k], seg.end[k], self.env._now
         runs = tuple(seg.arrived)
         act = self._new_activity(runs, op.group, seconds, s) if op_class == "comm" else None
         for st in runs:
