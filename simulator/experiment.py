@@ -16,9 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
+from .safe_yaml import read_yaml_file
 from .schema import Section
 
 TOP_KEYS = ("name", "description", "model", "hardware", "devices", "seed", "strategies",
@@ -62,8 +61,7 @@ def _tables_named_by(path: str) -> list[str]:
     if not path.endswith((".yaml", ".yml")):
         return []
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        data = read_yaml_file(path, "hardware profile file")
         tables = data.get("measured_tables", {}) if isinstance(data, dict) else {}
         out = []
         for entry in (tables.values() if isinstance(tables, dict) else []):
@@ -73,7 +71,7 @@ def _tables_named_by(path: str) -> list[str]:
                 if os.path.isfile(full):
                     out.append(full)
         return out
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except ConfigError:
         return []          # the loader reports a bad file; the key just cannot include it
 
 
@@ -110,15 +108,8 @@ def code_fingerprint() -> str:
 
 
 def read_yaml(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise ConfigError(path, "", "no such experiment file")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, "", "not valid YAML: " + " ".join(str(exc).split())[:200]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, "", "not a UTF-8 text file") from None
+    """The experiment file's data, read by the shared limited loader (`safe_yaml`)."""
+    return read_yaml_file(path, "experiment file")
 
 
 def _sweep_axes(node: Any, path: str, axes: list) -> None:
