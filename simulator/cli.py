@@ -189,7 +189,7 @@ def _cost(args) -> int:
     from .cost import CostModel
     from .hardware import load_hardware
     from .ops import Attention, Collective, Elementwise, Gemm, SendRecv
-    hw = load_hardware(args.hardware, where="--hardware")
+    hw = load_hardware(args.hardware, where="argument", key="--hardware")
     for name in ("m", "n", "k", "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "devices"):
         v = getattr(args, name, None)
         if v is not None and v < 1:

@@ -285,17 +285,25 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_hardware(name_or_path: str, where: str = "hardware") -> HardwareProfile:
-    """A built-in profile by name, or a user's YAML by path. Errors name the file and the key."""
+def load_hardware(name_or_path: str, where: str = "hardware", key: str = "") -> HardwareProfile:
+    """A built-in profile by name, or a user's YAML by path. `where` and `key` name what asked for
+    it (the experiment file and its `hardware` key, or the command line); an unknown name, or a
+    profile file that is missing or unreadable as a whole, is reported there, and a bad key inside
+    the profile names the profile file and that key."""
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise ConfigError(where, "", f"hardware must be a profile name or a YAML path, got {name_or_path!r}")
+        raise ConfigError(where, key, f"hardware must be a profile name or a YAML path, got {name_or_path!r}")
     if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
         path = name_or_path
-        data = read_yaml_file(path, "hardware profile file")
+        try:
+            data = read_yaml_file(path, "hardware profile file")
+        except ConfigError as exc:
+            if exc.key or not key:
+                raise
+            raise ConfigError(where, key, f"{path}: {exc.message}") from None
         base_dir = os.path.dirname(os.path.abspath(path))
     else:
         if name_or_path not in builtin_names():
-            raise ConfigError(where, "", f"unknown hardware profile {name_or_path!r}; built-in: "
+            raise ConfigError(where, key, f"unknown hardware profile {name_or_path!r}; built-in: "
                               + ", ".join(builtin_names()) + " (or give a path to a YAML file)")
         path = f"hwprofiles/{name_or_path}.yaml"
         data = parse_yaml(resources.files("hwprofiles").joinpath(f"{name_or_path}.yaml").read_bytes(),

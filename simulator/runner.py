@@ -51,7 +51,7 @@ class Built:
 def build(job: Job) -> Built:
     """Turn one job's plain configuration into validated objects (ConfigError on bad input)."""
     where, cfg = job.where, job.config
-    hardware = load_hardware(_resolve(cfg["hardware"], job.base_dir), where=where)
+    hardware = load_hardware(_resolve(cfg["hardware"], job.base_dir), where=where, key="hardware")
     model_spec = cfg["model"]
     if isinstance(model_spec, str) and (model_spec.endswith(".json") or os.sep in model_spec):
         model_spec = _resolve(model_spec, job.base_dir)
