@@ -144,8 +144,9 @@ def parse_yaml(data: bytes | str, where: str) -> Any:
                               "UTF-8") from None
     elif len(data) > MAX_BYTES:
         raise ConfigError(where, "", f"text is {len(data):,} characters; at most {MAX_BYTES:,}")
-    loader = LimitedLoader(data)
+    loader = None
     try:
+        loader = LimitedLoader(data)      # the reader already checks characters here
         return loader.get_single_data()
     except YamlLimitError as exc:
         raise ConfigError(where, exc.key, exc.message) from None
@@ -154,7 +155,8 @@ def parse_yaml(data: bytes | str, where: str) -> Any:
     except RecursionError:
         raise ConfigError(where, "", f"nested too deeply; at most {MAX_DEPTH} levels") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: str, what: str = "YAML file") -> Any:
