@@ -151,12 +151,27 @@ def parse_yaml(data: bytes | str, where: str) -> Any:
     except YamlLimitError as exc:
         raise ConfigError(where, exc.key, exc.message) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(where, "", "not valid YAML: " + " ".join(str(exc).split())[:200]) from None
+        raise ConfigError(where, "", "not valid YAML" + _describe(exc)) from None
     except RecursionError:
         raise ConfigError(where, "", f"nested too deeply; at most {MAX_DEPTH} levels") from None
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _describe(exc: yaml.YAMLError) -> str:
+    """': PROBLEM at line L, column C (CONTEXT)' from a PyYAML error, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem is None:
+        text = " ".join(str(exc).replace(' in "<unicode string>",', " at").split())
+        return ": " + text[:200]
+    text = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    text += f": {problem}"
+    context = getattr(exc, "context", None)
+    if context:
+        text += f" ({context})"
+    return " " + " ".join(text.split())[:200]
 
 
 def read_yaml_file(path: str, what: str = "YAML file") -> Any:
