@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -104,6 +105,9 @@ def _dispatch(args) -> int:
         return _cost(args)
     if args.command == "compare":
         from .compare import compare_dir
+        if args.slo_s is not None and not 0 < args.slo_s < math.inf:
+            raise ConfigError("argument", "--slo-s", f"must be a finite number of seconds > 0, "
+                              f"got {args.slo_s}")
         table = compare_dir(args.dir, args.slo_s, stat=args.stat, at=args.at)
         if table.empty:
             print(f"fewer than two strategies in {args.dir}/summary.csv; nothing to compare")
@@ -185,13 +189,13 @@ def _cost(args) -> int:
     from .cost import CostModel
     from .hardware import load_hardware
     from .ops import Attention, Collective, Elementwise, Gemm, SendRecv
-    hw = load_hardware(args.hardware, where="--hardware")
+    hw = load_hardware(args.hardware, where="argument", key="--hardware")
     for name in ("m", "n", "k", "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "devices"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise ConfigError("argument", f"--{name.replace('_', '-')}", f"must be >= 1, got {v}")
-    if getattr(args, "bytes", None) is not None and args.bytes < 0:
-        raise ConfigError("argument", "--bytes", f"must be >= 0, got {args.bytes}")
+    if getattr(args, "bytes", None) is not None and not 0 <= args.bytes < math.inf:
+        raise ConfigError("argument", "--bytes", f"must be a finite number >= 0, got {args.bytes}")
     dtype = getattr(args, "dtype", "fp16")
     if dtype not in hw.device.peak_flops:
         raise ConfigError("argument", "--dtype", f"{dtype!r} not in profile {hw.name}; it has "

@@ -190,6 +190,11 @@ def load_table_csv(path: str, family: str, source: str) -> MeasuredTable:
             body = [line for line in reader if any(cell.strip() for cell in line)]
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read the {family} table: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not a UTF-8 text file (byte {exc.start}); save the {family} "
+                          "table as UTF-8 CSV") from None
+    except csv.Error as exc:
+        raise ConfigError(path, "", f"not a readable CSV file: {exc}") from None
     missing = [c for c in columns(family) if c not in header]
     if missing:
         raise ConfigError(path, "header", f"missing column(s) {', '.join(missing)}; a {family} "

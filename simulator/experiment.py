@@ -1,10 +1,11 @@
 """Experiments: one YAML file -> a list of independent, validated jobs (sweep points x strategies).
 
-Keys: ``name`` (default: the file's stem), ``model``, ``hardware``, ``devices``, ``seed``,
-``strategies`` (names, or mappings ``{name: ..., label: ..., <params>}``), ``workload`` and
-``outputs``. Any scalar may be a list: the experiment is swept over the cartesian product of
-every such list (in the order the keys appear); a list inside a strategy mapping makes one variant of
-that strategy per value. Each job is re-parsed from its plain-dict form, so jobs can be sent to
+Keys: ``name`` (default: the file's stem; a plain folder name, see `check_name`), ``description``
+(free text), ``model``, ``hardware``, ``devices``, ``seed``, ``strategies`` (names, or mappings
+``{name: ..., label: ..., <params>}``), ``workload`` and ``outputs``. Any scalar except ``name``,
+``description`` and a strategy's ``name`` and ``label`` may be a list: the experiment is swept over
+the cartesian product of every such list (in the order the keys appear; at most `MAX_JOBS` jobs); a
+list inside a strategy mapping makes one variant of that strategy per value. Each job is re-parsed from its plain-dict form, so jobs can be sent to
 worker processes and cached by content.
 """
 from __future__ import annotations
@@ -13,12 +14,12 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from .errors import ConfigError
+from .safe_yaml import read_yaml_file
 from .schema import Section
 
 TOP_KEYS = ("name", "description", "model", "hardware", "devices", "seed", "strategies",
@@ -47,7 +48,7 @@ class Job:
                           sort_keys=True, default=str)
         extra = [code_fingerprint()]
         for value in _strings(self.config):
-            for path in (value, os.path.join(self.base_dir, value)):
+            for path in (os.path.join(self.base_dir, value), value):
                 if os.path.isfile(path):
                     for named in [path] + _tables_named_by(path):
                         with open(named, "rb") as fh:
@@ -62,8 +63,7 @@ def _tables_named_by(path: str) -> list[str]:
     if not path.endswith((".yaml", ".yml")):
         return []
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        data = read_yaml_file(path, "hardware profile file")
         tables = data.get("measured_tables", {}) if isinstance(data, dict) else {}
         out = []
         for entry in (tables.values() if isinstance(tables, dict) else []):
@@ -73,7 +73,7 @@ def _tables_named_by(path: str) -> list[str]:
                 if os.path.isfile(full):
                     out.append(full)
         return out
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except ConfigError:
         return []          # the loader reports a bad file; the key just cannot include it
 
 
@@ -110,15 +110,8 @@ def code_fingerprint() -> str:
 
 
 def read_yaml(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise ConfigError(path, "", "no such experiment file")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, "", "not valid YAML: " + " ".join(str(exc).split())[:200]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, "", "not a UTF-8 text file") from None
+    """The experiment file's data, read by the shared limited loader (`safe_yaml`)."""
+    return read_yaml_file(path, "experiment file")
 
 
 def _sweep_axes(node: Any, path: str, axes: list) -> None:
@@ -169,8 +162,14 @@ def _strategy_variants(entry: Any, where: str, key: str) -> list[tuple[dict, str
         raise ConfigError(where, key, "each strategy is a name or a mapping with 'name'")
     if "name" not in entry:
         raise ConfigError(where, f"{key}.name", "is required but missing")
+    if not isinstance(entry["name"], str):
+        raise ConfigError(where, f"{key}.name", "must be one strategy name (a string), got "
+                          f"{entry['name']!r}; to compare strategies, give each its own entry")
+    if "label" in entry and not isinstance(entry["label"], str):
+        raise ConfigError(where, f"{key}.label", f"must be a string, got {entry['label']!r}")
     axes: list = []
     _sweep_axes({k: v for k, v in entry.items() if k not in ("name", "label")}, "", axes)
+    _check_job_count(axes, 1, where)
     variants = []
     for copy, point in _expand(dict(entry), axes):
         label = copy.pop("label", None)
@@ -194,9 +193,10 @@ def load_experiment(path: str, overrides: dict | None = None) -> list[Job]:
     data = dict(top.data)
     if overrides:
         data.update(overrides)
-    name = data.get("name", os.path.splitext(os.path.basename(path))[0])
-    if not isinstance(name, str):
-        raise ConfigError(where, "name", "expected a string")
+    name = check_name(data["name"], where) if "name" in data else \
+        check_name(os.path.splitext(os.path.basename(path))[0], where, from_file=True)
+    if not isinstance(data.get("description", ""), str):
+        raise ConfigError(where, "description", "must be a string (free text; never a sweep axis)")
     for required in ("model", "hardware", "devices", "strategies", "workload"):
         if required not in data:
             raise ConfigError(where, required, "is required but missing")
@@ -216,13 +216,44 @@ def load_experiment(path: str, overrides: dict | None = None) -> list[Job]:
     data.pop("outputs", None)
     data["name"] = name
     axes: list = []
-    _sweep_axes(data, "", axes)
+    _sweep_axes({k: v for k, v in data.items() if k not in ("name", "description")}, "", axes)
+    _check_job_count(axes, len(variants), where)
     jobs = []
     base_dir = os.path.dirname(os.path.abspath(path))
     for config, point in _expand(data, axes):
         for strat, skey, label in variants:
             jobs.append(Job(len(jobs), name, where, config, strat, skey, label, point, base_dir))
     return jobs
+
+
+_NAME = re.compile(r"[\w][\w .,+=@()-]{0,99}")
+NAME_RULE = ("letters, digits, spaces and _ - . , + = @ ( ), starting with a letter, digit or _, "
+             "at most 100 characters (it names the results folder)")
+
+
+def check_name(name: Any, where: str, from_file: bool = False) -> str:
+    """The experiment's name, which becomes a folder under results/: a plain file name, never a
+    path (no separators, not '.' or '..')."""
+    if not isinstance(name, str):
+        raise ConfigError(where, "name", f"must be a string ({NAME_RULE}), got {name!r}")
+    if not _NAME.fullmatch(name):
+        hint = "; the file's own name is not a valid experiment name, so set name:" if from_file else ""
+        raise ConfigError(where, "name", f"{name!r} is not a plain name; allowed: {NAME_RULE}{hint}")
+    return name
+
+
+MAX_JOBS = 10_000
+
+
+def _check_job_count(axes: list, variants: int, where: str, key: str = "strategies") -> None:
+    """Refuse a sweep of more than MAX_JOBS jobs before expanding it."""
+    jobs = variants
+    for _, values in axes:
+        jobs *= len(values)
+    if jobs > MAX_JOBS:
+        names = ", ".join(p for p, _ in axes) or "none"
+        raise ConfigError(where, axes[0][0] if axes else key, f"the sweep makes {jobs:,} jobs "
+                          f"(sweep axes: {names}; strategy variants: {variants}); at most {MAX_JOBS:,}")
 
 
 def outputs_section(path: str) -> dict:

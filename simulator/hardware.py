@@ -24,10 +24,9 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Mapping
 
-import yaml
-
 from .cost_tables import FAMILIES, MeasuredTable, load_table_csv, source_problem
 from .errors import ConfigError
+from .safe_yaml import parse_yaml, read_yaml_file
 from .schema import Section
 
 SOURCE_KINDS = ("datasheet", "measured", "fitted", "assumed")
@@ -286,28 +285,30 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_hardware(name_or_path: str, where: str = "hardware") -> HardwareProfile:
-    """A built-in profile by name, or a user's YAML by path. Errors name the file and the key."""
+def load_hardware(name_or_path: str, where: str = "hardware", key: str = "") -> HardwareProfile:
+    """A built-in profile by name, or a user's YAML by path. `where` and `key` name what asked for
+    it (the experiment file and its `hardware` key, or the command line); an unknown name, or a
+    profile file that is missing or unreadable as a whole, is reported there, and a bad key inside
+    the profile names the profile file and that key."""
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise ConfigError(where, "", f"hardware must be a profile name or a YAML path, got {name_or_path!r}")
+        raise ConfigError(where, key, f"hardware must be a profile name or a YAML path, got {name_or_path!r}")
     if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
         path = name_or_path
-        if not os.path.isfile(path):
-            raise ConfigError(path, "", "no such hardware profile file")
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        try:
+            data = read_yaml_file(path, "hardware profile file")
+        except ConfigError as exc:
+            if exc.key or not key:
+                raise
+            raise ConfigError(where, key, f"{path}: {exc.message}") from None
         base_dir = os.path.dirname(os.path.abspath(path))
     else:
         if name_or_path not in builtin_names():
-            raise ConfigError(where, "", f"unknown hardware profile {name_or_path!r}; built-in: "
+            raise ConfigError(where, key, f"unknown hardware profile {name_or_path!r}; built-in: "
                               + ", ".join(builtin_names()) + " (or give a path to a YAML file)")
         path = f"hwprofiles/{name_or_path}.yaml"
-        text = resources.files("hwprofiles").joinpath(f"{name_or_path}.yaml").read_text("utf-8")
+        data = parse_yaml(resources.files("hwprofiles").joinpath(f"{name_or_path}.yaml").read_bytes(),
+                          path)
         base_dir = str(resources.files("hwprofiles"))
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
     return _load_cached(path, data, base_dir)
 
 

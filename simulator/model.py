@@ -263,6 +263,14 @@ def load_model(spec: Any, where: str = "model", key: str = "") -> ModelSpec:
     return parse_with(where, key or "(top level)", lambda: ModelSpec(**fields))
 
 
+def _optional_int(s: Section, name: str) -> int | None:
+    """An optional positive integer of a config.json: absent or null is None; 0 is an error."""
+    value = s.get(name, (int, type(None)), None)
+    if value is not None and value < 1:
+        raise s.error(name, f"must be a positive integer or null, got {value}")
+    return value
+
+
 def _load_hf(path: str, where: str, key: str) -> ModelSpec:
     """Read a Hugging Face config.json: LLaMA-style, OPT-style or GPT-2-style keys."""
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
@@ -273,20 +281,25 @@ def _load_hf(path: str, where: str, key: str) -> ModelSpec:
         raise ConfigError(where, key, f"cannot read Hugging Face config {file!r}: "
                                       f"{exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(where, key, f"{file!r} is not valid JSON: {exc}") from None
+        raise ConfigError(where, key, f"{file!r} is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(where, key, f"{file!r} is nested too deeply to be a model config") from None
     s = Section(data, file)
     model_type = s.get("model_type", str, "")
     name = s.get("_name_or_path", str, "") or os.path.basename(os.path.dirname(os.path.abspath(file)))
     if s.has("n_layer"):  # GPT-2 style
         layers, hidden = s.get("n_layer", int, min=1), s.get("n_embd", int, min=1)
         heads = s.get("n_head", int, min=1)
-        kv_heads, ffn = heads, s.get("n_inner", (int, type(None)), None) or 4 * hidden
+        kv_heads, ffn = heads, _optional_int(s, "n_inner") or 4 * hidden
         gated, head_dim = False, None
     else:
         layers, hidden = s.get("num_hidden_layers", int, min=1), s.get("hidden_size", int, min=1)
         heads = s.get("num_attention_heads", int, min=1)
-        kv_heads = s.get("num_key_value_heads", (int, type(None)), None) or heads
-        head_dim = s.get("head_dim", (int, type(None)), None)
+        kv_heads = _optional_int(s, "num_key_value_heads") or heads
+        if heads % kv_heads:
+            raise s.error("num_key_value_heads", f"num_attention_heads ({heads}) must be a multiple "
+                          f"of num_key_value_heads ({kv_heads})")
+        head_dim = _optional_int(s, "head_dim")
         if s.has("ffn_dim"):  # OPT style
             ffn, gated = s.get("ffn_dim", int, min=1), False
         else:

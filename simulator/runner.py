@@ -51,7 +51,7 @@ class Built:
 def build(job: Job) -> Built:
     """Turn one job's plain configuration into validated objects (ConfigError on bad input)."""
     where, cfg = job.where, job.config
-    hardware = load_hardware(_resolve(cfg["hardware"], job.base_dir), where=where)
+    hardware = load_hardware(_resolve(cfg["hardware"], job.base_dir), where=where, key="hardware")
     model_spec = cfg["model"]
     if isinstance(model_spec, str) and (model_spec.endswith(".json") or os.sep in model_spec):
         model_spec = _resolve(model_spec, job.base_dir)
@@ -91,11 +91,11 @@ def make_strategy(spec: dict, model: ModelSpec, devices: int, where: str, key: s
 
 
 def _resolve(path: Any, base_dir: str) -> Any:
+    """A relative file path in an experiment (hardware YAML, model config.json) is relative to the
+    experiment file's folder, as the CSVs it names are; a built-in name is left alone."""
     if isinstance(path, str) and (os.sep in path or path.endswith((".yaml", ".yml", ".json"))) \
-            and not os.path.isabs(path) and not os.path.exists(path):
-        candidate = os.path.join(base_dir, path)
-        if os.path.exists(candidate):
-            return candidate
+            and not os.path.isabs(path):
+        return os.path.normpath(os.path.join(base_dir, path))
     return path
 
 

@@ -7,6 +7,7 @@ as a traceback.
 """
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Callable, Iterable, Mapping
 
@@ -73,12 +74,16 @@ class Section:
         value = self.raw(name, default)
         return Section(value, self.where, self.key(name))
 
-    def done(self) -> None:
+    def done(self, allowed: Iterable[str] = ()) -> None:
+        """Reject keys not taken; the message lists the taken ones and `allowed` (keys valid here
+        that this mapping happens not to use), with the closest match first when one is near."""
         extra = [k for k in self.data if k not in self._taken]
         if extra:
-            allowed = ", ".join(sorted(self._taken)) or "none"
+            names = sorted(set(self._taken) | set(allowed))
+            near = difflib.get_close_matches(extra[0], names, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(self.where, self.key(str(extra[0])),
-                              f"unknown key; allowed here: {allowed}")
+                              f"unknown key; {hint}allowed here: {', '.join(names) or 'none'}")
 
 
 def check_value(value: Any, types: type | tuple, where: str, key: str, *, min=None, max=None,

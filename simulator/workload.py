@@ -10,6 +10,7 @@ by the experiment, so the same seed gives the same requests.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from typing import Generator, Optional
@@ -21,6 +22,12 @@ from .schema import Section
 
 ARRIVALS = ("all_at_once", "fixed_rate", "poisson", "trace", "closed_loop")
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal", "empirical")
+# Sanity bounds on user input, far beyond any real workload (and what a simulation could finish):
+MAX_TOKENS = 10_000_000        # tokens per sequence, prompt or output (10x the longest contexts)
+MAX_REQUESTS = 1_000_000       # requests per run (a run of that many takes hours already)
+MAX_BATCH = 1_000_000          # sequences per request
+MAX_TIME_S = 1e9               # arrival times (about 30 years): past it, float seconds lose the
+                               # microseconds an op takes
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class LengthDist:
     kind: str
     value: float = 0.0
     low: float = 1.0
-    high: float = 1e9
+    high: float = float(MAX_TOKENS)
     mean: float = 0.0
     std: float = 0.0
     values: tuple = ()
@@ -60,10 +67,14 @@ class LengthDist:
             x = rng.choice(np.asarray(self.values, dtype=float), size=n)
         x = np.clip(np.rint(x), self.low, self.high)
         m = self.multiple_of
-        if m > 1:
-            x = np.maximum(m, np.floor(x / m) * m)
-            x = np.where(x > self.high, x - m, x)
+        if m > 1:       # round down to a multiple, kept inside [low, high] (the loader checks
+            x = np.clip(np.floor(x / m) * m, *multiples_in(self.low, self.high, m))  # one exists)
         return x.astype(np.int64)
+
+
+def multiples_in(low: float, high: float, m: int) -> tuple[float, float]:
+    """The smallest and largest multiples of `m` in [low, high] (smallest > high: there is none)."""
+    return float(m * math.ceil(low / m)), float(m * math.floor(high / m))
 
 
 @dataclass(frozen=True)
@@ -154,20 +165,23 @@ def _closed_loop(reqs: list[Request], clients: int, think_s: float):
 
 # ------------------------------------------------------------------------------------ parsing
 
-def parse_length(value, where: str, key: str) -> LengthDist:
-    """An int (fixed) or {dist: fixed|uniform|normal|lognormal|empirical, ...}."""
+def parse_length(value, where: str, key: str, base_dir: Optional[str] = None) -> LengthDist:
+    """An int (fixed) or {dist: fixed|uniform|normal|lognormal|empirical, ...}; token counts lie in
+    [1, MAX_TOKENS], and [low, high] must hold a multiple of `multiple_of`. An empirical `csv:` path
+    is relative to `base_dir` (the experiment file's folder)."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ConfigError(where, key, f"must be >= 1, got {value}")
+        if not 1 <= value <= MAX_TOKENS:
+            raise ConfigError(where, key, f"must be a token count in [1, {MAX_TOKENS:,}], got {value}")
         return LengthDist("fixed", value=float(value), low=float(value), high=float(value))
     sec = Section(value, where, key)
     kind = sec.get("dist", str, choices=DISTRIBUTIONS)
-    low = sec.get("low", int, 1, min=1)
-    high = sec.get("high", int, 10**9, min=low)
-    mult = sec.get("multiple_of", int, 1, min=1)
+    low = sec.get("low", int, 1, min=1, max=MAX_TOKENS)
+    high = sec.get("high", int, MAX_TOKENS, min=low, max=MAX_TOKENS)
+    mult = sec.get("multiple_of", int, 1, min=1, max=MAX_TOKENS)
     d = LengthDist(kind, low=float(low), high=float(high), multiple_of=mult)
     if kind == "fixed":
-        v = sec.get("value", int, min=1)
+        v = sec.get("value", int, min=1, max=MAX_TOKENS)
+        low = high = v
         d = LengthDist(kind, value=v, low=float(v), high=float(v), multiple_of=mult)
     elif kind == "uniform":
         if not (sec.has("low") and sec.has("high")):
@@ -176,36 +190,67 @@ def parse_length(value, where: str, key: str) -> LengthDist:
         d = LengthDist(kind, low=float(low), high=float(high), mean=sec.get("mean", float),
                        std=sec.get("std", float, min=0.0), multiple_of=mult)
     else:
-        vals = _empirical_values(sec, where, key)
+        vals = _empirical_values(sec, where, key, base_dir)
         d = LengthDist(kind, low=float(low), high=float(high), values=tuple(vals), multiple_of=mult)
+    lo_m, hi_m = multiples_in(low, high, mult)
+    if lo_m > hi_m:
+        name = "value" if kind == "fixed" else "multiple_of"
+        raise sec.error(name, f"no multiple of {mult} lies in [{low}, {high}]; token counts are "
+                        f"rounded to multiples of multiple_of, so the range must hold one")
     sec.done()
     return d
 
 
-def _empirical_values(sec: Section, where: str, key: str) -> list:
+def _is_token_count(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+        and 0 < v <= MAX_TOKENS
+
+
+def _empirical_values(sec: Section, where: str, key: str, base_dir: Optional[str]) -> list:
+    rule = f"finite numbers in (0, {MAX_TOKENS:,}]"
     if sec.has("values"):
         vals = sec.get("values", list)
-        if not vals or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                               for v in vals):
-            raise sec.error("values", "must be a non-empty list of positive numbers")
+        if not vals or not all(_is_token_count(v) for v in vals):
+            bad = next((v for v in vals if not _is_token_count(v)), None)
+            raise sec.error("values", f"must be a non-empty list of token counts ({rule})"
+                            + (f"; got {bad!r}" if vals else ""))
         return vals
-    path = sec.get("csv", str)
+    path = resolve_path(sec.get("csv", str), base_dir)
     column = sec.get("column", str)
     rows = _read_csv(path, where, f"{key}.csv")
     if not rows or column not in rows[0]:
         raise sec.error("column", f"column {column!r} not in {path}; it has: "
-                        + ", ".join(rows[0].keys() if rows else []))
-    try:
-        return [float(r[column]) for r in rows]
-    except ValueError:
-        raise sec.error("column", f"column {column!r} of {path} holds non-numbers") from None
+                        + ", ".join(str(k) for k in (rows[0].keys() if rows else [])))
+    vals = []
+    for i, r in enumerate(rows):
+        try:
+            v = float(r[column])
+        except (TypeError, ValueError):
+            v = None
+        if v is None or not _is_token_count(v):
+            raise sec.error("column", f"{path} row {i + 2}: {column} is {r[column]!r}; "
+                            f"token counts must be {rule}")
+        vals.append(v)
+    return vals
+
+
+def resolve_path(path: str, base_dir: Optional[str]) -> str:
+    """A relative path in an experiment is relative to the experiment file's folder."""
+    return os.path.join(base_dir, path) if base_dir and not os.path.isabs(path) else path
 
 
 def _read_csv(path: str, where: str, key: str) -> list[dict]:
     if not os.path.isfile(path):
-        raise ConfigError(where, key, f"no such file: {path}")
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        raise ConfigError(where, key, f"no such file: {path} (relative paths are read from the "
+                          "experiment file's folder)")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(where, key, f"{path} is not a UTF-8 text file (byte {exc.start}); save it "
+                          "as UTF-8 CSV") from None
+    except (OSError, csv.Error) as exc:
+        raise ConfigError(where, key, f"cannot read {path} as CSV: {exc}") from None
 
 
 def parse_workload(value, where: str, key: str = "workload",
@@ -214,25 +259,27 @@ def parse_workload(value, where: str, key: str = "workload",
     arrival_sec = sec.section("arrival", {"kind": "all_at_once"})
     kind = arrival_sec.get("kind", str, choices=ARRIVALS)
     rate = arrival_sec.get("rate_rps", float, 0.0, min=0.0, min_open=kind in ("fixed_rate", "poisson"))
+    think = arrival_sec.get("think_s", float, 0.0, min=0.0, max=MAX_TIME_S)
     if kind in ("fixed_rate", "poisson") and not arrival_sec.has("rate_rps"):
         raise arrival_sec.error("rate_rps", f"arrival kind {kind} needs rate_rps")
     clients = arrival_sec.get("clients", int, 1, min=1)
-    think = arrival_sec.get("think_s", float, 0.0, min=0.0)
     rows: tuple = ()
     if kind == "trace":
-        path = arrival_sec.get("csv", str)
-        if base_dir and not os.path.isabs(path):
-            path = os.path.join(base_dir, path)
+        path = resolve_path(arrival_sec.get("csv", str), base_dir)
         rows = _trace_rows(path, where, arrival_sec.key("csv"))
     arrival_sec.done()
-    n = sec.get("requests", int, len(rows) if rows else None, min=1)
+    n = sec.get("requests", int, len(rows) if rows else None, min=1, max=MAX_REQUESTS)
     if n is None:
         raise sec.error("requests", "is required but missing")
+    if rows and n > len(rows):
+        raise sec.error("requests", f"is {n} but the trace {path} has only {len(rows)} rows; "
+                        "give at most that many, or leave requests out to replay the whole trace")
+    _check_horizon(arrival_sec, kind, n, rate, clients, think)
     wl = Workload(
         requests=n, arrival=kind, rate_rps=rate,
-        batch=sec.get("batch", int, 1, min=1),
-        prompt=parse_length(sec.raw("prompt_tokens", 512), where, sec.key("prompt_tokens")),
-        output=parse_length(sec.raw("output_tokens", 1), where, sec.key("output_tokens")),
+        batch=sec.get("batch", int, 1, min=1, max=MAX_BATCH),
+        prompt=parse_length(sec.raw("prompt_tokens", 512), where, sec.key("prompt_tokens"), base_dir),
+        output=parse_length(sec.raw("output_tokens", 1), where, sec.key("output_tokens"), base_dir),
         warmup=sec.get("warmup", int, 0, min=0), clients=clients, think_s=think, trace_rows=rows)
     if wl.warmup >= wl.requests:
         raise sec.error("warmup", f"must be less than requests ({wl.requests}), got {wl.warmup}")
@@ -240,19 +287,37 @@ def parse_workload(value, where: str, key: str = "workload",
     return wl
 
 
+def _check_horizon(sec: Section, kind: str, n: int, rate: float, clients: int, think: float) -> None:
+    """Arrival times must stay finite and below MAX_TIME_S (a rate of 1e-300 requests per second
+    would put them at infinity)."""
+    if kind in ("fixed_rate", "poisson") and n / rate > MAX_TIME_S:
+        raise sec.error("rate_rps", f"{rate:g} requests/s spreads {n} requests over {n / rate:.3g} s; "
+                        f"arrivals must stay below {MAX_TIME_S:g} s, so use rate_rps >= "
+                        f"{n / MAX_TIME_S:.3g}")
+    if kind == "closed_loop" and n * think / clients > MAX_TIME_S:
+        raise sec.error("think_s", f"{think:g} s of think time over {n} requests and {clients} "
+                        f"client(s) runs past {MAX_TIME_S:g} s; use a smaller think_s")
+
+
 def _trace_rows(path: str, where: str, key: str) -> tuple:
     rows = _read_csv(path, where, key)
     need = ("arrival_s", "prompt_tokens", "output_tokens")
     if not rows or any(c not in rows[0] for c in need):
         raise ConfigError(where, key, f"{path} needs columns " + ", ".join(need))
+    if len(rows) > MAX_REQUESTS:
+        raise ConfigError(where, key, f"{path} has {len(rows):,} rows; at most {MAX_REQUESTS:,}")
+    rule = (f"need 0 <= arrival_s <= {MAX_TIME_S:g} (finite) and integer token counts in "
+            f"[1, {MAX_TOKENS:,}]")
     out = []
     for i, r in enumerate(rows):
         try:
             a, p, o = float(r["arrival_s"]), int(r["prompt_tokens"]), int(r["output_tokens"])
-        except ValueError:
-            raise ConfigError(where, key, f"{path} row {i + 2}: expected numbers") from None
-        if a < 0 or p < 1 or o < 1:
-            raise ConfigError(where, key, f"{path} row {i + 2}: need arrival_s >= 0 and tokens >= 1")
+        except (TypeError, ValueError):
+            cells = ", ".join(f"{c}={r.get(c)!r}" for c in need)
+            raise ConfigError(where, key, f"{path} row {i + 2}: {cells}; {rule}") from None
+        if not (0 <= a <= MAX_TIME_S and 1 <= p <= MAX_TOKENS and 1 <= o <= MAX_TOKENS):
+            raise ConfigError(where, key, f"{path} row {i + 2}: arrival_s={a}, prompt_tokens={p}, "
+                              f"output_tokens={o}; {rule}")
         out.append((a, p, o))
     out.sort(key=lambda t: t[0])
     return tuple(out)

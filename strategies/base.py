@@ -30,7 +30,7 @@ class Params:
                 values[f.name] = sec.get(f.name, types)
             else:
                 values[f.name] = default
-        sec.done()
+        sec.done(allowed=["name", "label"] + [f.name for f in fields(cls)])
         params = cls(**values)
         problem = params.check()
         if problem:

@@ -65,7 +65,7 @@ CASES = [
     ("unknown arrival kind", ["workload", "arrival", "kind"], "bursty", "workload.arrival.kind",
      "poisson"),
     ("negative rate", ["workload", "arrival", "rate_rps"], -1.0, "workload.arrival.rate_rps", "> 0"),
-    ("unknown profile", ["hardware"], "a100-sxm9", "", "unknown hardware profile"),
+    ("unknown profile", ["hardware"], "a100-sxm9", "hardware", "unknown hardware profile"),
     ("unknown model preset", ["model"], "llama-9-1b", "model", "llama-2-7b"),
     ("tp does not divide heads", ["devices"], 3, "strategies[0]", "degrees that work"),
     ("unknown strategy", ["strategies"], ["warp"], "strategies[0].name", "available: "),

@@ -105,3 +105,13 @@ def test_bad_workloads(bad, key):
     with pytest.raises(ConfigError) as exc:
         parse_workload(base, "w.yaml")
     assert exc.value.key == key
+
+
+def test_multiple_of_draws_stay_inside_low_high():
+    """Rounding to multiples never leaves [low, high], even when low is not a multiple."""
+    d = parse_length({"dist": "uniform", "low": 17, "high": 40, "multiple_of": 16}, "w.yaml", "k")
+    assert set(d.draw(np.random.default_rng(0), 500)) == {32}
+    d = parse_length({"dist": "normal", "mean": 5, "std": 50, "low": 3, "high": 70, "multiple_of": 8},
+                     "w.yaml", "k")
+    x = d.draw(np.random.default_rng(0), 2000)
+    assert x.min() == 8 and x.max() == 64 and (x % 8 == 0).all()
