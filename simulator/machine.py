@@ -1,135 +1,132 @@
-"""The simulated machine's mechanics under SimRuntime: streams, events, ops as a fluid.
+"""The simulated machine under SimRuntime: devices with host clocks, stream FIFOs, events, ops as a
+fluid (DESIGN §2; engine.py states the semantics).
 
-`_Machine` holds the parts of SimRuntime that the runtime verbs never expose: advancing stream FIFOs,
-completing events, starting ops (a collective joins its group's instance and spins until every
-member has started), recomputing rates whenever the set of running ops on a device or link changes,
-and finishing ops into trace rows. See engine.py for the semantics; the hot path (an op alone on an
-idle device) avoids the contention model and SimPy's Timeout checks.
+`Machine` owns the state: per device its host clock, streams and running ops; the links and the
+collective instances waiting for members; the trace recorder. It advances stream FIFOs, completes
+events, starts ops (a collective joins its group's instance and spins until every member has
+started), recomputes rates whenever the set of running ops on a device or link changes, and
+records finished ops. Sequences launched with `launch_seq` go through segment.py. The hot path (an
+op alone on an idle device) skips the contention model and SimPy's Timeout checks.
 """
 from __future__ import annotations
 
-from collections import deque
-from typing import Iterable, Optional
+from typing import Iterable
 
-from simpy.events import NORMAL, Event as _SimEvent
-
+from . import segment
 from .errors import SimulationError
-from .ops import COMM_TYPES, Collective, SendRecv
-from .segment import _SEG
-from .trace import CHUNK_OPS
+from .ops import COMM_TYPES
+from .streams import (OP, RECORD, SEGMENT, WAIT, Activity, Event, Finish, Group, Stream,
+                      StreamItem, describe, group_key, new_item)
+from .trace import CHUNK_OPS, OpRecord, TraceRecorder
 
-_OP, _RECORD, _WAIT = 0, 1, 2
-_COMM_TYPES = COMM_TYPES
-OP_CACHE_ENTRIES = 4096        # ops whose (cost, kind, class) the engine keeps by identity
-
-
-class Event:
-    """A CUDA-like event: recorded once on a stream, completes when that stream reaches it."""
-    __slots__ = ("name", "done", "time", "device", "recorded", "_streams", "_callbacks", "_sim")
-
-    def __init__(self, name: str = ""):
-        self.name = name
-        self.done = False
-        self.time: Optional[float] = None
-        self.device: Optional[int] = None
-        self.recorded = False
-        self._streams: list = []
-        self._callbacks: list = []
-        self._sim = None
-
-    def __repr__(self) -> str:
-        return f"Event({self.name!r}, done={self.done})"
+OP_CACHE_ENTRIES = 4096        # ops whose (cost, kind, class) the machine keeps by identity
 
 
-# A stream item is a tuple (hot path: cheaper than an object):
-# (kind, op, ready_at, event, request, phase, seq) -- seq numbers a device's launches of one group.
+class Machine:
+    """`devices` devices of one profile: the state and mechanics behind SimRuntime's verbs."""
 
-
-class _Stream:
-    """A FIFO of items on one device, and the op it runs (a stream runs one op at a time, so the
-    stream carries that op's state: what the contention model sees, and, for a single-device op,
-    the fluid activity itself; a collective's member streams share one `_Activity`)."""
-    __slots__ = ("device", "index", "priority", "queue", "busy", "blocked",
-                 "item", "cost", "kind", "start", "op_class", "factor", "activity", "runs",
-                 "links", "remaining", "rate", "last", "ev")
-
-    def __init__(self, device: int, index: int, priority: int):
-        self.device, self.index, self.priority = device, index, priority
-        self.queue: deque = deque()
-        self.busy = False          # an op is running (or spinning) on it
-        self.blocked = False       # waiting for an event or for its head's launch to finish
-        self.activity = None       # while busy: itself (single-device op) or a collective's _Activity
-        self.runs = (self,)
-        self.links = ()
-        self.ev = None
-
-
-class _Finish(_SimEvent):
-    """A SimPy event scheduled at an activity's projected finish (a Timeout without its checks:
-    the delay is known to be >= 0). `act` is the activity it finishes."""
-
-    def __init__(self, env, act, callback, delay):
+    def __init__(self, env, devices: int, cost, contention, launch_s: float, shared_link: bool,
+                 recorder: TraceRecorder, segments: bool = True):
         self.env = env
-        self.callbacks = [callback]
-        self._value = None
-        self._ok = True
-        self.act = act
-        env.schedule(self, NORMAL, delay)
+        self.devices = devices
+        self.cost = cost
+        self.contention = contention
+        self.launch_s = launch_s
+        self.shared = shared_link
+        self.recorder = recorder
+        self.rows = recorder.buffer            # finished ops go here; folded in chunks
+        self.segments = segments               # launch_seq as timed segments where exact
+        self.host_s = [0.0] * devices          # each device's host clock
+        self.streams: list[list[Stream]] = [[Stream(d, 0, 0)] for d in range(devices)]
+        self.running: list[list[Stream]] = [[] for _ in range(devices)]
+        self.links: dict = {}                  # link -> {Activity: None}
+        self.coll_seq: dict = {}               # (device,) + group_key -> launches so far
+        self.groups: dict = {}                 # (group_key, seq) -> Group waiting for members
+        self.op_cost: dict = {}                # id(op) -> (op, OpCost, kind, op_class, seconds)
+        self.seg_on: list = [None] * devices   # the segment running on each device
+        self.segment_counts = {"run": 0, "expanded": 0, "split": 0}
+        self.end_s = 0.0                       # time of the last op end or event
 
-
-class _Activity:
-    """A collective's work in progress: remaining isolated seconds, shared by its runs (the member
-    streams, one per device).
-    `ev` is the pending finish timeout; a timeout that is no longer `ev` is stale and ignored."""
-    __slots__ = ("runs", "links", "remaining", "rate", "last", "ev", "start")
-
-    def __init__(self, runs, links, work, now):
-        self.runs, self.links = runs, links
-        self.remaining, self.rate, self.last, self.ev, self.start = work, 0.0, now, None, now
-
-
-class _Group:
-    """A collective instance waiting for its members."""
-    __slots__ = ("op", "runs", "size")
-
-    def __init__(self, op, size):
-        self.op, self.runs, self.size = op, [], size
-
-
-class _Machine:
-    """Mechanics of SimRuntime (a mixin: the state lives in SimRuntime.__init__)."""
-
-    def _host_now(self, device: int) -> float:
-        t = self._host[device]
+    # ------------------------------------------------------------------------------ host side
+    def host_now(self, device: int) -> float:
+        t = self.host_s[device]
         return t if t > self.env._now else self.env._now
 
-    def _enqueue(self, device, stream, item) -> None:
-        st = self._streams[device][stream]
+    def create_stream(self, device: int, priority: int) -> int:
+        streams = self.streams[device]
+        streams.append(Stream(device, len(streams), priority))
+        return len(streams) - 1
+
+    def launch(self, op, device: int, stream: int = 0, request: int = -1, phase: str = "") -> None:
+        host = self.host_s
+        t = host[device]
+        now = self.env._now
+        host[device] = t = (t if t > now else now) + self.launch_s
+        st = self.streams[device][stream]
+        seq = 0
+        if type(op) in COMM_TYPES:
+            # NCCL semantics: the i-th launch of a group on a device joins the group's i-th instance
+            if device not in op.group:
+                raise SimulationError(f"{describe(op)} launched on device {device}, "
+                                      f"not a member of {op.group}")
+            seq_key = (device,) + group_key(op)
+            seq = self.coll_seq.get(seq_key, 0)
+            self.coll_seq[seq_key] = seq + 1
+        st.queue.append(new_item(StreamItem, (OP, op, t, None, request, phase, seq)))
+        if not st.busy and not st.blocked and len(st.queue) == 1:
+            self.advance(st)
+
+    def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
+        devices = tuple(devices)
+        seg = segment.plan(self, ops, devices, stream, request, phase) if self.segments else None
+        if seg is None:
+            launch = self.launch
+            for op in ops:
+                for d in devices:
+                    launch(op, d, stream, request, phase)
+            return
+        for d in devices:
+            self.enqueue(d, stream, StreamItem(SEGMENT, seg, 0.0, None, request, phase, 0))
+
+    def record(self, event: Event, device: int, stream: int) -> None:
+        if event.recorded:
+            raise SimulationError(f"event {event.name!r} is recorded twice; events are single-use")
+        event.recorded = True
+        event.device = device
+        self.enqueue(device, stream, StreamItem(RECORD, None, self.host_now(device), event, -1, "", 0))
+
+    def wait(self, device: int, stream: int, event: Event) -> None:
+        self.enqueue(device, stream, StreamItem(WAIT, None, self.host_now(device), event, -1, "", 0))
+
+    # ------------------------------------------------------------------------------ streams
+    def enqueue(self, device, stream, item) -> None:
+        st = self.streams[device][stream]
         st.queue.append(item)
         if not st.busy and not st.blocked and len(st.queue) == 1:
-            self._advance(st)
+            self.advance(st)
 
-    def _advance(self, st: _Stream) -> None:
+    def advance(self, st: Stream) -> None:
+        """Start what the head of `st`'s FIFO allows, until it is busy, blocked or empty."""
         q = st.queue
         env = self.env
         while q and not st.busy and not st.blocked:
             item = q[0]
             now = env._now
-            if item[2] > now:
+            if item.ready_s > now:
                 st.blocked = True
-                env.timeout(item[2] - now).callbacks.append(lambda _e, st=st: self._unblock(st))
+                env.timeout(item.ready_s - now).callbacks.append(lambda _e, st=st: self._unblock(st))
                 return
-            kind = item[0]
-            if kind == _OP:
+            kind = item.kind
+            if kind == OP:
                 q.popleft()
-                seg = self._seg_on[st.device]
+                seg = self.seg_on[st.device]
                 if seg is not None:            # an op starts beside a running segment
-                    self._seg_split(seg)
-                # _start, inlined for the common case: a compute op alone on an idle device
-                op = item[1]
-                hit = self._op_cost.get(id(op))
+                    segment.split(self, seg)
+                # the start, inlined for the common case: a compute op alone on an idle device
+                op = item.op
+                hit = self.op_cost.get(id(op))
                 if hit is None or hit[0] is not op:
-                    hit = self._cost_entry(op)
+                    hit = self.cost_entry(op)
                 op_class = hit[3]
                 st.busy = True
                 st.item = item
@@ -140,7 +137,7 @@ class _Machine:
                 st.factor = 1.0
                 st.remaining = hit[4]
                 st.rate = 0.0
-                running = self._running[st.device]
+                running = self.running[st.device]
                 running.append(st)
                 if op_class == "comm":
                     st.activity = None
@@ -149,89 +146,88 @@ class _Machine:
                 st.activity = st
                 if len(running) == 1:      # alone on an idle device: full speed, no contention model
                     st.rate = 1.0
-                    st.ev = _Finish(env, st, self._on_timeout, hit[4])
+                    st.ev = Finish(env, st, self.on_finish, hit[4])
                 else:
-                    self._reflow((st.device,), ())
+                    self.reflow((st.device,), ())
                 return
-            if kind == _RECORD:
+            if kind == RECORD:
                 q.popleft()
-                self._complete_event(item[3])
-            elif kind == _SEG:
+                self.complete_event(item.event)
+            elif kind == SEGMENT:
                 q.popleft()
-                self._seg_arrive(st, item[1])
+                segment.arrive(self, st, item.op)
                 return
-            elif item[3].done:
+            elif item.event.done:
                 q.popleft()
             else:
                 st.blocked = True
-                item[3]._streams.append(st)
+                item.event.streams.append(st)
                 return
 
-    def _unblock(self, st: _Stream) -> None:
+    def _unblock(self, st: Stream) -> None:
         st.blocked = False
-        self._advance(st)
+        self.advance(st)
 
-    def _complete_event(self, ev: Event) -> None:
+    def complete_event(self, ev: Event) -> None:
         ev.done = True
-        ev.time = self._end = self.env._now
-        for st in ev._streams:
+        ev.time = self.end_s = self.env._now
+        for st in ev.streams:
             st.blocked = False
-            self._advance(st)
-        ev._streams = []
-        for fn in ev._callbacks:
+            self.advance(st)
+        ev.streams = []
+        for fn in ev.callbacks:
             fn(ev.time)
-        ev._callbacks = []
-        if ev._sim is not None and not ev._sim.triggered:
-            ev._sim.succeed()
+        ev.callbacks = []
+        if ev.signal is not None and not ev.signal.triggered:
+            ev.signal.succeed()
 
     # ------------------------------------------------------------------------------ ops
-    def _cost_entry(self, op) -> tuple:
+    def cost_entry(self, op) -> tuple:
         """(op, OpCost, kind, op_class, isolated seconds), cached by the op object's identity."""
-        kind = op.family
         cost = self.cost.cost(op)
-        cache = self._op_cost
+        cache = self.op_cost
         if len(cache) >= OP_CACHE_ENTRIES:     # bounded: ops are re-made every step
             cache.clear()
-        hit = cache[id(op)] = (op, cost, kind, cost.op_class, cost.seconds)
+        hit = cache[id(op)] = (op, cost, op.family, cost.op_class, cost.seconds)
         return hit
 
-    def _join(self, run: _Stream, op, device: int) -> None:
+    def _join(self, run: Stream, op, device: int) -> None:
         group = op.group
-        key = (type(op).__name__, getattr(op, "kind", ""), group)
-        gkey = (key, run.item[6])
-        g = self._groups.get(gkey)
+        gkey = (group_key(op), run.item.seq)
+        g = self.groups.get(gkey)
         if g is None:
-            g = self._groups[gkey] = _Group(op, len(group))
+            g = self.groups[gkey] = Group(op, len(group))
         elif g.op.bytes != op.bytes:
-            raise SimulationError(f"{_describe(op)} on device {device} does not match the "
+            raise SimulationError(f"{describe(op)} on device {device} does not match the "
                                   f"{g.op.bytes:.0f} bytes its other members launched")
         g.runs.append(run)
         if len(g.runs) < g.size:
-            self._reflow((device,), ())
+            self.reflow((device,), ())
             return
-        del self._groups[gkey]
-        act = self._new_activity(tuple(g.runs), group, run.cost.seconds, self.env._now)
-        self._reflow(group, act.links)
+        del self.groups[gkey]
+        act = self.new_activity(tuple(g.runs), group, run.cost.seconds, self.env._now)
+        self.reflow(group, act.links)
 
-    def _new_activity(self, runs, group, seconds: float, now: float) -> _Activity:
+    def new_activity(self, runs, group, seconds: float, now: float) -> Activity:
         """A collective's transfer over its members' ports (and the shared link, if any)."""
-        links = tuple(("port", d) for d in group) + ((("shared",),) if self._shared else ())
-        act = _Activity(runs, links, seconds, now)
+        links = tuple(("port", d) for d in group) + ((("shared",),) if self.shared else ())
+        act = Activity(runs, links, seconds, now)
         for r in runs:
             r.activity = act
         for link in links:
-            self._links.setdefault(link, {})[act] = None
+            self.links.setdefault(link, {})[act] = None
         return act
 
-    def _finish_event(self, act, callback, delay: float) -> "_Finish":
-        return _Finish(self.env, act, callback, delay)
+    def finish_event(self, act, callback, delay: float) -> Finish:
+        """Call callback(the event) `delay` seconds from now; the event's `act` is `act`."""
+        return Finish(self.env, act, callback, delay)
 
-    def _reflow(self, devices: Iterable[int], links: Iterable) -> None:
+    def reflow(self, devices: Iterable[int], links: Iterable) -> None:
         """Recompute rates of everything on `devices` and `links` and reschedule finish times."""
         touched: dict = {}
         rates_of = self.contention.rates
         for d in devices:
-            running = self._running[d]
+            running = self.running[d]
             if not running:
                 continue
             if len(running) == 1:
@@ -245,13 +241,13 @@ class _Machine:
                 if run.activity is not None:
                     touched[run.activity] = None
         for link in links:
-            for act in self._links.get(link, ()):
+            for act in self.links.get(link, ()):
                 touched[act] = None
         now = self.env._now
         for act in touched:
             rate = min(r.factor for r in act.runs)
             for link in act.links:
-                rate = min(rate, 1.0 / len(self._links[link]))
+                rate = min(rate, 1.0 / len(self.links[link]))
             if rate == act.rate:
                 continue
             act.remaining -= act.rate * (now - act.last)
@@ -259,99 +255,100 @@ class _Machine:
                 act.remaining = 0.0
             act.last = now
             act.rate = rate
-            act.ev = _Finish(self.env, act, self._on_timeout, act.remaining / rate)
+            act.ev = Finish(self.env, act, self.on_finish, act.remaining / rate)
 
-    def _on_timeout(self, ev) -> None:
+    def on_finish(self, ev) -> None:
+        """A Finish fired: end its op (or collective), unless a rate change made it stale."""
         act = ev.act
-        if act.ev is not ev:           # the rate changed since and a newer timeout is due
+        if act.ev is not ev:           # the rate changed since and a newer finish is due
             return
-        if type(act) is _Activity:     # a collective: several runs, links
-            self._finish(act)
+        if type(act) is Activity:      # a collective: several runs, links
+            self._finish_collective(act)
             return
         # a single-device op (the common case), inlined: the activity is its stream
-        now = self._end = self.env._now
+        now = self.end_s = self.env._now
         st = act
         d = st.device
-        running = self._running[d]
+        running = self.running[d]
         running.remove(st)
         item = st.item
-        self._rows.append((d, st.index, st.priority, item[1].name, st.kind, st.op_class, item[4],
-                           item[5], st.start, now, st.start, st.cost.seconds))
+        rows = self.rows
+        rows.append(new_item(OpRecord, (d, st.index, st.priority, item.op.name, st.kind, st.op_class,
+                                        item.request, item.phase, st.start, now, st.start,
+                                        st.cost.seconds)))
         st.busy = False
         st.activity = None
-        if len(self._rows) >= CHUNK_OPS:
-            self._fold()
+        if len(rows) >= CHUNK_OPS:
+            self.fold()
         if running:
-            self._reflow((d,), ())
+            self.reflow((d,), ())
         if st.queue:
-            self._advance(st)
+            self.advance(st)
 
-    def _finish(self, act) -> None:
-        now = self.env._now
-        self._end = now
-        rows = self._rows
+    def _finish_collective(self, act: Activity) -> None:
+        now = self.end_s = self.env._now
+        rows = self.rows
         busy = []
         for st in act.runs:
             item = st.item
             d = st.device
-            running = self._running[d]
+            running = self.running[d]
             running.remove(st)
             if running:
                 busy.append(d)
-            rows.append((d, st.index, st.priority, item[1].name, st.kind, st.op_class, item[4],
-                         item[5], st.start, now, act.start, st.cost.seconds))
+            rows.append(new_item(OpRecord, (d, st.index, st.priority, item.op.name, st.kind,
+                                            st.op_class, item.request, item.phase, st.start, now,
+                                            act.start, st.cost.seconds)))
             st.busy = False
             st.activity = None
         if len(rows) >= CHUNK_OPS:
-            self._fold()
+            self.fold()
         links = []
         for link in act.links:
-            members = self._links[link]
+            members = self.links[link]
             del members[act]
             if members:
                 links.append(link)
         if busy or links:
-            self._reflow(busy, links)
+            self.reflow(busy, links)
         for st in act.runs:
-            self._advance(st)
+            self.advance(st)
 
-    def _fold(self) -> None:
+    def fold(self) -> None:
         """Fold the recorded rows into the recorder's totals. No op not yet recorded can have
         started before the earliest start among running ops (or now, for ops not started)."""
         horizon = self.env._now
-        for running in self._running:
+        for running in self.running:
             for st in running:
                 if st.start < horizon:
                     horizon = st.start
-        self._recorder.fold(horizon)
+        self.recorder.fold(horizon)
 
-    # ------------------------------------------------------------------------------ driving
+    # ------------------------------------------------------------------------------ diagnosis
+    def stuck(self) -> list[str]:
+        """A line per stream with work left (for deadlock reports)."""
+        return [self._describe_stream(st) for streams in self.streams for st in streams
+                if st.busy or st.queue]
 
-    def _describe_stream(self, st: _Stream) -> str:
+    def _describe_stream(self, st: Stream) -> str:
         where = f"device {st.device} stream {st.index} (priority {st.priority})"
         if st.busy:
-            op = st.item[1]
+            op = st.item.op
             if st.activity is None:
-                key = (type(op).__name__, getattr(op, "kind", ""), op.group)
-                g = next((g for (k, _), g in self._groups.items() if k == key and st in g.runs), None)
+                key = group_key(op)
+                g = next((g for (k, _), g in self.groups.items() if k == key and st in g.runs), None)
                 have = {r.device for r in g.runs} if g else {st.device}
                 missing = [d for d in op.group if d not in have]
-                return f"{where}: {_describe(op)} waits for device(s) {missing} to start it"
-            return f"{where}: running {_describe(op)}"
+                return f"{where}: {describe(op)} waits for device(s) {missing} to start it"
+            return f"{where}: running {describe(op)}"
         item = st.queue[0]
-        if item[0] == _WAIT:
-            ev = item[3]
+        if item.kind == WAIT:
+            ev = item.event
             why = "which was never recorded" if not ev.recorded else \
                 f"recorded on device {ev.device} but not yet reached"
             return f"{where}: head waits on event {ev.name!r} {why}"
-        if item[0] == _OP:
-            return f"{where}: head {_describe(item[1])} not started"
-        return f"{where}: head records event {item[3].name!r}"
-
-
-def _describe(op) -> str:
-    if isinstance(op, Collective):
-        return f"{op.kind} {op.name!r} over devices {op.group}"
-    if isinstance(op, SendRecv):
-        return f"send/recv {op.name!r} {op.src}->{op.dst}"
-    return f"{type(op).__name__.lower()} {op.name!r}"
+        if item.kind == OP:
+            return f"{where}: head {describe(item.op)} not started"
+        if item.kind == SEGMENT:
+            return f"{where}: head is a sequence of {len(item.op.ops)} ops, not started"
+        return f"{where}: head records event {item.event.name!r}"

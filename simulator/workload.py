@@ -118,48 +118,50 @@ class Workload:
 
 
 def open_loop(reqs: list[Request]):
-    """An arrival process: each request arrives at its `arrival_s`, then no more."""
-    def source(rt) -> Generator:
+    """An arrival process: each request arrives at its `arrival_s`, then no more. Like every
+    source, a generator function of the serving layer (simulator/serving.py); it never sees the
+    runtime."""
+    def source(serving) -> Generator:
         for r in reqs:
-            if r.arrival_s > rt.now:
-                yield rt.env.timeout(r.arrival_s - rt.now)
-            rt.arrive(r)
-        rt.sources_done()
+            if r.arrival_s > serving.now:
+                yield from serving.sleep(r.arrival_s - serving.now)
+            serving.arrive(r)
+        serving.sources_done()
     return source
 
 
 def _closed_loop(reqs: list[Request], clients: int, think_s: float):
     from dataclasses import replace
 
-    def source(rt) -> Generator:
+    def source(serving) -> Generator:
         pending = list(reversed(reqs))
         outstanding = [0]
 
         def send():
-            r = replace(pending.pop(), arrival_s=rt.now)
+            r = replace(pending.pop(), arrival_s=serving.now)
             outstanding[0] += 1
-            rt.arrive(r)
+            serving.arrive(r)
 
         def finished(_req, _t):
             outstanding[0] -= 1
             if pending:
                 if think_s > 0:
-                    rt.env.timeout(think_s).callbacks.append(lambda _e: send_or_done())
+                    serving.call_later(think_s, send_or_done)
                 else:
                     send_or_done()
             elif outstanding[0] == 0:
-                rt.sources_done()
+                serving.sources_done()
 
         def send_or_done():
             if pending:
                 send()
 
-        rt.on_finish(finished)
+        serving.on_finish(finished)
         for _ in range(min(clients, len(pending))):
             send()
         if not pending and outstanding[0] == 0:
-            rt.sources_done()
-        yield rt.env.timeout(0)
+            serving.sources_done()
+        yield from serving.sleep(0)
     return source
 
 

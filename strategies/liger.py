@@ -317,7 +317,7 @@ class Liger(Strategy):
         rid = f.req.id
         if step and not f.done_parts and f.step_of[f.pos - 1] != step:
             for ev, where in f.steps_done[step - 1]:
-                if where is not streams and not ev.done:
+                if where is not streams and not rt.query(ev):
                     for d in self.group:
                         rt.wait(d, streams[d], ev)
         for d in self.group:
@@ -331,7 +331,7 @@ class Liger(Strategy):
             done = rt.new_event(f"r{rid}.step{step}")
             rt.record(done, self.group[0], streams[self.group[0]])
             events = [(done, streams)]
-            if streams is self.main and f.tail is not None and not f.tail[0].done:
+            if streams is self.main and f.tail is not None and not rt.query(f.tail[0]):
                 events.append((f.tail[0], self.sub))
             f.steps_done.append(events)
             if step == 0:
@@ -345,14 +345,14 @@ def _when_all(rt, events: list, mark) -> None:
     if len(events) == 1:
         mark(events[0])
         return
-    fired = [False]
+    times: dict = {}
 
-    def check(_t) -> None:
-        if not fired[0] and all(ev.done for ev in events):
-            fired[0] = True
-            mark(max(events, key=lambda ev: ev.time))
+    def seen(ev, t: float) -> None:
+        times[id(ev)] = (t, ev)
+        if len(times) == len(events):
+            mark(max(times.values(), key=lambda pair: pair[0])[1])
     for ev in events:
-        rt.when(ev, check)
+        rt.when(ev, lambda t, ev=ev: seen(ev, t))
 
 
 def _slice(op: Gemm, lo: int, hi: int, parts: int) -> Gemm:

@@ -45,6 +45,10 @@ class RecordingRuntime(SimRuntime):
         self.launched.append((device, stream, op))
         super().launch(op, device, stream, request, phase)
 
+    def launch_seq(self, ops, devices, stream=0, request=-1, phase=""):
+        self.launched.extend((d, stream, op) for op in ops for d in devices)
+        super().launch_seq(ops, devices, stream, request, phase)
+
 
 def strategy(name: str, params: dict | None = None, model=OPT30, devices: int = DEVICES):
     cls = strategies.get(name)

@@ -1,0 +1,113 @@
+"""The runtime seam (DESIGN §1): the only verbs a strategy's host code may use.
+
+A strategy talks to a runtime through `Runtime` alone, modelled on CUDA's host API: streams,
+launches, events, synchronisation, host callbacks, the clock, and the profiled time of an op (as a
+real scheduler reads its offline profile). The request verbs (`next_request`, `try_next_request`,
+`first_token_when`, `finish_when`) reach the runtime-neutral serving layer (simulator/serving.py).
+`SimRuntime` (simulator/engine.py) implements it over the SimPy machine; a real-hardware runtime
+implements the same verbs with torch streams, events and collectives, so one strategy code runs on
+both. tests/test_runtime.py checks that strategies call nothing else: no engine or SimPy object, no
+event internals, no private names.
+
+Events are opaque handles: a strategy creates, records, waits on, queries and synchronises on them,
+and learns their completion time only through `when` callbacks.
+
+A host program is a generator; a verb that blocks the host (`synchronize`, `wait_any`,
+`next_request`) is used as ``yield from rt.verb(...)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Generator, Optional, Protocol, Sequence, runtime_checkable
+
+from .ops import Op
+
+
+class EventHandle(Protocol):
+    """An event created by `Runtime.new_event`; only its name is readable."""
+    name: str
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """The verbs of a runtime, as strategies see them."""
+
+    @property
+    def now(self) -> float:
+        """Seconds since the start of the run."""
+
+    def create_stream(self, device: int, priority: int = 0) -> int:
+        """A new stream on `device` (lower priority number = higher priority); its index. Stream 0
+        exists on every device, priority 0."""
+
+    def launch(self, op: Op, device: int, stream: int = 0, request: int = -1, phase: str = "") -> None:
+        """Enqueue `op` on (device, stream), on behalf of `request` in `phase`; costs host time.
+        A collective or send/recv is launched on each member device (NCCL matching by order)."""
+
+    def launch_seq(self, ops: Sequence[Op], devices: Sequence[int], stream: int = 0,
+                   request: int = -1, phase: str = "") -> None:
+        """``for op in ops: for d in devices: launch(op, d, stream, request, phase)`` (an SPMD
+        launch, as a captured CUDA graph replayed on each device)."""
+
+    def new_event(self, name: str = "") -> EventHandle:
+        """A fresh event (single use: recorded once)."""
+
+    def record(self, event: EventHandle, device: int, stream: int = 0) -> None:
+        """The event completes when (device, stream) reaches this point."""
+
+    def wait(self, device: int, stream: int, event: EventHandle) -> None:
+        """Later items on (device, stream) start only after `event` has completed."""
+
+    def query(self, event: EventHandle) -> bool:
+        """Whether `event` has completed, without blocking (cudaEventQuery)."""
+
+    def synchronize(self, event: EventHandle) -> Generator:
+        """Host blocks until `event` has completed (cudaEventSynchronize)."""
+
+    def wait_any(self, events: Sequence[EventHandle]) -> Generator:
+        """Host blocks until at least one of `events` has completed."""
+
+    def when(self, event: EventHandle, fn: Callable[[float], None]) -> None:
+        """Call fn(completion time) on the host when `event` completes (at once if it has)."""
+
+    def profiled_seconds(self, op: Op) -> float:
+        """The op's isolated time as the runtime's profile reports it."""
+
+    def profiled_slowdown(self, op_class: str, beside_class: str) -> float:
+        """How much slower an op of `op_class` runs beside one of `beside_class` on one device."""
+
+    def next_request(self) -> Generator:
+        """Host blocks until a request arrives; returns it, or None once no more will arrive."""
+
+    def try_next_request(self) -> Optional[Any]:
+        """The next arrived request without blocking, or None."""
+
+    def first_token_when(self, request: int, event: EventHandle) -> None:
+        """`request`'s first token is out when `event` completes."""
+
+    def finish_when(self, request: int, event: EventHandle) -> None:
+        """`request` is finished when `event` completes."""
+
+
+RUNTIME_VERBS = frozenset(name for name in vars(Runtime) if not name.startswith("_"))
+
+
+class Signal(Protocol):
+    """A one-shot wake-up: the host waits on it, someone fires it (idempotent)."""
+
+    def wait(self) -> Generator: ...
+
+    def fire(self) -> None: ...
+
+
+class HostClock(Protocol):
+    """Time as the serving layer and workload sources need it, from whichever runtime runs."""
+
+    @property
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> Generator:
+        """For a source or host generator: let `seconds` pass."""
+
+    def call_later(self, seconds: float, fn: Callable[[], None]) -> None: ...
+
+    def new_signal(self) -> Signal: ...

@@ -1,0 +1,123 @@
+"""The serving layer: arrivals, the request queue, first-token and finish marks, per-request records.
+
+Runtime-neutral (DESIGN §1): it keeps time only through a `HostClock` (simulator/runtime.py), so the
+simulated runtime and a real one share it. A workload's source (simulator/workload.py) is a
+generator function of a `Serving`: it sleeps with ``yield from serving.sleep(seconds)`` and calls
+``serving.arrive(request)``, then ``serving.sources_done()``. The strategy's host program takes
+requests with ``next_request`` (blocking) or ``try_next_request``, and marks a request's first token
+and finish by events through the runtime (``first_token_when`` / ``finish_when``), which land here
+as `mark_first_token` / `mark_finish`. A batch scheduler plugs in between arrivals and the host.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Generator, Optional
+
+from .runtime import HostClock
+from .trace import RequestRecord
+
+
+class _Pending:
+    """One request's times while the run goes."""
+    __slots__ = ("request", "arrival_s", "first_token_s", "finish_s")
+
+    def __init__(self, request, arrival_s: float):
+        self.request, self.arrival_s = request, arrival_s
+        self.first_token_s: Optional[float] = None
+        self.finish_s: Optional[float] = None
+
+
+class Serving:
+    """Arrivals and the FCFS request queue of one run."""
+
+    def __init__(self, clock: HostClock):
+        self.clock = clock
+        self._queue: deque = deque()
+        self._waiter = None
+        self._sources_done = False
+        self._requests: dict[int, _Pending] = {}
+        self._finish_listeners: list[Callable] = []
+        self.host_state = "running"          # what the host is blocked on (for deadlock reports)
+
+    # ------------------------------------------------------------------------------ sources
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    def sleep(self, seconds: float) -> Generator:
+        """For sources: let `seconds` pass."""
+        return self.clock.sleep(seconds)
+
+    def call_later(self, seconds: float, fn: Callable[[], None]) -> None:
+        self.clock.call_later(seconds, fn)
+
+    def arrive(self, request) -> None:
+        """`request` arrives now."""
+        self._requests[request.id] = _Pending(request, self.clock.now)
+        self._queue.append(request)
+        self._wake()
+
+    def sources_done(self) -> None:
+        """No more requests will arrive."""
+        self._sources_done = True
+        self._wake()
+
+    def on_finish(self, fn: Callable) -> None:
+        """Call fn(request, time) whenever a request finishes (closed-loop clients)."""
+        self._finish_listeners.append(fn)
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            w.fire()
+
+    # ------------------------------------------------------------------------------ host side
+    def next_request(self) -> Generator:
+        """Host blocks until a request arrives; returns it, or None once no more will arrive."""
+        while not self._queue:
+            if self._sources_done:
+                return None
+            self._waiter = self.clock.new_signal()
+            self.host_state = "waiting for a request"
+            yield from self._waiter.wait()
+            self.host_state = "running"
+        return self._queue.popleft()
+
+    def try_next_request(self):
+        """The next arrived request without blocking, or None if none is waiting."""
+        return self._queue.popleft() if self._queue else None
+
+    def arrivals_done(self) -> bool:
+        """True once every request has arrived and been taken by the host."""
+        return self._sources_done and not self._queue
+
+    def pending_requests(self) -> int:
+        """Requests that have arrived and not been taken by the host."""
+        return len(self._queue)
+
+    def mark_first_token(self, request: int, t: float) -> None:
+        self._requests[request].first_token_s = t
+
+    def mark_finish(self, request: int, t: float) -> None:
+        rec = self._requests[request]
+        rec.finish_s = t
+        for fn in self._finish_listeners:
+            fn(rec.request, t)
+
+    # ------------------------------------------------------------------------------ results
+    def unfinished(self) -> list[int]:
+        return [rid for rid, rec in self._requests.items() if rec.finish_s is None]
+
+    def records(self, first_start: Callable[[int], Optional[float]]) -> list[RequestRecord]:
+        """One RequestRecord per arrived request; `first_start(id)` is its first op's start (None
+        if it ran no op: then its finish)."""
+        out = []
+        for rid, rec in self._requests.items():
+            req, finish = rec.request, rec.finish_s
+            start = first_start(rid)
+            out.append(RequestRecord(rid, rec.arrival_s, finish if start is None else start,
+                                     finish if rec.first_token_s is None else rec.first_token_s,
+                                     finish, req.prompt_tokens, req.output_tokens, req.batch,
+                                     req.measured))
+        return out
