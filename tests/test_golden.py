@@ -94,14 +94,15 @@ def test_nan_equals_nan_and_integers_compare_exactly():
 
 # ------------------------------------------------------------------------------ sensitivity
 
-def test_an_unchanged_copy_of_a_profile_reproduces_the_golden(tmp_path):
+@pytest.mark.parametrize("name, profile", [("liger-artifact-2xv100", "v100-sxm2-32gb"),
+                                           ("liger-4-devices", "a100-pcie-40gb")])   # a swept hardware
+def test_an_unchanged_copy_of_a_profile_reproduces_the_golden(name, profile, tmp_path):
     """Control for the tests below: the copy-and-replace mechanism alone changes nothing."""
-    copy = tmp_path / "profile" / "v100-sxm2-32gb.yaml"
+    copy = tmp_path / "profile" / f"{profile}.yaml"
     copy.parent.mkdir()
-    copy.write_text(yaml.safe_dump(profile_data("v100-sxm2-32gb"), sort_keys=False))
-    result = run_reduced("liger-artifact-2xv100", str(tmp_path / "run"),
-                         {"v100-sxm2-32gb": str(copy)})
-    assert compare(result) == []
+    copy.write_text(yaml.safe_dump(profile_data(profile), sort_keys=False))
+    diffs = compare(run_reduced(name, str(tmp_path / "run"), {profile: str(copy)}))
+    assert diffs == [], report(name, diffs)
 
 
 # (golden experiment, built-in profile, number): the cheapest golden that sees each key number.

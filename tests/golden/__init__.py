@@ -36,7 +36,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-import pandas as pd
 import yaml
 
 from simulator.experiment import load_experiment
