@@ -5,8 +5,8 @@ the four projection GEMMs of Llama-2-7b and -70b (every row: 1-4096 tokens, tens
 single-node all-reduce at n = 2, 4, 8, and send/recv between two devices of one node. The data are
 read from ``../shared/data/vidur`` beside the repository (never copied into it); the module is
 skipped where that folder is absent. Vidur's network ``size`` column is in bytes (see
-benchmarks/fit_vidur.py for why). The median absolute percentage errors are printed whether or
-not pytest captures output, and attached to each test with ``record_property``.
+benchmarks/fit_vidur.py for why). Each test attaches its median absolute percentage error with
+``record_property``; ``python benchmarks/fit_vidur.py`` prints the full error tables.
 """
 from __future__ import annotations
 
@@ -109,23 +109,20 @@ def comm_errors() -> pd.DataFrame:
     return pd.DataFrame(out, columns=["device", "op", "rows", "median_abs_pct"])
 
 
-def test_report(gemm_errors, comm_errors, capsys, record_property):
-    """Prints the error tables (even under capture) and attaches them to the test report."""
-    by_family = gemm_errors.groupby(["device", "family"])["err"].median().unstack("device").round(1)
-    overall = gemm_errors.groupby("device")["err"].median().round(1)
-    worst = gemm_errors.groupby("device")["err"].max().round(1)
-    lines = ["", "Vidur vs CostModel, median absolute percentage error",
-             "GEMM by family:", by_family.to_string(),
-             "GEMM all rows: " + ", ".join(f"{d} {e}%" for d, e in overall.items()),
-             "GEMM worst row: " + ", ".join(f"{d} {e}%" for d, e in worst.items()),
-             "Communication:", comm_errors.round(1).to_string(index=False)]
-    with capsys.disabled():
-        print("\n".join(lines))
-    for device, err in overall.items():
-        record_property(f"gemm_{device}_median_abs_pct", float(err))
-    for row in comm_errors.itertuples():
-        key = f"{row.op.replace(' ', '_')}_{row.device}_median_abs_pct"
-        record_property(key, round(row.median_abs_pct, 2))
+def test_error_tables_cover_every_case(gemm_errors, comm_errors, record_property):
+    """Every (device, model, family) has its 1044 GEMM rows and every communication case its row,
+    each with a finite error, so the bounds below judge complete tables. (The tables themselves
+    are printed by benchmarks/fit_vidur.py.)"""
+    counts = gemm_errors.groupby(["device", "model", "family"]).size()
+    assert len(counts) == len(DEVICES) * len(MODELS) * len(FAMILIES)
+    assert (counts == 1044).all(), counts[counts != 1044]
+    assert np.isfinite(gemm_errors["err"]).all() and (gemm_errors["err"] >= 0).all()
+    ops = ("all_reduce n=2", "all_reduce n=4", "all_reduce n=8", "send_recv")
+    assert sorted(zip(comm_errors["device"], comm_errors["op"])) == \
+        sorted((d, op) for d in DEVICES for op in ops)
+    assert np.isfinite(comm_errors["median_abs_pct"]).all()
+    for device, err in gemm_errors.groupby("device")["err"].median().items():
+        record_property(f"gemm_{device}_median_abs_pct", round(float(err), 2))
 
 
 @pytest.mark.parametrize("device", sorted(DEVICES))

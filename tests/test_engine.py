@@ -88,13 +88,29 @@ def row(trace, name, device=0):
     return hit.iloc[0]
 
 
-def assert_times(trace, name, start, end, device=0, transfer_start=None):
-    r = row(trace, name, device)
-    assert r["start_s"] == pytest.approx(start, abs=EXACT), f"{name} start on device {device}"
-    assert r["end_s"] == pytest.approx(end, abs=EXACT), f"{name} end on device {device}"
-    if transfer_start is not None:
-        assert r["transfer_start_s"] == pytest.approx(transfer_start, abs=EXACT), \
-            f"{name} transfer start on device {device}"
+def assert_log(trace, expected):
+    """The whole trace equals `expected`: rows (device, stream, name, start, end) or, with a
+    sixth element, also the transfer start; in any order (both sides are sorted), times exact to
+    1e-9 s. A missing or extra op fails, and the message prints both logs."""
+    def key(r):
+        return (r[0], r[1], round(r[3], 9), round(r[4], 9), r[2])
+
+    ops = trace.ops()
+    got = sorted(((int(d), int(s), n, float(a), float(b), float(t)) for d, s, n, a, b, t in
+                  zip(ops["device"], ops["stream"], ops["name"], ops["start_s"], ops["end_s"],
+                      ops["transfer_start_s"])), key=key)
+    want = sorted(expected, key=key)
+
+    def show(rows):
+        return "\n".join("  " + ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in r)
+                         for r in rows)
+    msg = f"trace differs from the expected log\nexpected:\n{show(want)}\ngot:\n{show(got)}"
+    assert len(got) == len(want), msg
+    for g, w in zip(got, want):
+        assert g[:3] == tuple(w[:3]), msg
+        assert g[3] == pytest.approx(w[3], abs=EXACT) and g[4] == pytest.approx(w[4], abs=EXACT), msg
+        if len(w) > 5:
+            assert g[5] == pytest.approx(w[5], abs=EXACT), msg
 
 
 def op(name):
@@ -107,6 +123,18 @@ def ar(name, group, nbytes=1024):
 
 # ------------------------------------------------------------------------------------ 1. FIFO
 
+def test_single_op_alone_takes_its_isolated_time():
+    table = {"a": (1.5, "compute")}
+
+    def host(rt):
+        rt.launch(op("a"), 0, 0)
+
+    _, trace = simulate(host, table)
+    assert_log(trace, [(0, 0, "a", 0.0, 1.5, 0.0)])
+    assert row(trace, "a")["isolated_s"] == 1.5
+    assert trace.meta["makespan_s"] == pytest.approx(1.5, abs=EXACT)
+
+
 def test_fifo_one_stream_runs_ops_back_to_back():
     table = {"a": (1.0, "compute"), "b": (2.0, "compute")}
 
@@ -116,8 +144,7 @@ def test_fifo_one_stream_runs_ops_back_to_back():
 
     _, trace = simulate(host, table)
     # a: [0, 1]; b waits for a on the same stream: [1, 1 + 2 = 3]
-    assert_times(trace, "a", 0.0, 1.0, transfer_start=0.0)
-    assert_times(trace, "b", 1.0, 3.0, transfer_start=1.0)
+    assert_log(trace, [(0, 0, "a", 0.0, 1.0, 0.0), (0, 0, "b", 1.0, 3.0, 1.0)])
     assert list(trace.ops()["name"]) == ["a", "b"]
     assert row(trace, "b")["isolated_s"] == 2.0
     assert trace.meta["makespan_s"] == pytest.approx(3.0, abs=EXACT)
@@ -138,9 +165,7 @@ def test_wait_on_event_starts_op_at_recorded_time():
 
     _, trace = simulate(host, table)
     # a: [0, 1] alone; the event completes at 1; b on stream 1 waits for it: [1, 2], alone again
-    assert_times(trace, "a", 0.0, 1.0)
-    assert_times(trace, "b", 1.0, 2.0)
-    assert row(trace, "b")["stream"] == 1
+    assert_log(trace, [(0, 0, "a", 0.0, 1.0), (0, 1, "b", 1.0, 2.0)])
 
 
 def test_without_wait_same_priority_compute_ops_share_the_device():
@@ -155,8 +180,7 @@ def test_without_wait_same_priority_compute_ops_share_the_device():
     # Both start at 0; same priority, so they split compute evenly: each at rate 1/2.
     # a: 1 s of work at 1/2 -> ends at 2; b has done 1 s of its 2 s by then, then runs alone:
     # ends at 2 + 1 = 3.
-    assert_times(trace, "a", 0.0, 2.0)
-    assert_times(trace, "b", 0.0, 3.0)
+    assert_log(trace, [(0, 0, "a", 0.0, 2.0), (0, 1, "b", 0.0, 3.0)])
 
 
 def test_event_recorded_on_one_device_gates_a_stream_of_another():
@@ -171,8 +195,7 @@ def test_event_recorded_on_one_device_gates_a_stream_of_another():
 
     _, trace = simulate(host, table, devices=2)
     # a on device 0: [0, 1.5]; b on device 1 waits for the event: [1.5, 2.5]
-    assert_times(trace, "a", 0.0, 1.5, device=0)
-    assert_times(trace, "b", 1.5, 2.5, device=1)
+    assert_log(trace, [(0, 0, "a", 0.0, 1.5), (1, 0, "b", 1.5, 2.5)])
 
 
 # ------------------------------------------------------------------------------------ 3. collectives
@@ -189,10 +212,8 @@ def test_collective_with_a_late_member_spins_then_transfers():
     _, trace = simulate(host, table, devices=2)
     # Device 0 starts the all-reduce at 0 and holds stream 0 while spinning; device 1 reaches it
     # after x ([0, 2]); the transfer runs [2, 2 + 1 = 3] on both; c waits on device 0: [3, 4].
-    assert_times(trace, "ar", 0.0, 3.0, device=0, transfer_start=2.0)
-    assert_times(trace, "x", 0.0, 2.0, device=1)
-    assert_times(trace, "ar", 2.0, 3.0, device=1, transfer_start=2.0)
-    assert_times(trace, "c", 3.0, 4.0, device=0)
+    assert_log(trace, [(0, 0, "ar", 0.0, 3.0, 2.0), (0, 0, "c", 3.0, 4.0),
+                       (1, 0, "x", 0.0, 2.0), (1, 0, "ar", 2.0, 3.0, 2.0)])
 
 
 def test_spinning_collective_slows_compute_beside_it():
@@ -209,9 +230,8 @@ def test_spinning_collective_slows_compute_beside_it():
     # On device 0 the all-reduce occupies SMs from t=0 (spinning until 2, transferring [2, 3]),
     # so y runs at 1/1.25 = 0.8 throughout: 2 s of work ends at 2 / 0.8 = 2.5 (< 3).
     # The transfer itself is not slowed (comm_by_compute = 1.0): [2, 3].
-    assert_times(trace, "y", 0.0, 2.5, device=0)
-    assert_times(trace, "ar", 0.0, 3.0, device=0, transfer_start=2.0)
-    assert_times(trace, "ar", 2.0, 3.0, device=1, transfer_start=2.0)
+    assert_log(trace, [(0, 0, "y", 0.0, 2.5), (0, 1, "ar", 0.0, 3.0, 2.0),
+                       (1, 0, "x", 0.0, 2.0), (1, 0, "ar", 2.0, 3.0, 2.0)])
 
 
 def test_collective_instances_match_in_launch_order():
@@ -227,10 +247,9 @@ def test_collective_instances_match_in_launch_order():
     _, trace = simulate(host, table, devices=2)
     # ar1: device 0 from 0, device 1 from 1 (after x); transfer [1, 2]. ar2 then starts on both
     # at 2 and transfers [2, 4].
-    assert_times(trace, "ar1", 0.0, 2.0, device=0, transfer_start=1.0)
-    assert_times(trace, "ar1", 1.0, 2.0, device=1, transfer_start=1.0)
-    for d in (0, 1):
-        assert_times(trace, "ar2", 2.0, 4.0, device=d, transfer_start=2.0)
+    assert_log(trace, [(0, 0, "ar1", 0.0, 2.0, 1.0), (0, 0, "ar2", 2.0, 4.0, 2.0),
+                       (1, 0, "x", 0.0, 1.0), (1, 0, "ar1", 1.0, 2.0, 1.0),
+                       (1, 0, "ar2", 2.0, 4.0, 2.0)])
 
 
 def test_collective_instances_match_in_launch_order_across_streams():
@@ -253,10 +272,10 @@ def test_collective_instances_match_in_launch_order_across_streams():
     # (after x), device 1 the other way round, so both instances have all members only at 2.
     # Both transfers then share the ports of devices 0 and 1 (rate 1/2 each): ar1 (1 s) ends at
     # 2 + 2 = 4; ar2 has done 1 of its 2 s by then and ends at 4 + 1 = 5.
-    assert_times(trace, "ar1", 2.0, 4.0, device=0, transfer_start=2.0)
-    assert_times(trace, "ar1", 0.0, 4.0, device=1, transfer_start=2.0)
-    assert_times(trace, "ar2", 0.0, 5.0, device=0, transfer_start=2.0)
-    assert_times(trace, "ar2", 2.0, 5.0, device=1, transfer_start=2.0)
+    assert_log(trace, [(0, 0, "x", 0.0, 2.0), (0, 0, "ar1", 2.0, 4.0, 2.0),
+                       (0, 1, "ar2", 0.0, 5.0, 2.0),
+                       (1, 0, "x", 0.0, 2.0), (1, 0, "ar2", 2.0, 5.0, 2.0),
+                       (1, 1, "ar1", 0.0, 4.0, 2.0)])
 
 
 # ------------------------------------------------------------------------------------ 4. contention
@@ -277,9 +296,8 @@ def test_compute_beside_all_reduce_is_slowed_by_the_profile_factor():
     _, trace = simulate(host, table, devices=2, hw=profile(compute_by_comm=1.25))
     # g runs at 1/1.25 = 0.8 while the all-reduce runs ([0, 1]: comm is not slowed, factor 1.0):
     # by t=1 g has done 0.8 s, the remaining 0.2 s run alone at rate 1: g ends at 1.2.
-    assert_times(trace, "ar", 0.0, 1.0, device=0, transfer_start=0.0)
-    assert_times(trace, "ar", 0.0, 1.0, device=1, transfer_start=0.0)
-    assert_times(trace, "g", 0.0, 1.2, device=0)
+    assert_log(trace, [(0, 0, "g", 0.0, 1.2), (0, 1, "ar", 0.0, 1.0, 0.0),
+                       (1, 1, "ar", 0.0, 1.0, 0.0)])
 
 
 def test_collective_slowed_on_one_member_slows_all_members():
@@ -292,9 +310,8 @@ def test_collective_slowed_on_one_member_slows_all_members():
     # While both run on device 0: g at 0.8, the all-reduce at 1/2 (its slowest member).
     # g ends at 1 / 0.8 = 1.25; the all-reduce has done 0.625 s by then, the remaining 0.375 s
     # run at rate 1: it ends at 1.625 on both devices.
-    assert_times(trace, "g", 0.0, 1.25, device=0)
-    assert_times(trace, "ar", 0.0, 1.625, device=0, transfer_start=0.0)
-    assert_times(trace, "ar", 0.0, 1.625, device=1, transfer_start=0.0)
+    assert_log(trace, [(0, 0, "g", 0.0, 1.25), (0, 1, "ar", 0.0, 1.625, 0.0),
+                       (1, 1, "ar", 0.0, 1.625, 0.0)])
 
 
 def test_compute_rate_is_recomputed_at_every_change_beside_it():
@@ -317,10 +334,11 @@ def test_compute_rate_is_recomputed_at_every_change_beside_it():
     # c1 [0, 0.4]; y on device 1 [0.4, 1.0]; c2 waits for y's event on device 0: [1.0, 1.4].
     # g on device 0: [0, 0.4] at 0.8 -> 0.32 s done; [0.4, 1.0] alone at 1 -> 0.92;
     # [1.0, 1.4] at 0.8 -> 1.24; the remaining 0.76 s alone: ends at 1.4 + 0.76 = 2.16.
-    assert_times(trace, "c1", 0.0, 0.4, device=0)
-    assert_times(trace, "y", 0.4, 1.0, device=1)
-    assert_times(trace, "c2", 1.0, 1.4, device=0, transfer_start=1.0)
-    assert_times(trace, "g", 0.0, 2.16, device=0)
+    # On device 1 stream 0: c1 [0, 0.4], y [0.4, 1.0], c2 [1.0, 1.4] back to back.
+    assert_log(trace, [(0, 0, "g", 0.0, 2.16), (0, 1, "c1", 0.0, 0.4, 0.0),
+                       (0, 1, "c2", 1.0, 1.4, 1.0),
+                       (1, 0, "c1", 0.0, 0.4, 0.0), (1, 0, "y", 0.4, 1.0),
+                       (1, 0, "c2", 1.0, 1.4, 1.0)])
 
 
 def test_makespan_is_the_end_of_the_last_op():
@@ -331,7 +349,8 @@ def test_makespan_is_the_end_of_the_last_op():
     _, trace = simulate(host, table, devices=2)
     # Same program as above: g first expects to end at 1 / 0.8 = 1.25, then speeds up when the
     # all-reduce ends at 1 and really ends at 1.2, the last thing that happens.
-    assert_times(trace, "g", 0.0, 1.2, device=0)
+    assert_log(trace, [(0, 0, "g", 0.0, 1.2), (0, 1, "ar", 0.0, 1.0, 0.0),
+                       (1, 1, "ar", 0.0, 1.0, 0.0)])
     assert trace.meta["makespan_s"] == pytest.approx(1.2, abs=EXACT)
 
 
@@ -348,8 +367,7 @@ def test_stream_priority_shares_compute():
     _, trace = simulate(host, table, hw=profile(share=0.2))
     # hi (priority -1) gets 1 - 0.2 = 0.8, lo gets 0.2: hi ends at 1 / 0.8 = 1.25; lo has done
     # 0.25 s by then and runs its remaining 0.75 s alone: ends at 2.0.
-    assert_times(trace, "hi", 0.0, 1.25)
-    assert_times(trace, "lo", 0.0, 2.0)
+    assert_log(trace, [(0, 0, "lo", 0.0, 2.0), (0, 1, "hi", 0.0, 1.25)])
     assert row(trace, "hi")["priority"] == -1
     assert row(trace, "lo")["priority"] == 0
 
@@ -366,9 +384,7 @@ def test_launch_overhead_makes_tiny_ops_host_bound():
     _, trace = simulate(host, table, launch_s=0.5)
     # Each launch costs 0.5 s of host time: the ops are launched at 0.5, 1.0, 1.5 and each runs
     # 0.1 s on an otherwise idle stream.
-    assert_times(trace, "a", 0.5, 0.6)
-    assert_times(trace, "b", 1.0, 1.1)
-    assert_times(trace, "c", 1.5, 1.6)
+    assert_log(trace, [(0, 0, "a", 0.5, 0.6), (0, 0, "b", 1.0, 1.1), (0, 0, "c", 1.5, 1.6)])
 
 
 def test_synchronize_blocks_the_host_until_the_event():
@@ -385,8 +401,7 @@ def test_synchronize_blocks_the_host_until_the_event():
 
     _, trace = simulate(host, table, launch_s=0.5)
     assert seen["after_sync"] == pytest.approx(1.5, abs=EXACT)
-    assert_times(trace, "a", 0.5, 1.5)
-    assert_times(trace, "b", 2.0, 2.1)
+    assert_log(trace, [(0, 0, "a", 0.5, 1.5), (0, 0, "b", 2.0, 2.1)])
 
 
 def test_synchronize_also_waits_for_the_host_clock():
@@ -405,10 +420,8 @@ def test_synchronize_also_waits_for_the_host_clock():
 
     _, trace = simulate(host, table, launch_s=0.5)
     assert seen["after_sync"] == pytest.approx(1.5, abs=EXACT)
-    assert_times(trace, "a", 0.5, 0.6)
-    assert_times(trace, "b", 1.0, 1.1)
-    assert_times(trace, "c", 1.5, 1.6)
-    assert_times(trace, "d", 2.0, 2.1)
+    assert_log(trace, [(0, 0, "a", 0.5, 0.6), (0, 0, "b", 1.0, 1.1), (0, 0, "c", 1.5, 1.6),
+                       (0, 0, "d", 2.0, 2.1)])
 
 
 # ------------------------------------------------------------------------------------ 7. deadlock
@@ -489,9 +502,8 @@ def test_shared_link_halves_concurrent_disjoint_transfers(shared, end):
     _, trace = simulate(host, table, devices=4, hw=profile(shared_link=shared))
     # Alone each all-reduce takes 1 s. On a shared link the two concurrent transfers split its
     # bandwidth (rate 1/2 each): both end at 2. Without a shared link they use disjoint ports: 1.
-    for name, group in (("ar_a", (0, 1)), ("ar_b", (2, 3))):
-        for d in group:
-            assert_times(trace, name, 0.0, end, device=d, transfer_start=0.0)
+    assert_log(trace, [(d, 0, name, 0.0, end, 0.0)
+                       for name, group in (("ar_a", (0, 1)), ("ar_b", (2, 3))) for d in group])
 
 
 def test_shared_link_alone_takes_isolated_time():
@@ -502,7 +514,7 @@ def test_shared_link_alone_takes_isolated_time():
             rt.launch(ar("ar_a", (0, 1)), d, 0)
 
     _, trace = simulate(host, table, devices=2, hw=profile(shared_link=True))
-    assert_times(trace, "ar_a", 0.0, 1.0, device=0)
+    assert_log(trace, [(0, 0, "ar_a", 0.0, 1.0, 0.0), (1, 0, "ar_a", 0.0, 1.0, 0.0)])
 
 
 def test_shared_link_rates_follow_transfers_joining_and_leaving():
@@ -519,9 +531,9 @@ def test_shared_link_rates_follow_transfers_joining_and_leaving():
     # ar_a alone on the link [0, 0.5]: 0.5 s done. ar_b's transfer starts at 0.5 (after x on
     # device 2); both at rate 1/2: ar_a's remaining 0.5 s end at 0.5 + 1 = 1.5. ar_b has done
     # 0.5 s by then and runs its other 0.5 s alone: ends at 2.0.
-    assert_times(trace, "ar_a", 0.0, 1.5, device=0, transfer_start=0.0)
-    assert_times(trace, "ar_b", 0.0, 2.0, device=3, transfer_start=0.5)
-    assert_times(trace, "ar_b", 0.5, 2.0, device=2, transfer_start=0.5)
+    assert_log(trace, [(0, 0, "ar_a", 0.0, 1.5, 0.0), (1, 0, "ar_a", 0.0, 1.5, 0.0),
+                       (2, 0, "x", 0.0, 0.5), (2, 0, "ar_b", 0.5, 2.0, 0.5),
+                       (3, 0, "ar_b", 0.0, 2.0, 0.5)])
 
 
 # ------------------------------------------------------------------------------------ 9. determinism
@@ -597,6 +609,8 @@ def test_request_first_token_and_finish_times():
         assert r.first_token_s == pytest.approx(first, abs=EXACT)
         assert r.finish_s == pytest.approx(finish, abs=EXACT)
         assert (r.prompt_tokens, r.output_tokens, r.batch) == (8, 2, 1)
+    assert_log(trace, [(0, 0, "prefill", 1.0, 2.0), (0, 0, "decode", 2.0, 2.5),
+                       (0, 0, "prefill", 2.5, 3.5), (0, 0, "decode", 3.5, 4.0)])
     df = trace.ops()
     assert list(zip(df["request"], df["phase"])) == [(0, "prefill"), (0, "decode"),
                                                      (1, "prefill"), (1, "decode")]
