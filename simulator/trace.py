@@ -14,6 +14,7 @@ when every member had started.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Iterable, NamedTuple, Optional
 
 import numpy as np
@@ -137,17 +138,18 @@ class TraceRecorder:
             self.kept.extend(rows)
         elif len(self.kept) < self.keep_ops:
             self.kept.extend(rows[:self.keep_ops - len(self.kept)])
-        cols = list(zip(*rows))
-        device = np.asarray(cols[0], dtype=np.int64)
-        comm = np.asarray(cols[5], dtype=object) == "comm"
-        request = np.asarray(cols[6], dtype=np.int64)
-        start = np.asarray(cols[8], dtype=float)
-        end = np.asarray(cols[9], dtype=float)
-        xfer = np.where(comm, np.asarray(cols[10], dtype=float), start)
+        n = len(rows)
+        col = lambda i, dtype: np.fromiter(map(itemgetter(i), rows), dtype, n)  # noqa: E731
+        device = col(0, np.int64)
+        comm = np.fromiter(map("comm".__eq__, map(itemgetter(5), rows)), bool, n)
+        request = col(6, np.int64)
+        start = col(8, float)
+        end = col(9, float)
+        xfer = np.where(comm, col(10, float), start)
         for d in np.unique(device).tolist():
             on = device == d
             tot = self._devices[d]
-            tot.ops += int(on.sum())
+            tot.ops += int(np.count_nonzero(on))
             c, w = on & comm, on & ~comm
             tot.busy.add(xfer[on], end[on], horizon_s)
             tot.compute.add(start[w], end[w], horizon_s)
@@ -156,12 +158,15 @@ class TraceRecorder:
         self._close(horizon_s)
         has = request >= 0
         if has.any():
-            frame = pd.DataFrame({"r": request[has], "s": start[has]}).groupby("r", sort=False)["s"].min()
-            first = self._first_start
-            for r, s in zip(frame.index.tolist(), frame.tolist()):
-                old = first.get(r)
-                if old is None or s < old:
-                    first[r] = s
+            r, s = request[has], start[has]
+            order = np.lexsort((s, r))                    # by request, then start
+            ids, first = np.unique(r[order], return_index=True)
+            starts = s[order][first]
+            known = self._first_start
+            for rid, st in zip(ids.tolist(), starts.tolist()):
+                old = known.get(rid)
+                if old is None or st < old:
+                    known[rid] = st
 
     def add_exclusive(self, device: int, compute_s: float, comm_s: float, ops: int) -> None:
         """Totals of ops that ran on `device` with nothing else there (a segment): their intervals
