@@ -195,8 +195,10 @@ def test_validator_rejects_overlap_on_one_stream():
         check_chrome_trace(chrome_trace([(_job(), bad)], OutputOptions()))
 
 
-def test_default_window_spans_first_ops():
-    assert timeline_window(OPS, OutputOptions(timeline_ops=2)) == (0.0, 2e-3)
+def test_default_window_spans_ops_around_the_middle_of_the_run():
+    assert timeline_window(OPS, OutputOptions(timeline_ops=2)) == (2e-4, 2e-3)    # 2nd and 3rd op
+    assert timeline_window(OPS, OutputOptions(timeline_ops=1)) == (5e-4, 2e-3)    # the middle op
+    assert timeline_window(OPS, OutputOptions(timeline_ops=9)) == (0.0, 2e-3)     # every op
     assert timeline_window(OPS, OutputOptions(timeline_window_s=(1e-3, 1.5e-3))) == (1e-3, 1.5e-3)
 
 
