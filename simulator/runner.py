@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -145,24 +146,39 @@ def plan_run(path: str) -> RunPlan:
 
 
 def check_out_dir(out_dir: str) -> None:
-    """ConfigError unless `out_dir` is a folder that exists and is writable, or can be created
-    (its nearest existing ancestor is a writable folder). Creates nothing."""
-    key = "--out"
-    allowed = "give a folder that exists or can be created"
+    """ConfigError unless `out_dir` is, or can be made, a writable folder. Leaves no trace: a
+    folder created to find out is removed again, and so is the probe file."""
+    key, allowed = "--out", "give a folder that exists or can be created"
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError("argument", key, f"{out_dir} is a file, not a folder; {allowed}")
-    probe = os.path.abspath(out_dir)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise ConfigError("argument", key, f"{out_dir} lies under {probe}, which is a file; {allowed}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = "is not writable" if probe == os.path.abspath(out_dir) else \
-            f"cannot be created: {probe} is not writable"
-        raise ConfigError("argument", key, f"{out_dir} {what}; {allowed}")
+    existing = os.path.abspath(out_dir)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError("argument", key, f"{out_dir} lies under {existing}, which is a file; "
+                          f"{allowed}")
+    created = os.path.abspath(out_dir) != existing
+    try:
+        if created:
+            os.makedirs(out_dir)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=out_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError("argument", key, f"{out_dir} cannot be "
+                          f"{'created' if created else 'written'} ({exc.strerror}); {allowed}") from None
+    finally:
+        if created:
+            _remove_empty_dirs(os.path.abspath(out_dir), existing)
+
+
+def _remove_empty_dirs(folder: str, stop: str) -> None:
+    while folder != stop and os.path.isdir(folder):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
 
 
 def run_experiment(path: str, out_dir: str, workers: int = 1, progress: bool = True,
