@@ -94,27 +94,35 @@ def load_column(points: pd.DataFrame) -> Optional[str]:
     return cols[0] if len(cols) == 1 else None
 
 
+def unsaturated(points: pd.DataFrame) -> pd.DataFrame:
+    """The points of a load sweep up to the saturation knee (all points when no load is swept).
+
+    Taken in order of the offered load, a point is kept only while throughput still rises (by more
+    than SATURATION_GAIN over every lighter-load point) and, for an arrival-rate sweep, while it
+    serves at least SATURATED_FRACTION of its offered rate.
+    """
+    load = load_column(points)
+    if load is None:
+        return points
+    ordered = points.sort_values(load, kind="stable")
+    keep, best = [], -math.inf
+    offered = ordered[load].astype(float) if load.endswith("rate_rps") else None
+    for i, (idx, x) in enumerate(zip(ordered.index, ordered["throughput_rps"].astype(float))):
+        if offered is not None and keep and x < SATURATED_FRACTION * offered.iloc[i]:
+            continue
+        if x > best * (1.0 + SATURATION_GAIN) or best == -math.inf:
+            keep.append(idx)
+            best = x
+    return points.loc[keep]
+
+
 def curve(points: pd.DataFrame, y_col: str) -> tuple[np.ndarray, np.ndarray]:
     """(throughput, jct) arrays sorted by throughput, points with equal throughput averaged.
 
-    When the points come from a sweep of offered load, they are taken in order of that load and a
-    point is kept only while throughput still rises (by more than SATURATION_GAIN over every
-    lighter-load point) and, for an arrival-rate sweep, while it serves at least
-    SATURATED_FRACTION of its offered rate: the curve ends at the saturation knee instead of
-    running along the saturated plateau or folding back.
+    When the points come from a sweep of offered load, only the `unsaturated` ones: the curve ends
+    at the saturation knee instead of running along the saturated plateau or folding back.
     """
-    load = load_column(points)
-    if load is not None:
-        ordered = points.sort_values(load, kind="stable")
-        keep, best = [], -math.inf
-        offered = ordered[load].astype(float) if load.endswith("rate_rps") else None
-        for i, (idx, x) in enumerate(zip(ordered.index, ordered["throughput_rps"].astype(float))):
-            if offered is not None and keep and x < SATURATED_FRACTION * offered.iloc[i]:
-                continue
-            if x > best * (1.0 + SATURATION_GAIN) or best == -math.inf:
-                keep.append(idx)
-                best = x
-        points = points.loc[keep]
+    points = unsaturated(points)
     xy = points[["throughput_rps", y_col]].astype(float).groupby("throughput_rps", sort=True)[y_col].mean()
     return xy.index.to_numpy(float), xy.to_numpy(float)
 

@@ -5,7 +5,8 @@ so identical runs give byte-identical files.
 - ``latency_throughput.png``: one subplot (facet) per combination of the swept settings that are
   not the offered load (`compare.group_columns`: model, devices, hardware, prompt length, ...),
   one colour per strategy label (the same in every facet; one shared legend above the facets),
-  mean JCT solid and p90 JCT dashed. The x axis is the achieved throughput when the offered load
+  mean JCT solid and p90 JCT dashed up to the saturation knee (`compare.unsaturated`), points past
+  it as hollow markers (more offered load, no more throughput). The x axis is the achieved throughput when the offered load
   (arrival rate, clients) is swept; when it is not and a numeric setting is (e.g. the prompt
   length), that setting becomes the x axis instead of a facet, so a sweep of single requests
   reads as JCT against prompt length rather than as points piled at one throughput. Facets whose
@@ -16,7 +17,8 @@ so identical runs give byte-identical files.
   started, ``start_s..transfer_start_s``) drawn light and hatched. Gaps are bubbles; two busy rows
   of one device at the same time are overlap. Window: ``outputs.timeline_window_s: [start, end]``
   (seconds of simulated time, the same for every subplot), else, per subplot, the span of
-  ``outputs.timeline_ops`` ops (default 400, by start time) centred on the run's middle op. At most `MAX_DRAWN_OPS` ops are drawn
+  ``outputs.timeline_ops`` consecutive ops (default 400, by start time) from the middle of the run
+  (see `timeline_window`). At most `MAX_DRAWN_OPS` ops are drawn
   per subplot.
 """
 from __future__ import annotations
@@ -31,13 +33,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .compare import group_columns, load_column, successful
+from .compare import group_columns, load_column, successful, unsaturated
 from .io import atomic_path
 
 MAX_DRAWN_OPS = 20_000
 CLASS_COLORS = {"compute": "#1f77b4", "memory": "#2ca02c", "comm": "#d62728"}
 SPIN_COLOR = "#f7b6b6"
 OTHER_COLOR = "#7f7f7f"
+BUSY_SPAN_FACTOR = 2.0
 # PNG text chunks matplotlib would write: the software version (no date is written for PNG).
 PNG_METADATA = {"Software": None}
 
@@ -92,6 +95,9 @@ def plot_latency_throughput(summary: pd.DataFrame, file: str) -> bool:
     handles = [Line2D([], [], color=colors[lab], linestyle="-", marker="o", label=lab) for lab in labels]
     handles += [Line2D([], [], color="black", linestyle="-", marker="o", label="mean JCT"),
                 Line2D([], [], color="black", linestyle="--", marker="s", markersize=4, label="p90 JCT")]
+    if x_col == "throughput_rps" and len(ok) > len(_unsaturated_rows(ok)):
+        handles.append(Line2D([], [], color="black", linestyle="", marker="o", markerfacecolor="none",
+                              label="saturated (mean JCT)"))
     title = "Latency vs " + ("throughput" if x_col == "throughput_rps" else _short(x_col).replace("_", " "))
     if "experiment" in summary.columns:
         title += f": {summary['experiment'].iloc[0]}"
@@ -105,6 +111,11 @@ def plot_latency_throughput(summary: pd.DataFrame, file: str) -> bool:
     return True
 
 
+def _unsaturated_rows(ok: pd.DataFrame) -> pd.DataFrame:
+    keys = ["strategy"] + group_columns(ok)
+    return pd.concat([unsaturated(g) for _, g in ok.groupby(keys, sort=False, dropna=False)])
+
+
 def _draw_facet(ax, ok: pd.DataFrame, x_col: str, colors: dict, scale: float) -> None:
     ax.grid(True, alpha=0.3)
     if len(ok) == 0:
@@ -114,14 +125,22 @@ def _draw_facet(ax, ok: pd.DataFrame, x_col: str, colors: dict, scale: float) ->
         ax.set_yticks([])
         return
     for label, pts in ok.groupby(ok["strategy"].astype(str), sort=False):
+        knee = unsaturated(pts) if x_col == "throughput_rps" else pts
         pts = pts.sort_values(x_col, kind="stable")
-        x = pts[x_col].to_numpy(float)
-        ax.plot(x, pts["jct_mean_s"].to_numpy(float) * scale, "-o", color=colors[label], markersize=4)
-        if "jct_p90_s" in pts:
-            ax.plot(x, pts["jct_p90_s"].to_numpy(float) * scale, "--s", color=colors[label],
+        line = knee.sort_values(x_col, kind="stable")
+        x = line[x_col].to_numpy(float)
+        ax.plot(x, line["jct_mean_s"].to_numpy(float) * scale, "-o", color=colors[label], markersize=4)
+        if "jct_p90_s" in line:
+            ax.plot(x, line["jct_p90_s"].to_numpy(float) * scale, "--s", color=colors[label],
                     alpha=0.8, markersize=3)
+        past = pts.loc[pts.index.difference(knee.index)]
+        if len(past):                       # saturated: more offered load, no more throughput
+            ax.plot(past[x_col].to_numpy(float), past["jct_mean_s"].to_numpy(float) * scale, "o",
+                    markerfacecolor="none", color=colors[label], markersize=5)
     x = ok[x_col].to_numpy(float)
-    if x_col != "throughput_rps" and x.min() > 0 and x.max() / x.min() >= 8:
+    if x_col == "throughput_rps" and x.max() - x.min() < 0.1 * x.max():
+        ax.set_xlim(left=0, right=x.max() * 1.1)      # a few close points: do not zoom into noise
+    elif x_col != "throughput_rps" and x.min() > 0 and x.max() / x.min() >= 8:
         ax.set_xscale("log", base=2)
         ticks = sorted(set(x.tolist()))
         ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
@@ -130,17 +149,24 @@ def _draw_facet(ax, ok: pd.DataFrame, x_col: str, colors: dict, scale: float) ->
 
 
 def timeline_window(ops: pd.DataFrame, opts) -> tuple[float, float]:
-    """The configured window, else the span of the `opts.timeline_ops` ops (by start time) centred
-    on the run's middle op: mid-run, where a loaded pipeline is full and overlapping streams work,
-    rather than the start, where the first request runs alone."""
+    """The configured window, else the span of `opts.timeline_ops` consecutive ops (by start time)
+    from the middle of the run: of the busy windows (a span at most `BUSY_SPAN_FACTOR` x the
+    shortest), the one that starts nearest the run's middle op. Mid-run, a loaded pipeline is full
+    and overlapping streams work (at the start the first request runs alone); a busy window never
+    spans idle time between requests that arrive far apart."""
     if opts.timeline_window_s is not None:
         return opts.timeline_window_s
     if len(ops) == 0:
         return (0.0, 1.0)
     ordered = ops.sort_values("start_s", kind="stable")
-    first = max(0, min(len(ordered) // 2 - opts.timeline_ops // 2, len(ordered) - opts.timeline_ops))
-    shown = ordered.iloc[first:first + opts.timeline_ops]
-    lo, hi = float(shown["start_s"].min()), float(shown["end_s"].max())
+    n = min(opts.timeline_ops, len(ordered))
+    starts = ordered["start_s"].to_numpy(float)
+    last_end = ordered["end_s"].rolling(n, min_periods=1).max().to_numpy(float)
+    spans = last_end[n - 1:] - starts[:len(starts) - n + 1]      # window i: ops i .. i + n - 1
+    busy = np.flatnonzero(spans <= BUSY_SPAN_FACTOR * spans.min())
+    middle = max(0, len(ordered) // 2 - n // 2)
+    first = int(busy[np.argmin(np.abs(busy - middle))])
+    lo, hi = float(starts[first]), float(last_end[first + n - 1])
     return (lo, hi if hi > lo else lo + 1e-6)
 
 
