@@ -82,12 +82,13 @@ def print_problems(report, out_dir: str, stream: Optional[TextIO] = None) -> Non
     jobs = report.plan.jobs
     csv = os.path.join(out_dir, "summary.csv")
     if report.plan.infeasible:
-        print(f"{len(report.plan.infeasible)} of {len(jobs)} point(s) infeasible, skipped (the "
+        print(f"{len(report.plan.infeasible)} of {len(jobs)} job(s) (sweep point x strategy) infeasible, "
+              f"skipped (the "
               f"'error' column of {csv} has each one's reason):", file=stream)
         for line in infeasible_lines(jobs, report.plan.infeasible):
             print(f"  {line}", file=stream)
     if report.failed:
-        print(f"{len(report.failed)} of {len(jobs)} feasible point(s) failed while simulating "
+        print(f"{len(report.failed)} of {len(jobs)} job(s) failed while simulating "
               "(exit status 1):", file=stream)
         for res in report.failed:
             print(f"  {_point_name(jobs[res.index])}: {res.error}", file=stream)

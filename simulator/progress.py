@@ -32,7 +32,8 @@ class _LineWriter:
 
 
 class Progress:
-    """Count finished points: `update(n, note)` after each, `tick()` while waiting, `close()`."""
+    """Count finished jobs (sweep point x strategy): `update(n, note)` after each, `tick()` while
+    waiting, `close()` at the end."""
 
     def __init__(self, total: int, label: str = "", enabled: bool = True,
                  stream: Optional[TextIO] = None):
@@ -44,13 +45,13 @@ class Progress:
         if not self.enabled:
             return
         if self.is_terminal:
-            self._bar = tqdm(total=total, desc=label, unit="point", file=stream, leave=True,
+            self._bar = tqdm(total=total, desc=label, unit="job", file=stream, leave=True,
                              dynamic_ncols=True)
         else:
-            self._bar = tqdm(total=total, desc=label, unit="point", file=_LineWriter(stream),
+            self._bar = tqdm(total=total, desc=label, unit="job", file=_LineWriter(stream),
                              ascii=True, ncols=100, mininterval=LOG_INTERVAL_S,
                              maxinterval=LOG_INTERVAL_S * 10, miniters=1,
-                             bar_format="{desc}: {n}/{total} points, {elapsed} elapsed, "
+                             bar_format="{desc}: {n}/{total} jobs, {elapsed} elapsed, "
                                         "eta {remaining}{postfix}")
 
     def update(self, n: int = 1, note: str = "") -> None:

@@ -17,8 +17,8 @@ def test_off_a_terminal_progress_is_plain_lines(monkeypatch):
     text = stream.getvalue()
     assert "\r" not in text and "\x1b" not in text
     lines = text.splitlines()
-    assert lines[0].startswith("e.yaml: 0/3 points")
-    assert lines[-1].startswith("e.yaml: 3/3 points") and lines[-1].endswith(", iso")
+    assert lines[0].startswith("e.yaml: 0/3 jobs")
+    assert lines[-1].startswith("e.yaml: 3/3 jobs") and lines[-1].endswith(", iso")
 
 
 def test_lines_are_rate_limited_and_disabled_progress_is_silent():
