@@ -1,12 +1,15 @@
 """The `parasim` command line (the composition root, with the runner).
 
     parasim run FILE.yaml [--out DIR] [--jobs N]     run an experiment, write DIR/summary.csv ...
+    parasim run FILE.yaml --dry-run                   validate every point, simulate nothing
+    parasim strategies list                           strategies with parameters and defaults
     parasim hardware list | show NAME|PATH            built-in profiles, one profile with sources
     parasim models list | show NAME|PATH              model presets, one model with its sizes
     parasim cost --hardware H [--json] OP ARGS        the cost model's answer for one op
     parasim compare DIR [--slo-s X]                   strategy comparisons from a run's summary
 
 User errors print one line (file: key: what is wrong; what is allowed) and exit with status 2.
+`parasim run`'s exit status: see RUN_EXIT_STATUS.
 """
 from __future__ import annotations
 
@@ -18,7 +21,18 @@ import sys
 
 from .errors import ConfigError
 
-EXIT_USER = 2
+EXIT_OK, EXIT_FAILED, EXIT_USER = 0, 1, 2
+RUN_EXIT_STATUS = """\
+exit status:
+  0  every feasible point ran. Infeasible points (e.g. a model that does not fit in device memory
+     at that point, a TP degree that does not divide the heads) are found before anything is
+     simulated, skipped, counted on the console with their reasons and listed in summary.csv's
+     'error' column ("infeasible: KEY: reason").
+  1  a feasible point failed while simulating (a deadlock, or an internal error of parasim:
+     please report it); its error is in summary.csv, every other point's results are written.
+  2  bad input, nothing simulated or written: a malformed experiment or outputs mapping, no
+     feasible point at all, or an --out that is a file or cannot be created.
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,14 +41,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
     p = _Parser(prog="parasim", description="Simulate parallelism strategies of LLM inference.")
+    p.add_argument("--version", action="version", version=f"parasim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="run an experiment YAML")
+    r = sub.add_parser("run", help="run an experiment YAML", epilog=RUN_EXIT_STATUS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("file")
     r.add_argument("--out", help="output folder (default: results/<experiment name>)")
     r.add_argument("--jobs", type=int, default=1, help="worker processes for sweep points")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--dry-run", action="store_true",
+                   help="validate the experiment and every point, list the points and which are "
+                        "infeasible and why; simulate and write nothing")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (default: a bar on a terminal, else a line about "
+                        "every 10 s)")
+
+    st = sub.add_parser("strategies", help="list strategies with their parameters")
+    sts = st.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    sts.add_parser("list")
 
     h = sub.add_parser("hardware", help="list or show hardware profiles")
     hs = h.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -101,6 +127,10 @@ def _dispatch(args) -> int:
         return _hardware(args)
     if args.command == "models":
         return _models(args)
+    if args.command == "strategies":
+        from .console import strategy_lines
+        print("\n".join(strategy_lines()))
+        return EXIT_OK
     if args.command == "cost":
         return _cost(args)
     if args.command == "compare":
@@ -118,33 +148,24 @@ def _dispatch(args) -> int:
 
 
 def _run(args) -> int:
-    from .experiment import load_experiment
-    from .runner import run_experiment
+    from .console import print_plan, print_problems, print_summary
+    from .runner import check_out_dir, execute, plan_run
     if args.jobs < 1:
         raise ConfigError("argument", "--jobs", f"must be >= 1, got {args.jobs}")
-    jobs = load_experiment(args.file)
-    out = args.out or os.path.join("results", jobs[0].experiment if jobs else "run")
-    summary = run_experiment(args.file, out, workers=args.jobs,
-                             progress=not args.no_progress and sys.stderr.isatty())
-    _print_summary(summary)
-    written = [f for f in ("summary.csv", "requests.csv", "compare.csv", "latency_throughput.png",
-                           "timeline.png", "trace.json") if os.path.exists(os.path.join(out, f))]
+    plan = plan_run(args.file)                 # bad input: ConfigError (exit 2) before anything runs
+    out = args.out or os.path.join("results", plan.jobs[0].experiment if plan.jobs else "run")
+    check_out_dir(out)
+    if args.dry_run:
+        print_plan(plan)
+        return EXIT_OK
+    report = execute(args.file, out, workers=args.jobs, progress=not args.no_progress, plan=plan)
+    print_summary(report.summary)
+    print_problems(report, out, sys.stderr)
+    for note in report.written.notes:
+        print(note)
+    written = ["summary.csv", "requests.csv"] + [os.path.basename(f) for f in report.written.files]
     print(f"\nwrote in {out}/: " + ", ".join(written))
-    return 1 if summary["error"].astype(str).str.len().gt(0).any() else 0
-
-
-def _print_summary(summary) -> None:
-    cols = [c for c in summary.columns if c not in ("experiment", "model", "hardware", "error")]
-    show = summary[cols[:14]].copy()
-    for c in show.columns:
-        if c.endswith("_s"):
-            show[c] = show[c].map(lambda v: f"{v * 1e3:.2f}ms" if v == v else "-")
-        elif c == "throughput_rps":
-            show[c] = show[c].map(lambda v: f"{v:.3f}" if v == v else "-")
-    print(show.to_string(index=False))
-    errs = summary[summary["error"].astype(str).str.len() > 0]
-    for _, row in errs.iterrows():
-        print(f"failed: {row['strategy']}: {row['error']}", file=sys.stderr)
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def _hardware(args) -> int:

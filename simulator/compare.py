@@ -15,9 +15,11 @@ a throughput are averaged; points are never extrapolated). Columns of the result
   same throughput"). NaN, with a ``reason``, when the curves do not overlap in throughput.
 - ``max_throughput_a_rps``, ``max_throughput_b_rps``, ``max_throughput_ratio`` = max_A / max_B
   ("A reaches 1.34x the throughput of B").
-- With ``slo_s``: ``max_throughput_under_slo_a_rps`` / ``_b_rps``: the largest throughput at which the
-  interpolated JCT statistic is <= slo_s (NaN when no measured point meets it), and
-  ``max_throughput_under_slo_ratio`` = A / B.
+- With ``slo_s``: ``max_throughput_under_slo_a_rps`` / ``_b_rps``: the largest throughput at which
+  the JCT statistic is <= slo_s: the larger of the highest-throughput *measured* point that meets
+  the SLO (every successful point counts, also those past the saturation knee that the curve
+  leaves out) and the SLO crossing interpolated on the curve (NaN when no measured point meets
+  it); ``max_throughput_under_slo_ratio`` = A / B.
 - ``jct_stat``: the summary column used; ``reason``: why a value is NaN, or a caveat (an SLO
   throughput that is only a lower bound because the highest measured point still meets the SLO);
   '' when there is none.
@@ -92,27 +94,35 @@ def load_column(points: pd.DataFrame) -> Optional[str]:
     return cols[0] if len(cols) == 1 else None
 
 
+def unsaturated(points: pd.DataFrame) -> pd.DataFrame:
+    """The points of a load sweep up to the saturation knee (all points when no load is swept).
+
+    Taken in order of the offered load, a point is kept only while throughput still rises (by more
+    than SATURATION_GAIN over every lighter-load point) and, for an arrival-rate sweep, while it
+    serves at least SATURATED_FRACTION of its offered rate.
+    """
+    load = load_column(points)
+    if load is None:
+        return points
+    ordered = points.sort_values(load, kind="stable")
+    keep, best = [], -math.inf
+    offered = ordered[load].astype(float) if load.endswith("rate_rps") else None
+    for i, (idx, x) in enumerate(zip(ordered.index, ordered["throughput_rps"].astype(float))):
+        if offered is not None and keep and x < SATURATED_FRACTION * offered.iloc[i]:
+            continue
+        if x > best * (1.0 + SATURATION_GAIN) or best == -math.inf:
+            keep.append(idx)
+            best = x
+    return points.loc[keep]
+
+
 def curve(points: pd.DataFrame, y_col: str) -> tuple[np.ndarray, np.ndarray]:
     """(throughput, jct) arrays sorted by throughput, points with equal throughput averaged.
 
-    When the points come from a sweep of offered load, they are taken in order of that load and a
-    point is kept only while throughput still rises (by more than SATURATION_GAIN over every
-    lighter-load point) and, for an arrival-rate sweep, while it serves at least
-    SATURATED_FRACTION of its offered rate: the curve ends at the saturation knee instead of
-    running along the saturated plateau or folding back.
+    When the points come from a sweep of offered load, only the `unsaturated` ones: the curve ends
+    at the saturation knee instead of running along the saturated plateau or folding back.
     """
-    load = load_column(points)
-    if load is not None:
-        ordered = points.sort_values(load, kind="stable")
-        keep, best = [], -math.inf
-        offered = ordered[load].astype(float) if load.endswith("rate_rps") else None
-        for i, (idx, x) in enumerate(zip(ordered.index, ordered["throughput_rps"].astype(float))):
-            if offered is not None and keep and x < SATURATED_FRACTION * offered.iloc[i]:
-                continue
-            if x > best * (1.0 + SATURATION_GAIN) or best == -math.inf:
-                keep.append(idx)
-                best = x
-        points = points.loc[keep]
+    points = unsaturated(points)
     xy = points[["throughput_rps", y_col]].astype(float).groupby("throughput_rps", sort=True)[y_col].mean()
     return xy.index.to_numpy(float), xy.to_numpy(float)
 
@@ -187,7 +197,10 @@ def compare_frame(summary_df: pd.DataFrame, slo_s: Optional[float] = None, stat:
         key = key if isinstance(key, tuple) else (key,)
         labels = list(dict.fromkeys(frame["strategy"].astype(str)))
         good = ok.loc[ok.index.intersection(frame.index)]
-        curves = {lab: curve(good[good["strategy"].astype(str) == lab], y_col) for lab in labels}
+        mine = {lab: good[good["strategy"].astype(str) == lab] for lab in labels}
+        curves = {lab: curve(mine[lab], y_col) for lab in labels}
+        measured = {lab: (mine[lab]["throughput_rps"].to_numpy(float), mine[lab][y_col].to_numpy(float))
+                    for lab in labels}
         peaks = {lab: good.loc[good["strategy"].astype(str) == lab, "throughput_rps"].astype(float).max()
                  for lab in labels}
         for a in labels:
@@ -198,21 +211,36 @@ def compare_frame(summary_df: pd.DataFrame, slo_s: Optional[float] = None, stat:
                        **compare_pair(*curves[a], *curves[b], at=at, max_a=peaks[a],
                                       max_b=peaks[b]), "jct_stat": y_col}
                 if slo_s is not None:
-                    _add_slo(row, curves[a], curves[b], float(slo_s))
+                    _add_slo(row, (curves[a], measured[a]), (curves[b], measured[b]), float(slo_s))
                 rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
 
-def _add_slo(row: dict, ca, cb, slo_s: float) -> None:
-    ta, tb = max_x_under(*ca, slo_s), max_x_under(*cb, slo_s)
+def max_throughput_under_slo(curve_xy, measured_xy, slo_s: float) -> float:
+    """The largest throughput whose JCT statistic meets `slo_s`: the best measured point that
+    meets it (saturated points included) or the crossing interpolated on the curve, if higher."""
+    x, y = measured_xy
+    meets = x[y <= slo_s]
+    best = float(meets.max()) if len(meets) else math.nan
+    crossing = max_x_under(*curve_xy, slo_s) if len(curve_xy[0]) else math.nan
+    return float(np.nanmax([best, crossing])) if not (math.isnan(best) and math.isnan(crossing)) \
+        else math.nan
+
+
+def _add_slo(row: dict, a, b, slo_s: float) -> None:
+    """`a`, `b`: (curve, measured points) of each strategy, each an (x, y) pair of arrays."""
+    ta, tb = max_throughput_under_slo(*a, slo_s), max_throughput_under_slo(*b, slo_s)
     row.update(slo_s=slo_s, max_throughput_under_slo_a_rps=ta, max_throughput_under_slo_b_rps=tb,
                max_throughput_under_slo_ratio=_ratio(ta, tb))
-    for name, t, c in (("A", ta, ca), ("B", tb, cb)):
+    for name, t, (_, (x, y)) in (("A", ta, a), ("B", tb, b)):
         note = ""
-        if math.isnan(t) and len(ca[0]) and len(cb[0]):
+        if math.isnan(t) and len(a[1][0]) and len(b[1][0]):
             note = f"no measured point of {name} meets the SLO of {slo_s:g} s"
-        elif len(c[0]) and t == c[0][-1]:
+        elif len(x) and (y <= slo_s).all():
             note = f"every measured point of {name} meets the SLO (its value is a lower bound)"
+        elif len(x) and t >= x.max():
+            note = (f"{name}'s highest-throughput measured point meets the SLO (its value is a "
+                    "lower bound)")
         if note:
             row["reason"] = f"{row['reason']}; {note}" if row["reason"] else note
 

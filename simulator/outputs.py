@@ -1,57 +1,52 @@
-"""The files people open after a run, written into the run folder (each one atomically).
+"""The files people open after a run, written into the run folder (each one atomically, each one
+byte-identical across identical runs).
 
-- ``latency_throughput.png``: mean (solid) and p90 (dashed) JCT against achieved throughput, one
-  colour per strategy label (and per group of other swept settings, see `compare.group_columns`),
-  points ordered by throughput. Failed points are left out; no file when no point succeeded.
-- ``timeline.png``: one subplot per traced job (the first sweep point of each strategy), stacked
-  vertically in strategy order; rows are device x stream, ops are bars coloured by op class
-  (compute blue, memory green, communication red), with a communication op's spin time (from its
-  start until every member has started, ``start_s..transfer_start_s``) drawn light and hatched.
-  Gaps are bubbles; two busy rows of one device at the same time are overlap. Window: the
-  experiment's ``outputs.timeline_window_s: [start, end]`` (seconds of simulated time, the same for
-  every subplot), else, per subplot, the span of the first ``outputs.timeline_ops`` ops (default
-  400) by start time. At most `MAX_DRAWN_OPS` ops are drawn per subplot.
+- ``latency_throughput.png`` and ``timeline.png``: see `simulator.plots`.
 - ``trace.json``: the traced jobs in the Chrome trace event format (opens in ui.perfetto.dev and
   chrome://tracing): one process per (strategy label, device), one thread per stream (tid =
   pid * 1000 + stream + 1), named by ``M`` metadata events; one complete (``X``) event per op
   with ``ts``/``dur`` in microseconds and ``args`` {request, phase, op_class, isolated_us,
   wait_us (communication only: the spin time)}. At most
   ``outputs.trace_max_events`` (default 50000) op events in all, shared equally by the traced jobs,
-  each keeping its earliest ops; ``otherData`` says how many were written and whether any were cut.
+  each keeping its earliest ops; ``otherData`` says how many were written and whether any were cut,
+  and `WrittenOutputs.notes` says it on the console.
 - ``compare.csv``: `compare.compare_frame` of this run's rows (the table `parasim compare` prints)
   when the run has at least two strategy labels, with ``outputs.slo_s`` as the SLO when given.
 
+The traced jobs are those of one sweep point, the *timeline point* (`choose_timeline_point`):
+``outputs.timeline_point`` picks it (a 0-based index into the sweep points in sweep order, as
+``parasim run FILE --dry-run`` lists them, or a mapping ``{axis: value}`` of swept axes, named by
+their full dotted path or its last part, e.g. ``{rate_rps: 4}``). By default, and among the
+points a mapping matches, it is a point where every strategy is feasible (else where the most
+are): the one with the highest offered load when exactly one load axis (``workload.arrival.*``,
+e.g. the arrival rate) is swept, first in sweep order among equals, since under load the
+strategies differ most (pipelines fill, Liger's second stream works); otherwise the middle one in
+sweep order (the median point).
+
 A file this module did not produce in this run (e.g. no successful point) is removed, so a
-re-used folder never shows a stale plot. Matplotlib draws through its Agg canvas; nothing is shown.
+re-used folder never shows a stale plot.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
 from . import __version__
-from .compare import compare_frame, group_columns, successful
+from .compare import compare_frame
 from .errors import ConfigError
 from .experiment import read_yaml
-from .io import atomic_path, write_csv, write_text
+from .io import write_csv, write_text
+from .plots import plot_latency_throughput, plot_timeline, stream_rows, timeline_window  # noqa: F401
 
-OUTPUT_KEYS = ("timeline_window_s", "timeline_ops", "trace_max_events", "slo_s")
+OUTPUT_KEYS = ("timeline_window_s", "timeline_ops", "timeline_point", "trace_max_events", "slo_s")
 FILES = ("latency_throughput.png", "timeline.png", "trace.json", "compare.csv")
-MAX_DRAWN_OPS = 20_000
-CLASS_COLORS = {"compute": "#1f77b4", "memory": "#2ca02c", "comm": "#d62728"}
-SPIN_COLOR = "#f7b6b6"
-OTHER_COLOR = "#7f7f7f"
+POINT_KEY = "outputs.timeline_point"
 
 
 @dataclass(frozen=True)
@@ -61,6 +56,28 @@ class OutputOptions:
     timeline_ops: int = 400
     trace_max_events: int = 50_000
     slo_s: Optional[float] = None
+    timeline_point: Union[None, int, tuple] = None     # an index, or ((axis, value), ...)
+
+
+@dataclass(frozen=True)
+class TimelineChoice:
+    """The sweep point whose traces feed timeline.png and trace.json: its index in sweep order,
+    its feasible jobs' indices (strategy order), its settings and why it was chosen."""
+    point: int
+    indices: tuple
+    settings: tuple            # ((swept path, value), ...)
+    rule: str
+
+    def describe(self) -> str:
+        where = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.settings) or "the only point"
+        return f"point {self.point} ({where}; {self.rule})"
+
+
+@dataclass(frozen=True)
+class WrittenOutputs:
+    """The output files a run wrote and notes a user should read about them."""
+    files: tuple = ()
+    notes: tuple = ()
 
 
 def validate_outputs(path: str) -> OutputOptions:
@@ -99,17 +116,103 @@ def validate_outputs(path: str) -> OutputOptions:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and v > 0):
             raise ConfigError(path, "outputs.slo_s", f"expected a number > 0 (seconds), got {v!r}")
         out["slo_s"] = float(v)
+    if raw.get("timeline_point") is not None:
+        out["timeline_point"] = _parse_point(path, raw["timeline_point"])
     return OutputOptions(**out)
 
 
-def write_all(path: str, out_dir: str, jobs: list, results: list) -> list[str]:
-    """Write every output file of a finished run into `out_dir`; return the paths written.
+def _parse_point(path: str, value):
+    allowed = "a sweep point index >= 0 or a mapping of swept axes to values, e.g. {rate_rps: 4}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(path, POINT_KEY, f"got {value}; expected {allowed}")
+        return value
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(path, POINT_KEY, f"got {value!r}; expected {allowed}")
+    for k, v in value.items():
+        if not isinstance(k, str) or not (v is None or isinstance(v, (bool, int, float, str))):
+            raise ConfigError(path, f"{POINT_KEY}.{k}", f"expected one swept value, got {v!r}")
+    return tuple(value.items())
+
+
+def sweep_points(jobs: list) -> list[list]:
+    """The jobs grouped by sweep point, in sweep order (each group in strategy order)."""
+    width = len(dict.fromkeys(j.label for j in jobs)) or 1
+    return [jobs[i:i + width] for i in range(0, len(jobs), width)]
+
+
+def choose_timeline_point(path: str, jobs: list, infeasible: dict,
+                          opts: OutputOptions) -> TimelineChoice:
+    """The timeline point (module docstring); ConfigError when `outputs.timeline_point` names no
+    swept value or a point where no strategy is feasible."""
+    points = sweep_points(jobs)
+    if not points:
+        return TimelineChoice(0, (), (), "no points")
+    settings = [tuple(p[0].point.items()) for p in points]
+    feasible = [[j.index for j in p if j.index not in infeasible] for p in points]
+    wanted = opts.timeline_point
+    if isinstance(wanted, int):
+        if wanted >= len(points):
+            raise ConfigError(path, POINT_KEY, f"point {wanted} does not exist; the sweep has "
+                              f"{len(points)} point(s), 0 to {len(points) - 1} (see --dry-run)")
+        candidates, rule = [wanted], "outputs.timeline_point"
+    elif wanted:
+        candidates, rule = _matching(path, wanted, settings), "outputs.timeline_point"
+    else:
+        candidates, rule = list(range(len(points))), ""
+    if not any(feasible[i] for i in candidates):
+        raise ConfigError(path, POINT_KEY, "every strategy is infeasible at that point; choose "
+                          "another (`parasim run FILE --dry-run` lists them)")
+    most = max(len(feasible[i]) for i in candidates)
+    best = [i for i in candidates if len(feasible[i]) == most]
+    load = _load_axis(settings)
+    if len(best) == 1:
+        chosen = best[0]
+    elif load is not None:
+        chosen = max(best, key=lambda i: (float(dict(settings[i])[load]), -i))
+        rule = rule or f"highest {load.split('.')[-1]} where every strategy is feasible"
+    else:
+        chosen = best[len(best) // 2]
+        rule = rule or "median sweep point where every strategy is feasible"
+    return TimelineChoice(chosen, tuple(feasible[chosen]), settings[chosen],
+                          rule or "the only point where every strategy is feasible")
+
+
+def _matching(path: str, wanted: tuple, settings: list) -> list[int]:
+    axes = [k for k, _ in settings[0]]
+    fixed = {}
+    for name, value in wanted:
+        hits = [a for a in axes if a == name or a.split(".")[-1] == name]
+        if len(hits) != 1:
+            what = "is not a swept axis" if not hits else "matches several axes; use the full path"
+            raise ConfigError(path, f"{POINT_KEY}.{name}", f"{what}; swept axes: "
+                              + (", ".join(axes) or "none"))
+        values = list(dict.fromkeys(dict(s)[hits[0]] for s in settings))
+        if value not in values:
+            raise ConfigError(path, f"{POINT_KEY}.{name}", f"{value!r} is not a swept value; "
+                              "swept values: " + ", ".join(str(v) for v in values))
+        fixed[hits[0]] = value
+    return [i for i, s in enumerate(settings) if all(dict(s)[a] == v for a, v in fixed.items())]
+
+
+def _load_axis(settings: list) -> Optional[str]:
+    """The swept offered-load axis (arrival rate, clients) when exactly one is swept."""
+    axes = [k for k, _ in settings[0] if k.startswith("workload.arrival.")
+            and len({dict(s)[k] for s in settings}) > 1
+            and all(isinstance(dict(s)[k], (int, float)) for s in settings)]
+    return axes[0] if len(axes) == 1 else None
+
+
+def write_all(path: str, out_dir: str, jobs: list, results: list,
+              opts: Optional[OutputOptions] = None,
+              timeline: Optional[TimelineChoice] = None) -> WrittenOutputs:
+    """Write every output file of a finished run into `out_dir`.
 
     `results` are the runner's JobResults in job order (`jobs[r.index]` is each one's job);
     those that carry a trace feed the timeline and trace.json.
     """
-    opts = validate_outputs(path)
-    written = []
+    opts = opts or validate_outputs(path)
+    written, notes = [], []
     frame = pd.DataFrame([r.row for r in results])
     file = os.path.join(out_dir, "latency_throughput.png")
     if plot_latency_throughput(frame, file):
@@ -117,8 +220,11 @@ def write_all(path: str, out_dir: str, jobs: list, results: list) -> list[str]:
     traced = [(jobs[r.index], r.trace.ops()) for r in results if r.trace is not None and len(r.trace)]
     if traced:
         plot_timeline(traced, opts, os.path.join(out_dir, "timeline.png"))
-        write_chrome_trace(traced, opts, os.path.join(out_dir, "trace.json"))
+        trace = chrome_trace(traced, opts)
+        write_text(os.path.join(out_dir, "trace.json"),
+                   json.dumps(trace, separators=(",", ":"), allow_nan=False))
         written += [os.path.join(out_dir, "timeline.png"), os.path.join(out_dir, "trace.json")]
+        notes += trace_notes(trace, timeline)
     if {"strategy", "throughput_rps", "jct_mean_s"} <= set(frame.columns) \
             and frame["strategy"].nunique() >= 2:
         file = os.path.join(out_dir, "compare.csv")
@@ -128,135 +234,19 @@ def write_all(path: str, out_dir: str, jobs: list, results: list) -> list[str]:
         stale = os.path.join(out_dir, name)
         if stale not in written and os.path.exists(stale):
             os.remove(stale)
-    return written
+    return WrittenOutputs(tuple(written), tuple(notes))
 
 
-def _save(fig: Figure, file: str) -> None:
-    with atomic_path(file) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
-def plot_latency_throughput(summary: pd.DataFrame, file: str) -> bool:
-    """Draw the latency-throughput plot; False (and no file) when no point succeeded."""
-    if "strategy" not in summary.columns or "throughput_rps" not in summary.columns:
-        return False
-    ok = successful(summary, "jct_mean_s")
-    if len(ok) == 0:
-        return False
-    scale, unit = (1e3, "ms") if float(ok[["jct_mean_s", "jct_p90_s"]].max().max()) < 2 else (1.0, "s")
-    groups = group_columns(summary)
-    fig = Figure(figsize=(8, 5.2))
-    ax = fig.add_subplot()
-    cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
-    keys = ["strategy"] + groups
-    for i, (key, pts) in enumerate(ok.groupby(keys, sort=False)):
-        key = key if isinstance(key, tuple) else (key,)
-        name = str(key[0]) + ("" if not groups else
-                              " (" + ", ".join(f"{g}={v}" for g, v in zip(groups, key[1:])) + ")")
-        pts = pts.sort_values("throughput_rps", kind="stable")
-        color = cycle[i % len(cycle)]
-        x = pts["throughput_rps"].to_numpy(float)
-        ax.plot(x, pts["jct_mean_s"].to_numpy(float) * scale, "-o", color=color, label=name)
-        if "jct_p90_s" in pts:
-            ax.plot(x, pts["jct_p90_s"].to_numpy(float) * scale, "--s", color=color, alpha=0.8,
-                    markersize=4)
-    ax.set_xlabel("achieved throughput (requests/s)")
-    ax.set_ylabel(f"job completion time ({unit})")
-    ax.set_title(f"Latency vs throughput: {summary['experiment'].iloc[0]}"
-                 if "experiment" in summary.columns else "Latency vs throughput")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
-    handles = ax.get_legend_handles_labels()[0]
-    handles += [Line2D([], [], color="black", linestyle="-", marker="o", label="mean JCT"),
-                Line2D([], [], color="black", linestyle="--", marker="s", markersize=4, label="p90 JCT")]
-    ax.legend(handles=handles, fontsize=8)
-    with warnings.catch_warnings():      # a long legend cannot always fit: keep the plot anyway
-        warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
-    _save(fig, file)
-    return True
-
-
-def timeline_window(ops: pd.DataFrame, opts: OutputOptions) -> tuple[float, float]:
-    """The configured window, else the span of the first `opts.timeline_ops` ops by start time."""
-    if opts.timeline_window_s is not None:
-        return opts.timeline_window_s
-    if len(ops) == 0:
-        return (0.0, 1.0)
-    first = ops.sort_values("start_s", kind="stable").head(opts.timeline_ops)
-    lo, hi = float(first["start_s"].min()), float(first["end_s"].max())
-    return (lo, hi if hi > lo else lo + 1e-6)
-
-
-def _rows(ops: pd.DataFrame) -> list[tuple[int, int, int]]:
-    """(device, stream, priority) of every stream in the trace, sorted."""
-    rows = ops[["device", "stream", "priority"]].drop_duplicates(["device", "stream"])
-    return sorted((int(d), int(s), int(p)) for d, s, p in rows.itertuples(index=False))
-
-
-def plot_timeline(traced: list, opts: OutputOptions, file: str) -> None:
-    """One subplot per traced (job, ops frame), rows device x stream, in a window (module doc)."""
-    heights = [max(len(_rows(ops)), 1) for _, ops in traced]
-    fig = Figure(figsize=(14, 1.3 * len(traced) + 0.42 * sum(heights) + 0.6))
-    axes = fig.subplots(len(traced), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, (job, ops) in zip(axes, traced):
-        _draw_timeline(ax, job, ops, opts)
-    handles = [Patch(facecolor=CLASS_COLORS["compute"], label="compute"),
-               Patch(facecolor=CLASS_COLORS["memory"], label="memory-bound"),
-               Patch(facecolor=CLASS_COLORS["comm"], label="communication (transfer)"),
-               Patch(facecolor=SPIN_COLOR, hatch="////", edgecolor=CLASS_COLORS["comm"],
-                     label="communication (spin: waiting for peers)")]
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-    _save(fig, file)
-
-
-def _draw_timeline(ax, job, ops: pd.DataFrame, opts: OutputOptions) -> None:
-    rows = _rows(ops)
-    index = {(d, s): i for i, (d, s, _) in enumerate(rows)}
-    w0, w1 = timeline_window(ops, opts)
-    sub = ops[(ops["end_s"] > w0) & (ops["start_s"] < w1)].sort_values("start_s", kind="stable")
-    shown = sub.head(MAX_DRAWN_OPS)
-    ms = 1e3
-    y = np.array([index[(d, s)] for d, s in zip(shown["device"], shown["stream"])], dtype=float)
-    start, end = shown["start_s"].to_numpy(float) * ms, shown["end_s"].to_numpy(float) * ms
-    xfer = np.clip(shown["transfer_start_s"].to_numpy(float) * ms, start, end)
-    cls = shown["op_class"].to_numpy(str)
-    comm = cls == "comm"
-    for c in set(cls):
-        m = cls == c
-        left = np.where(comm[m], xfer[m], start[m])
-        ax.barh(y[m], end[m] - left, left=left, height=0.8, color=CLASS_COLORS.get(c, OTHER_COLOR),
-                edgecolor="white", linewidth=0.3)
-    spin = comm & (xfer > start)
-    if spin.any():
-        ax.barh(y[spin], xfer[spin] - start[spin], left=start[spin], height=0.8, color=SPIN_COLOR,
-                hatch="////", edgecolor=CLASS_COLORS["comm"], linewidth=0.3)
-    px_per_ms = ax.figure.get_figwidth() * 0.8 * ax.figure.dpi / ((w1 - w0) * ms)
-    name_px = shown["name"].astype(str).str.len().to_numpy() * 4.5 + 4   # ~6 pt characters
-    visible = np.minimum(end, w1 * ms) - np.maximum(start, w0 * ms)
-    wide = np.flatnonzero(visible * px_per_ms > name_px)[:400]
-    names = shown["name"].astype(str).to_numpy()
-    for i in wide:
-        mid = (max(start[i], w0 * ms) + min(end[i], w1 * ms)) / 2
-        pale = comm[i] and (xfer[i] - start[i]) > (end[i] - xfer[i])     # mostly light spin
-        ax.text(mid, y[i], names[i], ha="center", va="center", fontsize=6,
-                color="black" if pale else "white", clip_on=True)
-    for i in range(1, len(rows)):
-        if rows[i][0] != rows[i - 1][0]:
-            ax.axhline(i - 0.5, color="black", linewidth=0.6)
-    ax.set_yticks(range(len(rows)), [f"device {d} / stream {s} (prio {p})" for d, s, p in rows],
-                  fontsize=8)
-    ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlim(w0 * ms, w1 * ms)
-    ax.set_xlabel("simulated time (ms)")
-    point = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in job.point.items())
-    cut = f", first {MAX_DRAWN_OPS} drawn" if len(sub) > len(shown) else ""
-    ax.set_title(f"{job.label}" + (f" ({point})" if point else "")
-                 + f": {len(sub)} ops in {w0 * ms:.3f}-{w1 * ms:.3f} ms{cut}", fontsize=10, loc="left")
-    ax.grid(True, axis="x", alpha=0.25)
-    if len(sub) == 0:
-        ax.text(0.5, 0.5, "no ops in this window", transform=ax.transAxes, ha="center")
+def trace_notes(trace: dict, timeline: Optional[TimelineChoice]) -> list[str]:
+    """One console line when trace.json was cut to `trace_max_events`."""
+    meta = trace["otherData"]
+    if not meta["truncated"]:
+        return []
+    cut = [j for j in meta["jobs"] if j["ops_written"] < j["ops_total"]]
+    where = timeline.describe() if timeline else "the traced point"
+    parts = ", ".join(f"{j['ops_written']:,} of {j['ops_total']:,} ops of {j['strategy']}" for j in cut)
+    return [f"trace.json: the first {parts} at {where}; raise outputs.trace_max_events "
+            f"(now {meta['max_op_events']:,}) for more"]
 
 
 def chrome_trace(traced: list, opts: OutputOptions) -> dict:
@@ -269,7 +259,7 @@ def chrome_trace(traced: list, opts: OutputOptions) -> dict:
         jobs_meta.append({"strategy": job.label, "point": job.point, "ops_total": int(len(ops)),
                           "ops_written": int(len(kept))})
         pids = {}
-        for d, s, p in _rows(ops):
+        for d, s, p in stream_rows(ops):
             tid = _tid(pid + 1 if d not in pids else pids[d], s)
             if d not in pids:
                 pid += 1

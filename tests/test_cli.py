@@ -71,6 +71,6 @@ def test_run_writes_summary(tmp_path, capsys):
     p = tmp_path / "e.yaml"
     p.write_text(yaml.safe_dump(exp))
     code, out, _ = run(["run", str(p), "--out", str(tmp_path / "o"), "--no-progress"], capsys)
-    assert code == 0 and "jct_mean_s" in out
+    assert code == 0 and "jct_mean_ms" in out
     s = pd.read_csv(tmp_path / "o" / "summary.csv")
     assert s.loc[0, "experiment"] == "e" and s.loc[0, "requests"] == 4

@@ -154,3 +154,19 @@ def test_points_serving_far_less_than_their_offered_rate_are_saturated():
     x, y = curve(pts, "jct_mean_s")
     # 11.6 rps is 1.8% above 11.4 but serves only 72% of the 16 rps offered: past the knee
     assert list(x) == [3.9, 11.4] and list(y) == [0.1, 0.3]
+
+
+def test_slo_reading_counts_saturated_points_that_meet_it():
+    # B's last point serves 10.4 of 12 req/s offered: past the saturation knee, so the curve leaves
+    # it out; its JCT still meets the SLO, so B's best throughput under the SLO is 10.4 req/s.
+    rows = [{"experiment": "e", "strategy": lab, "throughput_rps": x, "jct_mean_s": y,
+             "workload.arrival.rate_rps": rate, "error": ""}
+            for lab, pts in {"A": [(2.0, 2.3, 0.09), (6.0, 6.8, 0.10), (12.0, 11.8, 0.22)],
+                             "B": [(2.0, 2.3, 0.22), (6.0, 6.6, 0.26), (12.0, 10.4, 0.48)]}.items()
+            for rate, x, y in pts]
+    r = row(compare_frame(pd.DataFrame(rows), slo_s=1000.0), "B", "A")
+    assert r["max_throughput_under_slo_a_rps"] == pytest.approx(10.4)
+    assert r["max_throughput_b_rps"] == pytest.approx(11.8)
+    assert "every measured point of A meets the SLO" in r["reason"]
+    tight = row(compare_frame(pd.DataFrame(rows), slo_s=0.3), "B", "A")
+    assert tight["max_throughput_under_slo_a_rps"] == pytest.approx(6.6)

@@ -34,6 +34,8 @@ def test_notebook_runs(path, tmp_path):
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert images, "no figure rendered (a non-interactive backend shows only '<Figure ...>')"

@@ -195,8 +195,17 @@ def test_validator_rejects_overlap_on_one_stream():
         check_chrome_trace(chrome_trace([(_job(), bad)], OutputOptions()))
 
 
-def test_default_window_spans_first_ops():
-    assert timeline_window(OPS, OutputOptions(timeline_ops=2)) == (0.0, 2e-3)
+def test_default_window_spans_ops_around_the_middle_of_the_run():
+    assert timeline_window(OPS, OutputOptions(timeline_ops=2)) == (2e-4, 2e-3)    # 2nd and 3rd op
+    assert timeline_window(OPS, OutputOptions(timeline_ops=9)) == (0.0, 2e-3)     # every op
+
+
+def test_default_window_skips_idle_time_between_far_apart_requests():
+    # two bursts of 10 back-to-back 1 ms ops, 20 s apart: a window of 10 ops stays inside a burst
+    burst = [(0, 0, 0, "op", "gemm", "compute", r, "prefill", t0 + i * 1e-3, t0 + (i + 1) * 1e-3,
+              t0 + i * 1e-3, 1e-3) for r, t0 in ((0, 0.0), (1, 20.0)) for i in range(10)]
+    lo, hi = timeline_window(_ops(burst), OutputOptions(timeline_ops=10))
+    assert hi - lo == pytest.approx(0.01)
     assert timeline_window(OPS, OutputOptions(timeline_window_s=(1e-3, 1.5e-3))) == (1e-3, 1.5e-3)
 
 

@@ -1,0 +1,117 @@
+"""Jobs to runnable objects: validate one job's configuration (hardware, model, workload, strategy,
+memory fit) and simulate it. The composition root's build side: it imports both the simulator core
+and the strategy registry.
+
+`build` raises `ConfigError` for malformed input and `PointError` (a ConfigError) for a point that
+is well-formed but infeasible (a model that does not fit, a TP degree that does not divide the
+heads); `validate_jobs` sorts a sweep's jobs into feasible and infeasible ones.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+import strategies as strategy_registry
+from strategies.base import Strategy
+
+from .engine import SimRuntime
+from .errors import ConfigError, PointError
+from .experiment import Job
+from .hardware import HardwareProfile, load_hardware
+from .model import ModelSpec, check_fits, load_model
+from .schema import check_value
+from .trace import Trace
+from .workload import Workload, parse_workload
+
+
+@dataclass
+class Built:
+    model: ModelSpec
+    hardware: HardwareProfile
+    devices: int
+    workload: Workload
+    strategy: Strategy
+    seed: int
+
+
+def build(job: Job) -> Built:
+    """Turn one job's plain configuration into validated objects (ConfigError on bad input)."""
+    where, cfg = job.where, job.config
+    hardware = load_hardware(_resolve(cfg["hardware"], job.base_dir), where=where, key="hardware")
+    model_spec = cfg["model"]
+    if isinstance(model_spec, str) and (model_spec.endswith(".json") or os.sep in model_spec):
+        model_spec = _resolve(model_spec, job.base_dir)
+    model = load_model(model_spec, where, "model")
+    if model.dtype not in hardware.device.peak_flops:
+        raise PointError(where, "model", f"model {model.name} computes in {model.dtype} but profile "
+                         f"{hardware.name} has rates only for " + ", ".join(hardware.device.peak_flops)
+                         + "; set the model's dtype, e.g. {preset: NAME, dtype: fp16}")
+    devices = check_value(cfg["devices"], int, where, "devices", min=1, max=hardware.max_devices)
+    seed = check_value(cfg.get("seed", 0), int, where, "seed", min=0)
+    workload = parse_workload(cfg["workload"], where, "workload", base_dir=job.base_dir)
+    strategy = make_strategy(job.strategy, model, devices, where, job.strategy_key)
+    tp, pp = strategy.parallel_layout()
+    batch = workload.batch * strategy.resident_requests()
+    context = _max_context(workload, seed)
+    try:
+        check_fits(model, hardware.device.memory_bytes, tp, pp, batch, context, where, "model",
+                   split=strategy.stage_layers())
+    except ConfigError as exc:
+        raise PointError(exc.where, exc.key, exc.message) from None
+    return Built(model, hardware, devices, workload, strategy, seed)
+
+
+def make_strategy(spec: dict, model: ModelSpec, devices: int, where: str, key: str) -> Strategy:
+    name = spec.get("name")
+    if name not in strategy_registry.REGISTRY:
+        raise ConfigError(where, f"{key}.name", f"unknown strategy {name!r}; available: "
+                          + ", ".join(strategy_registry.names()))
+    cls = strategy_registry.REGISTRY[name]
+    params = cls.Params.parse({k: v for k, v in spec.items() if k != "name"}, where, key)
+    strategy = cls(model, devices, params)
+    try:
+        strategy.validate(where, key)
+    except ConfigError as exc:
+        raise PointError(exc.where, exc.key, exc.message) from None
+    return strategy
+
+
+def _resolve(path: Any, base_dir: str) -> Any:
+    """A relative file path in an experiment (hardware YAML, model config.json) is relative to the
+    experiment file's folder, as the CSVs it names are; a built-in name is left alone."""
+    if isinstance(path, str) and (os.sep in path or path.endswith((".yaml", ".yml", ".json"))) \
+            and not os.path.isabs(path):
+        return os.path.normpath(os.path.join(base_dir, path))
+    return path
+
+
+def _max_context(workload: Workload, seed: int) -> int:
+    reqs = workload.generate(np.random.default_rng(seed))
+    return max(r.prompt_tokens + r.output_tokens for r in reqs) if reqs else 1
+
+
+def simulate(built: Built, keep_ops: int = 0) -> Trace:
+    """Run one built job in a fresh SimRuntime, keeping `keep_ops` full op rows (KEEP_ALL: all);
+    metrics come from the recorder's totals either way."""
+    rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops)
+    source = built.workload.source(np.random.default_rng(built.seed))
+    return rt.run(built.strategy, source)
+
+
+def validate_jobs(jobs: list[Job]) -> list[Optional[str]]:
+    """Validate every job; structural errors raise at once, point errors are returned per job as
+    ``KEY: what is wrong`` (None for a feasible job). When no job is feasible, the first job's
+    PointError is raised: a sweep with nothing to run is bad input."""
+    errors: list[Optional[str]] = []
+    for job in jobs:
+        try:
+            build(job)
+            errors.append(None)
+        except PointError as exc:
+            errors.append(f"{exc.key}: {exc.message}" if exc.key else exc.message)
+    if jobs and all(errors):
+        build(jobs[0])          # every point is invalid: raise the first one's error
+    return errors
