@@ -8,7 +8,8 @@ byte-identical across identical runs).
   with ``ts``/``dur`` in microseconds and ``args`` {request, phase, op_class, isolated_us,
   wait_us (communication only: the spin time)}. At most
   ``outputs.trace_max_events`` (default 50000) op events in all, shared equally by the traced jobs,
-  each keeping its earliest ops; ``otherData`` says how many were written and whether any were cut,
+  each keeping its earliest ops (a run with more than the runner's `TRACE_ROWS` ops keeps rows
+  from about its middle op on, `rows_from_s`); ``otherData`` says how many were written and whether any were cut,
   and `WrittenOutputs.notes` says it on the console.
 - ``compare.csv``: `compare.compare_frame` of this run's rows (the table `parasim compare` prints)
   when the run has at least two strategy labels, with ``outputs.slo_s`` as the SLO when given.
@@ -217,7 +218,8 @@ def write_all(path: str, out_dir: str, jobs: list, results: list,
     file = os.path.join(out_dir, "latency_throughput.png")
     if plot_latency_throughput(frame, file):
         written.append(file)
-    traced = [(jobs[r.index], r.trace.ops()) for r in results if r.trace is not None and len(r.trace)]
+    traced = [(jobs[r.index], _ops_frame(r.trace)) for r in results
+              if r.trace is not None and len(r.trace)]
     if traced:
         plot_timeline(traced, opts, os.path.join(out_dir, "timeline.png"))
         trace = chrome_trace(traced, opts)
@@ -237,6 +239,15 @@ def write_all(path: str, out_dir: str, jobs: list, results: list,
     return WrittenOutputs(tuple(written), tuple(notes))
 
 
+def _ops_frame(trace) -> pd.DataFrame:
+    """The kept op rows of a traced job; `attrs` say how many ops the job had in all and from which
+    time on rows were kept (a long run keeps a bounded stretch from its middle)."""
+    ops = trace.ops()
+    ops.attrs["ops_total"] = trace.total_ops
+    ops.attrs["rows_from_s"] = float(trace.meta.get("rows_from_s", 0.0))
+    return ops
+
+
 def trace_notes(trace: dict, timeline: Optional[TimelineChoice]) -> list[str]:
     """One console line when trace.json was cut to `trace_max_events`."""
     meta = trace["otherData"]
@@ -244,7 +255,9 @@ def trace_notes(trace: dict, timeline: Optional[TimelineChoice]) -> list[str]:
         return []
     cut = [j for j in meta["jobs"] if j["ops_written"] < j["ops_total"]]
     where = timeline.describe() if timeline else "the traced point"
-    parts = ", ".join(f"{j['ops_written']:,} of {j['ops_total']:,} ops of {j['strategy']}" for j in cut)
+    parts = ", ".join(f"{j['ops_written']:,} of {j['ops_total']:,} ops of {j['strategy']}"
+                      + (f" (from t={j['rows_from_s']:.3f} s)" if j["rows_from_s"] else "")
+                      for j in cut)
     return [f"trace.json: the first {parts} at {where}; raise outputs.trace_max_events "
             f"(now {meta['max_op_events']:,}) for more"]
 
@@ -256,8 +269,10 @@ def chrome_trace(traced: list, opts: OutputOptions) -> dict:
     pid = 0
     for order, (job, ops) in enumerate(traced):
         kept = ops.sort_values("start_s", kind="stable").head(per_job)
-        jobs_meta.append({"strategy": job.label, "point": job.point, "ops_total": int(len(ops)),
-                          "ops_written": int(len(kept))})
+        jobs_meta.append({"strategy": job.label, "point": job.point,
+                          "ops_total": int(ops.attrs.get("ops_total", len(ops))),
+                          "ops_written": int(len(kept)),
+                          "rows_from_s": float(ops.attrs.get("rows_from_s", 0.0))})
         pids = {}
         for d, s, p in stream_rows(ops):
             tid = _tid(pid + 1 if d not in pids else pids[d], s)
@@ -275,7 +290,8 @@ def chrome_trace(traced: list, opts: OutputOptions) -> dict:
             "otherData": {"generator": f"parasim {__version__}", "time_unit": "us",
                           "max_op_events": opts.trace_max_events, "op_events_written": written,
                           "op_events_total": total, "truncated": written < total,
-                          "note": "each traced job keeps its earliest ops by start time",
+                          "note": "each traced job keeps its earliest ops by start time (from "
+                                  "rows_from_s on: a long run keeps a stretch from its middle)",
                           "jobs": json.loads(json.dumps(jobs_meta, default=str))}}
 
 

@@ -30,11 +30,12 @@ from .io import atomic_path, write_csv
 from .jobs import Built, build, make_strategy, simulate, validate_jobs  # noqa: F401 (re-exported)
 from .metrics import request_metrics, summarize
 from .progress import Progress
-from .trace import KEEP_ALL, Trace
+from .trace import Trace
 from .workers import run_in_pool
 
 SUMMARY_COLUMNS = ["experiment", "strategy", "model", "hardware", "devices", "requests",
                    "jct_mean_s", "jct_p50_s", "jct_p90_s", "jct_p99_s", "throughput_rps"]
+TRACE_ROWS = 200_000          # op rows a traced job keeps for the timeline and trace.json (bounded)
 INTEGER_COLUMNS = ("devices", "requests", "ops")      # written as integers, empty when missing
 
 
@@ -66,7 +67,9 @@ def run_job(job: Job, keep_trace: bool = False) -> JobResult:
     base = _base_row(job)
     try:
         built = build(job)
-        trace = simulate(built, KEEP_ALL if keep_trace else 0)
+        trace = simulate(built, TRACE_ROWS if keep_trace else 0)
+        if keep_trace and not trace.complete:
+            trace = _middle_rows(job, trace)
     except (ConfigError, SimulationError) as exc:
         return JobResult(job.index, {**base, "error": str(exc)}, None, None, str(exc), STATUS_FAILED)
     except Exception as exc:      # a bug, not bad input: record it with its type and go on
@@ -77,6 +80,17 @@ def run_job(job: Job, keep_trace: bool = False) -> JobResult:
     for k, v in reversed(list(base.items())):
         req.insert(0, k, v)
     return JobResult(job.index, row, req, trace if keep_trace else None, None)
+
+
+def _middle_rows(job: Job, trace: Trace) -> Trace:
+    """A traced job with more ops than `TRACE_ROWS`: simulate it again (same seed, same result),
+    keeping `TRACE_ROWS` rows from about the middle op on (mid-run the load is steady; the
+    timeline and trace.json draw from these rows)."""
+    start_s = trace.time_of_op(max(0, trace.total_ops // 2 - TRACE_ROWS // 2))
+    again = simulate(build(job), TRACE_ROWS, start_s)
+    trace.rows = again.rows
+    trace.meta["rows_from_s"] = start_s
+    return trace
 
 
 def _short(value: Any) -> str:

@@ -29,7 +29,7 @@ import bisect
 import numpy as np
 
 from .streams import OP, StreamItem, group_key
-from .trace import KEEP_ALL, OpRecord
+from .trace import OpRecord
 
 
 class Segment:
@@ -189,7 +189,7 @@ def _record(m, seg, n: int) -> None:
         return
     rec = m.recorder
     entries = seg.costs
-    if rec.keep_ops == KEEP_ALL or len(rec.kept) + len(rec.buffer) < rec.keep_ops:
+    if rec.wants_rows(seg.end[n - 1]):
         s, e = seg.start, seg.end
         rid, phase = seg.request, seg.phase
         for st in seg.arrived:
@@ -203,7 +203,7 @@ def _record(m, seg, n: int) -> None:
         compute_s = sum(h[4] for h in entries[:n] if h[3] != "comm")
         comm_s = sum(h[4] for h in entries[:n] if h[3] == "comm")
     for st in seg.arrived:
-        rec.add_exclusive(st.device, compute_s, comm_s, n)
+        rec.add_exclusive(st.device, compute_s, comm_s, n, seg.end[n - 1])
     rec.note_start(seg.request, seg.start[0])
 
 

@@ -116,16 +116,29 @@ class TraceRecorder:
     `fold(horizon_s)` when it holds `CHUNK_OPS` or more (and once at the end, with an infinite
     horizon); `horizon_s` is a time before which no op not yet in a record can start.
 
-    `keep_ops`: how many full rows to keep (the first ones recorded, in end-time order), 0 for none,
-    `KEEP_ALL` for every one."""
+    `keep_ops`: how many full rows to keep (0 for none, `KEEP_ALL` for every one): the first ones
+    recorded (in end-time order) that end at or after `keep_from_s`. `marks` notes, every
+    `CHUNK_OPS` ops or so, (ops recorded so far, the time then), to find a time by op count."""
 
-    def __init__(self, devices: int, keep_ops: int = KEEP_ALL):
+    def __init__(self, devices: int, keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0):
         self.buffer: list = []
         self.keep_ops = keep_ops
+        self.keep_from_s = keep_from_s
         self.kept: list = []
         self.ops = 0
+        self.marks: list[tuple[int, float]] = [(0, 0.0)]
         self._devices = [_DeviceTotals() for _ in range(devices)]
         self._first_start: dict = {}
+
+    def wants_rows(self, end_s: float) -> bool:
+        """Whether rows of ops ending at `end_s` may still be kept (for ops not sent as rows)."""
+        return self.keep_ops == KEEP_ALL or (
+            end_s >= self.keep_from_s and len(self.kept) + len(self.buffer) < self.keep_ops)
+
+    def _mark(self, end_s: float) -> None:
+        done = self.ops + len(self.buffer)     # rows waiting in the buffer ended before end_s
+        if done - self.marks[-1][0] >= CHUNK_OPS:
+            self.marks.append((done, end_s))
 
     def fold(self, horizon_s: float) -> None:
         rows = self.buffer[:]
@@ -134,10 +147,13 @@ class TraceRecorder:
             self._close(horizon_s)
             return
         self.ops += len(rows)
+        self._mark(rows[-1][9])
         if self.keep_ops == KEEP_ALL:
             self.kept.extend(rows)
         elif len(self.kept) < self.keep_ops:
-            self.kept.extend(rows[:self.keep_ops - len(self.kept)])
+            since = self.keep_from_s
+            fresh = rows if rows[0][9] >= since else [r for r in rows if r[9] >= since]
+            self.kept.extend(fresh[:self.keep_ops - len(self.kept)])
         n = len(rows)
         col = lambda i, dtype: np.fromiter(map(itemgetter(i), rows), dtype, n)  # noqa: E731
         device = col(0, np.int64)
@@ -168,15 +184,17 @@ class TraceRecorder:
                 if old is None or st < old:
                     known[rid] = st
 
-    def add_exclusive(self, device: int, compute_s: float, comm_s: float, ops: int) -> None:
-        """Totals of ops that ran on `device` with nothing else there (a segment): their intervals
-        overlap no other op's, so they add to the unions' lengths as they are."""
+    def add_exclusive(self, device: int, compute_s: float, comm_s: float, ops: int,
+                      end_s: float) -> None:
+        """Totals of ops that ran on `device` with nothing else there (a segment ending at
+        `end_s`): their intervals overlap no other op's, so they add to the unions as they are."""
         tot = self._devices[device]
         tot.busy.closed_s += compute_s + comm_s
         tot.compute.closed_s += compute_s
         tot.comm.closed_s += comm_s
         tot.ops += ops
         self.ops += ops
+        self._mark(end_s)
 
     def note_start(self, request: int, start_s: float) -> None:
         """An op of `request` started at `start_s` (for ops recorded only in totals)."""
@@ -237,6 +255,17 @@ class Trace:
     def request_frame(self) -> pd.DataFrame:
         cols = list(RequestRecord.__dataclass_fields__)
         return pd.DataFrame([[getattr(r, c) for c in cols] for r in self.requests], columns=cols)
+
+    def time_of_op(self, k: int) -> float:
+        """About when the k-th op (in end order) ended: the time of the last mark at or before it
+        (marks come every `CHUNK_OPS` ops or so)."""
+        marks = self.meta.get("marks", [(0, 0.0)])
+        best = 0.0
+        for count, t in marks:
+            if count > k:
+                break
+            best = t
+        return best
 
     @property
     def total_ops(self) -> int:

@@ -139,3 +139,29 @@ def test_cache_key_follows_the_measured_tables_a_profile_names(tmp_path):
     before = load_experiment(str(path))[0].cache_key()
     (tmp_path / "g.csv").write_text("m,n,k,dtype,seconds\n16,4096,4096,fp16,0.0002\n")
     assert load_experiment(str(path))[0].cache_key() != before
+
+
+def test_a_long_traced_job_keeps_a_bounded_stretch_from_its_middle(tmp_path, monkeypatch):
+    """Over TRACE_ROWS ops, a traced job is simulated again keeping rows from about its middle op:
+    the rows are bounded, the metrics are those of the untraced run."""
+    from simulator import runner
+    from simulator.experiment import load_experiment
+    path = tmp_path / "e.yaml"
+    path.write_text("model: {preset: llama-2-7b, layers: 2}\nhardware: a100-sxm4-80gb\ndevices: 2\n"
+                    "strategies: [iso]\nworkload: {requests: 12, arrival: {kind: poisson, rate_rps: 50},"
+                    " prompt_tokens: 256, output_tokens: 3}\n")
+    job = load_experiment(str(path))[0]
+    whole = runner.run_job(job, True)
+    assert whole.trace.complete and whole.trace.meta["rows_from_s"] == 0.0
+    monkeypatch.setattr(runner, "TRACE_ROWS", 100)
+    monkeypatch.setattr("simulator.trace.CHUNK_OPS", 64)      # marks every 64 ops
+    cut = runner.run_job(job, True)
+    assert 50 <= len(cut.trace.rows) <= 100 and not cut.trace.complete
+    t0 = cut.trace.meta["rows_from_s"]
+    assert 0.0 < t0 < whole.trace.meta["makespan_s"]
+    assert min(r.end_s for r in cut.trace.rows) >= t0
+    middle = sorted(r.end_s for r in whole.trace.rows)[whole.trace.total_ops // 2]
+    assert t0 <= middle
+    assert cut.row.keys() == whole.row.keys()
+    for k, v in whole.row.items():
+        assert cut.row[k] == (pytest.approx(v, rel=1e-9) if isinstance(v, float) else v), k
