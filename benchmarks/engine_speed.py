@@ -17,6 +17,7 @@ import simpy
 
 from simulator.engine import SimRuntime
 from simulator.hardware import load_hardware
+from simulator.metrics import summarize
 from simulator.model import load_model
 from simulator.workload import LengthDist, Workload
 from strategies.tp import TP
@@ -35,7 +36,8 @@ def bare_simpy_rate(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def engine_rate(target_ops: int, devices: int, segments: bool = False) -> tuple[int, float, float]:
+def engine_rate(target_ops: int, devices: int, segments: bool = False) -> tuple[int, float, float, float]:
+    """(ops, wall s of the run, ops/s of the run, ops/s of the run and its metrics)."""
     hw = load_hardware("a100-sxm4-80gb")
     model = load_model("llama-2-7b")
     # ops per request: (layers * ops per layer + head) * steps * devices
@@ -49,7 +51,9 @@ def engine_rate(target_ops: int, devices: int, segments: bool = False) -> tuple[
     t0 = time.perf_counter()
     trace = rt.run(TP(model, devices), wl.source(np.random.default_rng(0)))
     wall = time.perf_counter() - t0
-    return trace.total_ops, wall, trace.total_ops / wall
+    summarize(trace)
+    total = time.perf_counter() - t0
+    return trace.total_ops, wall, trace.total_ops / wall, trace.total_ops / total
 
 
 def main() -> None:
@@ -69,6 +73,8 @@ def main() -> None:
           f"best {rates[-1]:,.0f}, median {rates[len(rates) // 2]:,.0f} simulated ops/s "
           f"(best wall {min(r[1] for r in runs):.2f} s)")
     print(f"bare SimPy timeout loop: best {bare[-1]:,.0f}, median {bare[len(bare) // 2]:,.0f} events/s")
+    with_metrics = sorted(r[3] for r in runs)
+    print(f"run and its metrics (summarize): median {with_metrics[len(with_metrics) // 2]:,.0f} ops/s")
     print(f"ratio engine/bare (medians): {rates[len(rates) // 2] / bare[len(bare) // 2]:.3f}")
     seg = engine_rate(args.ops, args.devices, segments=True)
     print(f"same run with segments: {seg[2]:,.0f} simulated ops/s ({seg[1]:.2f} s)")

@@ -6,7 +6,10 @@ collective instances waiting for members; the trace recorder. It advances stream
 events, starts ops (a collective joins its group's instance and spins until every member has
 started), recomputes rates whenever the set of running ops on a device or link changes, and
 records finished ops. Sequences launched with `launch_seq` go through segment.py. The hot path (an
-op alone on an idle device) skips the contention model and SimPy's Timeout checks.
+op alone on an idle device) skips the contention model and SimPy's Timeout checks, and builds stream
+items and op rows as plain tuples in `StreamItem` and `OpRecord` field order (a named tuple's
+constructor and getters cost a quarter of the op rate); code off the hot path reads them by name
+(`StreamItem._make`, or the recorder, which keeps rows as OpRecords).
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ from . import segment
 from .errors import SimulationError
 from .ops import COMM_TYPES
 from .streams import (OP, RECORD, SEGMENT, WAIT, Activity, Event, Finish, Group, Stream,
-                      StreamItem, describe, group_key, new_item)
-from .trace import CHUNK_OPS, OpRecord, TraceRecorder
+                      StreamItem, describe, group_key)
+from .trace import CHUNK_OPS, TraceRecorder
 
 OP_CACHE_ENTRIES = 4096        # ops whose (cost, kind, class) the machine keeps by identity
 
@@ -72,7 +75,7 @@ class Machine:
             seq_key = (device,) + group_key(op)
             seq = self.coll_seq.get(seq_key, 0)
             self.coll_seq[seq_key] = seq + 1
-        st.queue.append(new_item(StreamItem, (OP, op, t, None, request, phase, seq)))
+        st.queue.append((OP, op, t, None, request, phase, seq))
         if not st.busy and not st.blocked and len(st.queue) == 1:
             self.advance(st)
 
@@ -112,18 +115,18 @@ class Machine:
         while q and not st.busy and not st.blocked:
             item = q[0]
             now = env._now
-            if item.ready_s > now:
+            if item[2] > now:
                 st.blocked = True
-                env.timeout(item.ready_s - now).callbacks.append(lambda _e, st=st: self._unblock(st))
+                env.timeout(item[2] - now).callbacks.append(lambda _e, st=st: self._unblock(st))
                 return
-            kind = item.kind
+            kind = item[0]
             if kind == OP:
                 q.popleft()
                 seg = self.seg_on[st.device]
                 if seg is not None:            # an op starts beside a running segment
                     segment.split(self, seg)
                 # the start, inlined for the common case: a compute op alone on an idle device
-                op = item.op
+                op = item[1]
                 hit = self.op_cost.get(id(op))
                 if hit is None or hit[0] is not op:
                     hit = self.cost_entry(op)
@@ -152,16 +155,16 @@ class Machine:
                 return
             if kind == RECORD:
                 q.popleft()
-                self.complete_event(item.event)
+                self.complete_event(item[3])
             elif kind == SEGMENT:
                 q.popleft()
-                segment.arrive(self, st, item.op)
+                segment.arrive(self, st, item[1])
                 return
-            elif item.event.done:
+            elif item[3].done:
                 q.popleft()
             else:
                 st.blocked = True
-                item.event.streams.append(st)
+                item[3].streams.append(st)
                 return
 
     def _unblock(self, st: Stream) -> None:
@@ -193,7 +196,7 @@ class Machine:
 
     def _join(self, run: Stream, op, device: int) -> None:
         group = op.group
-        gkey = (group_key(op), run.item.seq)
+        gkey = (group_key(op), run.item[6])
         g = self.groups.get(gkey)
         if g is None:
             g = self.groups[gkey] = Group(op, len(group))
@@ -273,9 +276,9 @@ class Machine:
         running.remove(st)
         item = st.item
         rows = self.rows
-        rows.append(new_item(OpRecord, (d, st.index, st.priority, item.op.name, st.kind, st.op_class,
-                                        item.request, item.phase, st.start, now, st.start,
-                                        st.cost.seconds)))
+        rows.append((d, st.index, st.priority, item[1].name, st.kind, st.op_class,
+                                        item[4], item[5], st.start, now, st.start,
+                                        st.cost.seconds))
         st.busy = False
         st.activity = None
         if len(rows) >= CHUNK_OPS:
@@ -296,9 +299,9 @@ class Machine:
             running.remove(st)
             if running:
                 busy.append(d)
-            rows.append(new_item(OpRecord, (d, st.index, st.priority, item.op.name, st.kind,
-                                            st.op_class, item.request, item.phase, st.start, now,
-                                            act.start, st.cost.seconds)))
+            rows.append((d, st.index, st.priority, item[1].name, st.kind,
+                                            st.op_class, item[4], item[5], st.start, now,
+                                            act.start, st.cost.seconds))
             st.busy = False
             st.activity = None
         if len(rows) >= CHUNK_OPS:
@@ -333,7 +336,7 @@ class Machine:
     def _describe_stream(self, st: Stream) -> str:
         where = f"device {st.device} stream {st.index} (priority {st.priority})"
         if st.busy:
-            op = st.item.op
+            op = StreamItem._make(st.item).op
             if st.activity is None:
                 key = group_key(op)
                 g = next((g for (k, _), g in self.groups.items() if k == key and st in g.runs), None)
@@ -341,7 +344,7 @@ class Machine:
                 missing = [d for d in op.group if d not in have]
                 return f"{where}: {describe(op)} waits for device(s) {missing} to start it"
             return f"{where}: running {describe(op)}"
-        item = st.queue[0]
+        item = StreamItem._make(st.queue[0])
         if item.kind == WAIT:
             ev = item.event
             why = "which was never recorded" if not ev.recorded else \

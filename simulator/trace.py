@@ -27,7 +27,8 @@ KEEP_ALL = -1                    # keep_ops value: keep every row
 
 
 class OpRecord(NamedTuple):
-    """One op on one device. The engine's hot path builds plain tuples in this field order."""
+    """One op on one device. The machine's hot path builds plain tuples in this field order; the
+    recorder keeps rows as OpRecords."""
     device: int
     stream: int
     priority: int
@@ -149,11 +150,11 @@ class TraceRecorder:
         self.ops += len(rows)
         self._mark(rows[-1][9])
         if self.keep_ops == KEEP_ALL:
-            self.kept.extend(rows)
+            self.kept.extend(map(OpRecord._make, rows))
         elif len(self.kept) < self.keep_ops:
             since = self.keep_from_s
             fresh = rows if rows[0][9] >= since else [r for r in rows if r[9] >= since]
-            self.kept.extend(fresh[:self.keep_ops - len(self.kept)])
+            self.kept.extend(map(OpRecord._make, fresh[:self.keep_ops - len(self.kept)]))
         n = len(rows)
         col = lambda i, dtype: np.fromiter(map(itemgetter(i), rows), dtype, n)  # noqa: E731
         device = col(0, np.int64)
