@@ -84,6 +84,7 @@ def measure(case: dict, timeout_s: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="13b,70b,7b")
+    ap.add_argument("--strategies", default="", help="comma-separated: only these strategies")
     ap.add_argument("--requests-scale", type=float, default=1.0)
     ap.add_argument("--timeout-s", type=float, default=900.0)
     ap.add_argument("--json", action="store_true", help="one JSON object per case instead of a table")
@@ -92,6 +93,8 @@ def main() -> None:
           f"{'wall_s':>8s} {'peak_mib':>9s} {'ops/s':>10s}")
     for name in args.cases.split(","):
         for case in CASES[name]:
+            if args.strategies and case["strategy"] not in args.strategies.split(","):
+                continue
             case = dict(case, requests=max(1, round(case["requests"] * args.requests_scale)))
             res = measure(case, args.timeout_s)
             if args.json:

@@ -15,9 +15,10 @@ and once per segment, not once per op per device.
 When it applies (`plan`): the members' host clocks are equal (so are their launch times), every
 collective's group is the segment's group, each member's collective sequence numbers agree, and a
 segment with communication on a machine with a shared link spans every device (no other group's
-transfer can share that link). It runs only when every member reaches it at the same time;
-otherwise its ops are put back on the member streams as single ops (`expand`). If an op starts on
-another stream of a member device while the segment runs, the segment is split at that moment
+transfer can share that link). It runs only when every member reaches it at the same time
+and nothing else runs on the members then; otherwise its ops are put back on the member streams as
+single ops (`expand`). If an op starts on another stream of a member device while the segment runs,
+the segment is split at that moment
 (`split`): finished ops are recorded, the running op becomes an ordinary running op (or collective
 activity) with its remaining work, and the rest go back on the streams, so the op-level engine takes
 over with exactly the state it would have had.
@@ -35,7 +36,7 @@ from .trace import OpRecord
 class Segment:
     """One launch_seq in flight: its ops, launch times and, once running, the planned times."""
     __slots__ = ("ops", "devices", "stream", "request", "phase", "ready", "seqs", "arrived",
-                 "state", "start", "end", "costs", "totals", "ev", "arrive_s")
+                 "state", "start", "end", "costs", "secs", "totals", "ev", "arrive_s")
 
     def __init__(self, ops, devices, stream, request, phase, ready, seqs):
         self.ops, self.devices, self.stream = ops, devices, stream
@@ -45,6 +46,7 @@ class Segment:
         self.arrived: list = []      # member streams that reached the segment
         self.state = "queued"        # queued -> running -> done, or expanded / split
         self.costs: list = []        # per op: the machine's cost entry (op, OpCost, kind, class, s)
+        self.secs: list = []         # per op: its isolated seconds
         self.totals = (0.0, 0.0)     # isolated compute and communication seconds of all ops
         self.start: list = []
         self.end: list = []
@@ -55,43 +57,48 @@ class Segment:
 def plan(m, ops, devices, stream, request, phase):
     """The Segment for this launch on Machine `m`, or None where the closed form may not hold
     (then the caller launches the ops one by one). Advances the host clocks and collective
-    counters exactly as the single launches would."""
+    counters exactly as the single launches would. A step's ops repeat a few op objects (one
+    layer's, times the layers), so the per-op work is done once per distinct op."""
     if len(ops) < 2:
         return None
     host, now = m.host_s, m.env._now
     base = host[devices[0]]
     if any(host[d] != base for d in devices):
         return None
+    ids = list(map(id, ops))
+    table: dict = {}
+    comm_ids = set()
     group = tuple(sorted(devices))
-    seqs = [0] * len(ops)
-    counters: dict = {}
-    entries = []
-    cache_get, cost_entry = m.op_cost.get, m.cost_entry
-    comm_s = compute_s = 0.0
-    for i, op in enumerate(ops):
-        hit = cache_get(id(op))
+    for op in dict(zip(ids, ops)).values():         # each distinct op object once
+        hit = m.op_cost.get(id(op))
         if hit is None or hit[0] is not op:
-            hit = cost_entry(op)
-        entries.append(hit)
-        if hit[3] != "comm":
-            compute_s += hit[4]
-            continue
-        comm_s += hit[4]
-        if tuple(sorted(op.group)) != group:
-            return None
-        key = group_key(op)
-        if key not in counters:
-            got = {m.coll_seq.get((d,) + key, 0) for d in devices}
-            if len(got) != 1:
+            hit = m.cost_entry(op)
+        table[id(op)] = hit
+        if hit[3] == "comm":
+            if tuple(sorted(op.group)) != group:
                 return None
-            counters[key] = got.pop()
-        seqs[i] = counters[key]
-        counters[key] += 1
-    if counters and m.shared and len(devices) < m.devices:
-        return None
-    for key, nxt in counters.items():
-        for d in devices:
-            m.coll_seq[(d,) + key] = nxt
+            comm_ids.add(id(op))
+    entries = list(map(table.__getitem__, ids))
+    seqs = [0] * len(ops)
+    secs = [h[4] for h in entries]
+    comm_s = 0.0
+    if comm_ids:
+        if m.shared and len(devices) < m.devices:
+            return None
+        counters: dict = {}
+        for i in [i for i, oid in enumerate(ids) if oid in comm_ids]:
+            key = group_key(ops[i])
+            if key not in counters:
+                got = {m.coll_seq.get((d,) + key, 0) for d in devices}
+                if len(got) != 1:
+                    return None
+                counters[key] = got.pop()
+            seqs[i] = counters[key]
+            counters[key] += 1
+            comm_s += secs[i]
+        for key, nxt in counters.items():
+            for d in devices:
+                m.coll_seq[(d,) + key] = nxt
     steps = np.full(len(ops) + 1, m.launch_s)
     steps[0] = base if base > now else now
     ready = np.add.accumulate(steps)[1:]          # sequential, as launch() adds them
@@ -99,7 +106,7 @@ def plan(m, ops, devices, stream, request, phase):
     for d in devices:
         host[d] = last
     seg = Segment(ops, devices, stream, request, phase, ready, seqs)
-    seg.costs, seg.totals = entries, (compute_s, comm_s)
+    seg.costs, seg.secs, seg.totals = entries, secs, (sum(secs) - comm_s, comm_s)
     return seg
 
 
@@ -117,10 +124,16 @@ def arrive(m, st, seg) -> None:
         if len(seg.devices) > 1:       # give same-time arrivals their turn, then decide
             m.env.timeout(0).callbacks.append(lambda _e: _check(m, seg))
     if len(seg.arrived) == len(seg.devices) and seg.state == "queued":
-        if now == seg.arrive_s:
+        if now == seg.arrive_s and _alone(m, seg.devices):
             _run(m, seg)
         else:
             _expand(m, seg)
+
+
+def _alone(m, devices) -> bool:
+    """Nothing else runs on `devices` (no op, no other segment), so nothing else uses their links:
+    a segment with communication spans every device where links are shared (see plan)."""
+    return all(not m.running[d] and m.seg_on[d] is None for d in devices)
 
 
 def _check(m, seg) -> None:
@@ -154,12 +167,13 @@ def _run(m, seg) -> None:
     now = m.env._now
     starts, ends = [], []
     t = now
-    for r, h in zip(seg.ready.tolist(), seg.costs):
+    starts_append, ends_append = starts.append, ends.append
+    for r, c in zip(seg.ready.tolist(), seg.secs):
         if r > t:
             t = t + (r - t)          # as the machine's wait for a launch ends
-        starts.append(t)
-        t = t + h[4]
-        ends.append(t)
+        starts_append(t)
+        t = t + c
+        ends_append(t)
     seg.start, seg.end = starts, ends
     seg.state = "running"
     m.segment_counts["run"] += 1

@@ -171,3 +171,17 @@ def test_totals_without_rows_match_the_op_level_run(key):
     _, ref = run_strategy(key, "a100-sxm4-80gb", False)
     assert len(seg.rows) == 0 and seg.total_ops == len(ref.rows)
     assert summarize(seg) == pytest.approx(summarize(ref), rel=1e-9)
+
+
+def test_a_segment_reached_while_another_stream_runs_goes_op_by_op():
+    """Stream 1 of device 0 runs d [0, 1.5] when stream 0 reaches the segment: no closed form."""
+    def host(rt):
+        s1 = rt.create_stream(0, priority=1)
+        rt.launch(op("d"), 0, s1)
+        rt.launch_seq([op("a"), op("b")], (0,), 0)
+
+    rt, seg, ref, _, _ = both(host, devices=1)
+    assert seg == ref
+    assert rt.segment_counts == {"run": 0, "expanded": 1, "split": 0}
+    a = next(r for r in seg if r[4] == "a")
+    assert a[3] > 1.0                                   # slowed beside d
