@@ -88,14 +88,6 @@ class Serving:
         """The next arrived request without blocking, or None if none is waiting."""
         return self._queue.popleft() if self._queue else None
 
-    def arrivals_done(self) -> bool:
-        """True once every request has arrived and been taken by the host."""
-        return self._sources_done and not self._queue
-
-    def pending_requests(self) -> int:
-        """Requests that have arrived and not been taken by the host."""
-        return len(self._queue)
-
     def mark_first_token(self, request: int, t: float) -> None:
         self._requests[request].first_token_s = t
 

@@ -38,12 +38,12 @@ def workload(requests=12, arrival=None, output_tokens=1, low=16, high=115):
                            "output_tokens": output_tokens}, "test")
 
 
-def run(name, m, wl, devices=2, hw=PCIE, launch_s=None, log=False, **params):
+def run(name, m, wl, devices=2, hw=PCIE, launch_s=None, log=False, segments=True, **params):
     cls = strategies.get(name)
     strategy = cls(m, devices, cls.Params(**params))
     if log:
         strategy.plan_log = []
-    rt = SimRuntime(hw, devices, launch_overhead_s=launch_s)
+    rt = SimRuntime(hw, devices, launch_overhead_s=launch_s, segments=segments)
     trace = rt.run(strategy, wl.source(np.random.default_rng(0)))
     return strategy, trace
 
@@ -79,11 +79,19 @@ def test_window_of_one_gives_the_tp_trace_exactly(shape, launch_s):
     """With one request in flight nothing is filled, and the hybrid sync wakes the host when a
     segment's last op starts: the next segment's launches are hidden under it whenever that op
     lasts at least the launch overhead, as every op of these shapes does. Then every op starts and
-    ends at exactly tp's times (same floats), including decode steps and their host syncs."""
+    ends at exactly tp's times (same floats), including decode steps and their host syncs. Op by
+    op (segments end where the two programs differ, so their one-ulp roundings would differ too);
+    with segments, to 1e-12."""
     m, wl = model(), workload(**WORKLOADS[shape])
-    _, tp = run("tp", m, wl, launch_s=launch_s)
-    liger, lg = run("liger", m, wl, launch_s=launch_s, window=1)
+    _, tp = run("tp", m, wl, launch_s=launch_s, segments=False)
+    liger, lg = run("liger", m, wl, launch_s=launch_s, segments=False, window=1)
     assert timeline(lg) == timeline(tp)
+    _, tp_seg = run("tp", m, wl, launch_s=launch_s)
+    _, lg_seg = run("liger", m, wl, launch_s=launch_s, window=1)
+    for a, b in zip(timeline(lg_seg), timeline(tp), strict=True):
+        assert a[:4] == b[:4] and a[4:] == pytest.approx(b[4:], rel=1e-12)
+    for a, b in zip(timeline(tp_seg), timeline(tp), strict=True):
+        assert a[:4] == b[:4] and a[4:] == pytest.approx(b[4:], rel=1e-12)
     assert set(lg.ops()["stream"]) == {liger.main[0]}
     assert lg.request_frame().equals(tp.request_frame())
 

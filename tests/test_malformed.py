@@ -21,17 +21,8 @@ from simulator.errors import ConfigError
 from simulator.experiment import TOP_KEYS, load_experiment
 from simulator.runner import validate_jobs
 from simulator.safe_yaml import MAX_DEPTH, parse_yaml
+from tests.test_config_errors import GOOD      # the same minimal valid experiment
 
-GOOD = {
-    "name": "t",
-    "model": {"preset": "llama-2-7b", "layers": 2},
-    "hardware": "a100-sxm4-80gb",
-    "devices": 2,
-    "seed": 0,
-    "strategies": ["tp"],
-    "workload": {"requests": 3, "arrival": {"kind": "poisson", "rate_rps": 5.0},
-                 "prompt_tokens": 64, "output_tokens": 2},
-}
 GOOD_TEXT = yaml.safe_dump(GOOD, sort_keys=False)
 HW_TEXT = open(os.path.join(os.path.dirname(__file__), "..", "hwprofiles", "a100-sxm4-80gb.yaml"),
                encoding="utf-8").read()

@@ -185,3 +185,12 @@ def test_a_segment_reached_while_another_stream_runs_goes_op_by_op():
     assert rt.segment_counts == {"run": 0, "expanded": 1, "split": 0}
     a = next(r for r in seg if r[4] == "a")
     assert a[3] > 1.0                                   # slowed beside d
+
+
+def test_delay_to_lands_on_the_exact_float():
+    from simulator.segment import delay_to
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        now = float(rng.uniform(0, 1e-3))
+        t = now + float(rng.uniform(0, 1e-3)) * float(rng.choice([1e-9, 1e-3, 1.0]))
+        assert now + delay_to(now, t) == t
