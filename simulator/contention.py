@@ -47,11 +47,21 @@ class FactorContention:
     def __init__(self, spec: ContentionSpec):
         self.slowdown = dict(spec.slowdown)
         self.low_share = spec.low_priority_share
+        self._cache: dict = {}
 
     def rates(self, running: Sequence[Running]) -> list[float]:
-        n = len(running)
-        if n == 1:
+        if len(running) == 1:
             return [1.0]
+        key = tuple([(r.op_class, r.priority) for r in running])
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) >= 4096:      # a run sees a handful of mixes; bound it anyway
+                self._cache.clear()
+            hit = self._cache[key] = self._rates(running)
+        return hit
+
+    def _rates(self, running: Sequence[Running]) -> list[float]:
+        """Rates are a function of the running ops' (class, priority) pairs, in order."""
         present = {r.op_class for r in running}
         top: dict[str, int] = {}
         for r in running:

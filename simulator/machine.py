@@ -247,10 +247,16 @@ class Machine:
             for act in self.links.get(link, ()):
                 touched[act] = None
         now = self.env._now
+        all_links = self.links
         for act in touched:
-            rate = min(r.factor for r in act.runs)
-            for link in act.links:
-                rate = min(rate, 1.0 / len(self.links[link]))
+            if act.__class__ is Stream:        # a single-device op: its device's factor
+                rate = act.factor
+            else:                              # a collective: its slowest member, its links' shares
+                rate = min([r.factor for r in act.runs])
+                for link in act.links:
+                    share = 1.0 / len(all_links[link])
+                    if share < rate:
+                        rate = share
             if rate == act.rate:
                 continue
             act.remaining -= act.rate * (now - act.last)
