@@ -91,7 +91,8 @@ class SimRuntime:
 
     def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
                  contention: ContentionModel | None = None, launch_overhead_s: float | None = None,
-                 keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0, segments: bool = True):
+                 keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0, segments: bool = True,
+                 mirror: bool = True):
         if devices < 1:
             raise ValueError("devices must be >= 1")
         self.hw = hardware
@@ -105,6 +106,7 @@ class SimRuntime:
                                hardware.interconnect.shared_link, self.recorder, segments)
         self.serving = Serving(SimClock(self.env))
         self.segment_counts = self.machine.segment_counts
+        self.mirror_groups = mirror
         if type(self).launch is SimRuntime.launch:     # the hot path: no extra call per launch
             self.launch = self.machine.launch
 
@@ -136,6 +138,14 @@ class SimRuntime:
     def try_next_request(self):
         """The next arrived request without blocking, or None if none is waiting."""
         return self.serving.try_next_request()
+
+    def mirror(self, group) -> None:
+        """The strategy's promise that every device of `group` gets the same launches, records and
+        waits as `group[0]`, each right after it: only `group[0]` is simulated and its trace rows
+        stand for the others (machine.py checks every follower's launch and record against its
+        leader's). `SimRuntime(..., mirror=False)` simulates every device anyway."""
+        if self.mirror_groups:
+            self.machine.mirror(group)
 
     def create_stream(self, device: int, priority: int = 0) -> int:
         """A new stream on `device`; returns its index (stream 0 exists already, priority 0)."""

@@ -49,6 +49,11 @@ class Machine:
         self.seg_on: list = [None] * devices   # the segment running on each device
         self.segment_counts = {"run": 0, "expanded": 0, "split": 0}
         self.end_s = 0.0                       # time of the last op end or event
+        self.mirrored = False                  # some devices mirror a leader (see mirror())
+        self.leader_of = list(range(devices))  # the device each one's work is simulated on
+        self.followers: dict = {}              # leader -> the devices that mirror it
+        self.last_issued: dict = {}            # (leader, stream) -> its last launched op or event
+        self._group_size: dict = {}            # collective group -> members simulated
 
     # ------------------------------------------------------------------------------ host side
     def host_now(self, device: int) -> float:
@@ -60,11 +65,46 @@ class Machine:
         streams.append(Stream(device, len(streams), priority))
         return len(streams) - 1
 
+    def mirror(self, group) -> None:
+        """From now on every device of `group` gets the same launches, records and waits as
+        `group[0]`, right after it (a promise of the strategy; each follower's launch is checked
+        against its leader's): only the leader is simulated and its records stand for all."""
+        group = tuple(group)
+        leader = group[0]
+        for d in group:
+            if self.leader_of[d] != d or d in self.followers or any(
+                    st.busy or st.queue for st in self.streams[d]):
+                raise SimulationError(f"mirror({group}): device {d} is already mirrored or busy; "
+                                      "declare mirrored groups before launching to them")
+        if any(self.host_s[d] != self.host_s[leader] for d in group):
+            raise SimulationError(f"mirror({group}): the devices' host clocks differ")
+        if len(group) < 2:
+            return
+        for d in group[1:]:
+            self.leader_of[d] = leader
+        self.followers[leader] = group[1:]
+        self.recorder.mirror(leader, group[1:])
+        self.mirrored = True
+        self._group_size.clear()
+
+    def _follow(self, kind: str, what, device: int, stream: int) -> None:
+        """A follower's launch or record: check it repeats its leader's last one."""
+        leader = self.leader_of[device]
+        if self.last_issued.get((leader, stream)) is not what:
+            raise SimulationError(f"device {device} mirrors device {leader} but its {kind} "
+                                  f"{getattr(what, 'name', what)!r} on stream {stream} does not "
+                                  f"repeat device {leader}'s last one")
+
     def launch(self, op, device: int, stream: int = 0, request: int = -1, phase: str = "") -> None:
         host = self.host_s
         t = host[device]
         now = self.env._now
         host[device] = t = (t if t > now else now) + self.launch_s
+        if self.mirrored:
+            if self.leader_of[device] != device:
+                self._follow("launch", op, device, stream)
+                return
+            self.last_issued[(device, stream)] = op
         st = self.streams[device][stream]
         seq = 0
         if type(op) in COMM_TYPES:
@@ -81,7 +121,13 @@ class Machine:
 
     def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
         devices = tuple(devices)
-        seg = segment.plan(self, ops, devices, stream, request, phase) if self.segments else None
+        simulated = devices
+        if self.mirrored:
+            simulated = tuple(d for d in devices if self.leader_of[d] == d)
+            if any(self.leader_of[d] not in devices for d in devices):
+                simulated = ()                  # a follower without its leader: op by op
+        seg = segment.plan(self, ops, simulated, devices, stream, request, phase) \
+            if self.segments and simulated else None
         if seg is None:
             launch = self.launch
             for op in ops:
@@ -89,16 +135,37 @@ class Machine:
                     launch(op, d, stream, request, phase)
             return
         for d in devices:
-            self.enqueue(d, stream, StreamItem(SEGMENT, seg, 0.0, None, request, phase, 0))
+            if d in simulated:
+                self.enqueue(d, stream, StreamItem(SEGMENT, seg, 0.0, None, request, phase, 0))
+            else:
+                self.host_s[d] = self.host_s[self.leader_of[d]]
+        if self.mirrored and ops:
+            for d in simulated:
+                self.last_issued[(d, stream)] = ops[-1]
 
     def record(self, event: Event, device: int, stream: int) -> None:
         if event.recorded:
             raise SimulationError(f"event {event.name!r} is recorded twice; events are single-use")
         event.recorded = True
         event.device = device
+        if self.mirrored:
+            leader = self.leader_of[device]
+            if leader != device:                # completes with the leader's event
+                twin = self.last_issued.get((leader, stream))
+                if not isinstance(twin, Event):
+                    raise SimulationError(f"device {device} mirrors device {leader} but records "
+                                          f"event {event.name!r} where device {leader} recorded none")
+                if twin.done:
+                    self.complete_event(event, twin.time)
+                else:
+                    twin.callbacks.append(lambda t, ev=event: self.complete_event(ev, t))
+                return
+            self.last_issued[(device, stream)] = event
         self.enqueue(device, stream, StreamItem(RECORD, None, self.host_now(device), event, -1, "", 0))
 
     def wait(self, device: int, stream: int, event: Event) -> None:
+        if self.mirrored and self.leader_of[device] != device:
+            return                              # the leader's wait stands for it
         self.enqueue(device, stream, StreamItem(WAIT, None, self.host_now(device), event, -1, "", 0))
 
     # ------------------------------------------------------------------------------ streams
@@ -171,9 +238,13 @@ class Machine:
         st.blocked = False
         self.advance(st)
 
-    def complete_event(self, ev: Event) -> None:
+    def complete_event(self, ev: Event, time_s: float | None = None) -> None:
+        """`ev` completes now (or, for a follower's event, at its leader's event's time)."""
         ev.done = True
-        ev.time = self.end_s = self.env._now
+        if time_s is None:
+            ev.time = self.end_s = self.env._now
+        else:
+            ev.time = time_s
         for st in ev.streams:
             st.blocked = False
             self.advance(st)
@@ -199,7 +270,12 @@ class Machine:
         gkey = (group_key(op), run.item[6])
         g = self.groups.get(gkey)
         if g is None:
-            g = self.groups[gkey] = Group(op, len(group))
+            size = len(group)
+            if self.mirrored:                  # followers' launches are their leaders'
+                size = self._group_size.get(group)
+                if size is None:
+                    size = self._group_size[group] = sum(self.leader_of[d] == d for d in group)
+            g = self.groups[gkey] = Group(op, size)
         elif g.op.bytes != op.bytes:
             raise SimulationError(f"{describe(op)} on device {device} does not match the "
                                   f"{g.op.bytes:.0f} bytes its other members launched")

@@ -48,6 +48,12 @@ class Runtime(Protocol):
         """``for op in ops: for d in devices: launch(op, d, stream, request, phase)`` (an SPMD
         launch, as a captured CUDA graph replayed on each device)."""
 
+    def mirror(self, group: Sequence[int]) -> None:
+        """A promise, made before launching to `group`: every device of it gets the same launches,
+        records and waits (on streams of the same index) as `group[0]`, each right after
+        `group[0]`'s (an SPMD program issued leader first). A runtime may then run `group[0]`
+        alone and copy its records; a real one ignores it."""
+
     def new_event(self, name: str = "") -> EventHandle:
         """A fresh event (single use: recorded once)."""
 

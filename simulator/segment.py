@@ -58,11 +58,13 @@ class Segment:
         self.arrive_s = None
 
 
-def plan(m, ops, devices, stream, request, phase):
+def plan(m, ops, devices, group_devices, stream, request, phase):
     """The Segment for this launch on Machine `m`, or None where the closed form may not hold
-    (then the caller launches the ops one by one). Advances the host clocks and collective
-    counters exactly as the single launches would. A step's ops repeat a few op objects (one
-    layer's, times the layers), so the per-op work is done once per distinct op."""
+    (then the caller launches the ops one by one). `devices` are the ones simulated,
+    `group_devices` all that the launch covers (the same, unless some mirror others). Advances the
+    host clocks and collective counters exactly as the single launches would. A step's ops repeat a
+    few op objects (one layer's, times the layers), so the per-op work is done once per distinct
+    op."""
     if len(ops) < 2:
         return None
     host, now = m.host_s, m.env._now
@@ -72,7 +74,7 @@ def plan(m, ops, devices, stream, request, phase):
     ids = list(map(id, ops))
     table: dict = {}
     comm_ids = set()
-    group = tuple(sorted(devices))
+    group = tuple(sorted(group_devices))
     for op in dict(zip(ids, ops)).values():         # each distinct op object once
         hit = m.op_cost.get(id(op))
         if hit is None or hit[0] is not op:
@@ -87,7 +89,7 @@ def plan(m, ops, devices, stream, request, phase):
     secs = [h[4] for h in entries]
     comm_s = 0.0
     if comm_ids:
-        if m.shared and len(devices) < m.devices:
+        if m.shared and len(group_devices) < m.devices:
             return None
         counters: dict = {}
         for i in [i for i, oid in enumerate(ids) if oid in comm_ids]:

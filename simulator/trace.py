@@ -130,6 +130,19 @@ class TraceRecorder:
         self.marks: list[tuple[int, float]] = [(0, 0.0)]
         self._devices = [_DeviceTotals() for _ in range(devices)]
         self._first_start: dict = {}
+        self._followers: dict = {}        # leader -> devices whose rows are copies of its rows
+        self._row_weight = 1.0            # op records a buffered row stands for, on average
+
+    def mirror(self, leader: int, followers: tuple) -> None:
+        """Rows of `leader` stand for `followers` too (a mirrored group: only the leader ran)."""
+        self._followers[leader] = tuple(followers)
+        copies = sum(len(f) for f in self._followers.values())
+        self._row_weight = len(self._devices) / (len(self._devices) - copies)
+
+    def _copies(self, rows: list) -> list:
+        """The followers' rows of leaders' rows (same op, same times, another device)."""
+        f = self._followers
+        return [(d,) + r[1:] for r in rows if r[0] in f for d in f[r[0]]]
 
     def wants_rows(self, end_s: float) -> bool:
         """Whether rows of ops ending at `end_s` may still be kept (for ops not sent as rows)."""
@@ -137,7 +150,8 @@ class TraceRecorder:
             end_s >= self.keep_from_s and len(self.kept) + len(self.buffer) < self.keep_ops)
 
     def _mark(self, end_s: float) -> None:
-        done = self.ops + len(self.buffer)     # rows waiting in the buffer ended before end_s
+        # rows waiting in the buffer ended before end_s (each stands for its copies too)
+        done = self.ops + int(len(self.buffer) * self._row_weight)
         if done - self.marks[-1][0] >= CHUNK_OPS:
             self.marks.append((done, end_s))
 
@@ -148,12 +162,16 @@ class TraceRecorder:
             self._close(horizon_s)
             return
         self.ops += len(rows)
+        if self._followers:
+            self.ops += sum(len(self._followers.get(r[0], ())) for r in rows)
         self._mark(rows[-1][9])
         if self.keep_ops == KEEP_ALL:
-            self.kept.extend(map(OpRecord._make, rows))
+            self.kept.extend(map(OpRecord._make, rows + self._copies(rows)))
         elif len(self.kept) < self.keep_ops:
             since = self.keep_from_s
             fresh = rows if rows[0][9] >= since else [r for r in rows if r[9] >= since]
+            fresh = fresh[:self.keep_ops - len(self.kept)]
+            fresh = fresh + self._copies(fresh)
             self.kept.extend(map(OpRecord._make, fresh[:self.keep_ops - len(self.kept)]))
         n = len(rows)
         col = lambda i, dtype: np.fromiter(map(itemgetter(i), rows), dtype, n)  # noqa: E731
@@ -194,7 +212,7 @@ class TraceRecorder:
         tot.compute.closed_s += compute_s
         tot.comm.closed_s += comm_s
         tot.ops += ops
-        self.ops += ops
+        self.ops += ops * (1 + len(self._followers.get(device, ())))
         self._mark(end_s)
 
     def note_start(self, request: int, start_s: float) -> None:
@@ -216,8 +234,12 @@ class TraceRecorder:
         return self._first_start.get(request)
 
     def device_stats(self) -> list[DeviceStats]:
+        source = list(range(len(self._devices)))
+        for leader, followers in self._followers.items():
+            for d in followers:
+                source[d] = leader
         return [DeviceStats(d, t.busy.total_s(), t.compute.total_s(), t.comm.total_s(), t.spin_s, t.ops)
-                for d, t in enumerate(self._devices)]
+                for d, t in ((d, self._devices[s]) for d, s in enumerate(source))]
 
 
 @dataclass

@@ -95,6 +95,7 @@ class ISO(TP):
 
     def setup(self, rt) -> None:
         self._comm = [rt.create_stream(d, COMM_PRIORITY) for d in range(self.devices)]
+        rt.mirror(tuple(range(self.devices)))      # run_program issues every device's alike
         self._lengths: dict = {}          # (batch, prompt_tokens) -> chunk lengths, per runtime
 
     # ------------------------------------------------------------------------------ splitting

@@ -133,6 +133,7 @@ class Liger(Strategy):
         p = self.params
         self.main = [rt.create_stream(d, p.main_priority) for d in self.group]
         self.sub = [rt.create_stream(d, p.sub_priority) for d in self.group]
+        rt.mirror(self.group)                  # one host program for all devices, in group order
         self.factors = {comm: self._budget_factor(rt, comm) for comm in (True, False)}
 
     def _budget_factor(self, rt, main_comm: bool) -> float:

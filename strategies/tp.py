@@ -29,6 +29,9 @@ class TP(Strategy):
     def validate(self, where: str, key: str) -> None:
         check_tp_degree(self.model, self.devices, where, key)
 
+    def setup(self, rt) -> None:
+        rt.mirror(tuple(range(self.devices)))      # every device runs the same program
+
     def host(self, rt) -> Generator:
         group = tuple(range(self.devices))
         while True:
