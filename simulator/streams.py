@@ -27,9 +27,6 @@ class StreamItem(NamedTuple):
     seq: int
 
 
-new_item = tuple.__new__          # new_item(StreamItem, (...)): a StreamItem without __new__'s call
-
-
 class Event:
     """A CUDA-like event: recorded once on a stream, completes when that stream reaches it.
     Strategies see only `name`; the rest is the machine's."""
