@@ -32,6 +32,7 @@ from .contention import ContentionModel, make_contention
 from .cost import CostModel
 from .errors import DeadlockError, SimulationError
 from .hardware import HardwareProfile
+from . import paced
 from .machine import Machine
 from .ops import Op
 from .serving import Serving
@@ -126,6 +127,13 @@ class SimRuntime:
         """Exactly ``for op in ops: for d in devices: launch(op, d, stream, request, phase)``,
         simulated as one segment where that is exact (segment.py)."""
         self.machine.launch_seq(ops, devices, stream, request, phase)
+
+    def launch_paced(self, runs, devices, stream: int = 0, request: int = -1, phase: str = "",
+                     until_arrival: bool = True) -> Generator:
+        """Launch `runs` of ops one run at a time, each once the previous run's last op is about to
+        start (paced.py states the exact host program); returns (runs launched, the last run's
+        waits and mains events). Computed in one pass where nothing else can happen meanwhile."""
+        return paced.launch_paced(self, runs, devices, stream, request, phase, until_arrival)
 
     def wait(self, device: int, stream: int, event: Event) -> None:
         """Later items on (device, stream) start only after `event` has completed."""

@@ -48,6 +48,14 @@ class Runtime(Protocol):
         """``for op in ops: for d in devices: launch(op, d, stream, request, phase)`` (an SPMD
         launch, as a captured CUDA graph replayed on each device)."""
 
+    def launch_paced(self, runs: Sequence[Sequence[Op]], devices: Sequence[int], stream: int = 0,
+                     request: int = -1, phase: str = "", until_arrival: bool = True) -> Generator:
+        """Exactly this host program: for each run, except the first, stop if `until_arrival`
+        and a request is waiting, then synchronize on the previous run's `waits`; record `waits`
+        (one event per device) before the run's last op, launch the run on every device, record
+        `mains` after it. Returns (runs launched, the last run's waits, its mains). A simulator may
+        compute it in one pass."""
+
     def mirror(self, group: Sequence[int]) -> None:
         """A promise, made before launching to `group`: every device of it gets the same launches,
         records and waits (on streams of the same index) as `group[0]`, each right after

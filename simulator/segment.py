@@ -40,7 +40,7 @@ from .trace import OpRecord
 class Segment:
     """One launch_seq in flight: its ops, launch times and, once running, the planned times."""
     __slots__ = ("ops", "devices", "stream", "request", "phase", "ready", "seqs", "arrived",
-                 "state", "start", "end", "costs", "secs", "totals", "ev", "arrive_s")
+                 "state", "start", "end", "costs", "secs", "totals", "ev", "arrive_s", "fixed")
 
     def __init__(self, ops, devices, stream, request, phase, ready, seqs):
         self.ops, self.devices, self.stream = ops, devices, stream
@@ -56,6 +56,7 @@ class Segment:
         self.end: list = []
         self.ev = None
         self.arrive_s = None
+        self.fixed = None            # (time the stream reaches it, starts, ends) planned ahead
 
 
 def plan(m, ops, devices, group_devices, stream, request, phase):
@@ -171,6 +172,10 @@ def _items(seg, first: int) -> list:
 # ------------------------------------------------------------------------------ running
 def _run(m, seg) -> None:
     now = m.env._now
+    if seg.fixed is not None and seg.fixed[0] == now:     # planned ahead (paced.py)
+        _, seg.start, seg.end = seg.fixed
+        _start(m, seg, now, seg.end[-1])
+        return
     starts, ends = [], []
     t = now
     starts_append, ends_append = starts.append, ends.append
@@ -181,11 +186,15 @@ def _run(m, seg) -> None:
         t = t + c
         ends_append(t)
     seg.start, seg.end = starts, ends
+    _start(m, seg, now, t)
+
+
+def _start(m, seg, now: float, end_s: float) -> None:
     seg.state = "running"
     m.segment_counts["run"] += 1
     for d in seg.devices:
         m.seg_on[d] = seg
-    seg.ev = m.finish_event(seg, lambda ev: _done(m, ev), delay_to(now, t))
+    seg.ev = m.finish_event(seg, lambda ev: _done(m, ev), delay_to(now, end_s))
 
 
 def _done(m, ev) -> None:

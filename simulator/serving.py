@@ -38,6 +38,7 @@ class Serving:
         self._requests: dict[int, _Pending] = {}
         self._finish_listeners: list[Callable] = []
         self.host_state = "running"          # what the host is blocked on (for deadlock reports)
+        self.next_arrival_s: Optional[float] = None   # see expect()
 
     # ------------------------------------------------------------------------------ sources
     @property
@@ -51,6 +52,12 @@ class Serving:
     def call_later(self, seconds: float, fn: Callable[[], None]) -> None:
         self.clock.call_later(seconds, fn)
 
+    def expect(self, arrival_s: Optional[float]) -> None:
+        """A source says when its next request will arrive (None: it cannot know, e.g. closed-loop
+        clients that wait for finishes). A runtime may use it to skip host work that only an
+        arrival could change (SimRuntime.launch_paced)."""
+        self.next_arrival_s = arrival_s
+
     def arrive(self, request) -> None:
         """`request` arrives now."""
         self._requests[request.id] = _Pending(request, self.clock.now)
@@ -60,6 +67,7 @@ class Serving:
     def sources_done(self) -> None:
         """No more requests will arrive."""
         self._sources_done = True
+        self.next_arrival_s = float("inf")
         self._wake()
 
     def on_finish(self, fn: Callable) -> None:
@@ -87,6 +95,10 @@ class Serving:
     def try_next_request(self):
         """The next arrived request without blocking, or None if none is waiting."""
         return self._queue.popleft() if self._queue else None
+
+    def waiting(self) -> int:
+        """Requests that have arrived and not been taken by the host."""
+        return len(self._queue)
 
     def mark_first_token(self, request: int, t: float) -> None:
         self._requests[request].first_token_s = t

@@ -94,6 +94,7 @@ class Finish(_SimEvent):
         self._value = None
         self._ok = True
         self.act = act
+        self.at = env._now + delay          # when it fires (SimPy computes the same sum)
         env.schedule(self, NORMAL, delay)
 
 

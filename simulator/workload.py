@@ -123,6 +123,7 @@ def open_loop(reqs: list[Request]):
     runtime."""
     def source(serving) -> Generator:
         for r in reqs:
+            serving.expect(r.arrival_s)
             if r.arrival_s > serving.now:
                 yield from serving.sleep(r.arrival_s - serving.now)
             serving.arrive(r)

@@ -195,6 +195,13 @@ class Liger(Strategy):
             if head.tail is not None and self.params.handoff_wait:   # its sub-stream ops first
                 for d, ev in zip(self.group, head.tail):
                     rt.wait(d, self.main[d], ev)
+        runs = self._lone_runs(window, head)
+        if runs:                               # nothing to fill: the runs up to the step's last
+            n, waits, mains = yield from rt.launch_paced(   # one, each after the previous's Wait
+                runs, self.group, self.main[0], head.req.id, head.phases[head.step_of[head.pos]],
+                until_arrival=len(window) < self.params.window)
+            head.pos += sum(len(run) for run in runs[:n])
+            return waits, mains
         segment = self._segment(head)
         main_comm = is_comm(segment[0])
         entry = None
@@ -219,6 +226,31 @@ class Liger(Strategy):
             entry.update(planned_s=planned, budget_s=budget)
         self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)   # 5.
         return waits, mains
+
+    def _lone_runs(self, window: list, f: _Flight) -> list[list[Op]]:
+        """With f alone in the window, its next iterations launch one same-class run each and fill
+        nothing: the runs from f.pos up to (not including) the run that ends the step, for
+        `launch_paced` (which is exactly those iterations; it stops where a request arrives).
+        Empty where an iteration does more: a decomposed remainder, a step's first run (its
+        cross-stream waits), the plan log, or per-device stream numbers."""
+        if len(window) != 1 or not self.params.host_sync or f.done_parts or f.pos == 0 \
+                or self.plan_log is not None or len(set(self.main)) != 1:
+            return []
+        ops, step_of = f.ops, f.step_of
+        step = step_of[f.pos]
+        if step_of[f.pos - 1] != step:
+            return []
+        runs, p = [], f.pos
+        while True:
+            comm = is_comm(ops[p])
+            q = p + 1
+            while q < len(ops) and step_of[q] == step and is_comm(ops[q]) == comm:
+                q += 1
+            if q >= len(ops) or step_of[q] != step:
+                break                          # this run ends the step: the usual path takes it
+            runs.append(ops[p:q])
+            p = q
+        return runs if len(runs) >= 2 else []
 
     @staticmethod
     def _log(entry, where: str, f: _Flight, op: Op, profiled_s: float, charged_s: float) -> None:

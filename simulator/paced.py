@@ -1,0 +1,169 @@
+"""Paced launches (`Runtime.launch_paced`): a host that launches runs of ops one run at a time,
+each once the previous run's last op is about to start, as Liger's hybrid synchronisation does.
+
+The verb means exactly this host program (`literal`):
+
+    for j, run in enumerate(runs):
+        if j:
+            if until_arrival and a request is waiting: stop
+            synchronize on waits[j-1] (one event per device)
+        record waits[j] (every device) before the run's last op; launch the run (op-major, every
+        device); record mains[j] after it
+    -> (runs launched, the last run's waits, its mains)
+
+Simulated literally, each run costs a host wake-up and a few events. `SimRuntime` computes the
+same times in one pass (`closed_form`) when nothing else can happen meanwhile: one device is
+simulated (a mirrored group), its other streams are idle, its stream holds at most the op it runs
+(alone, so its end is fixed) and event records, and the serving layer knows when the next request
+arrives. The pass follows the host clock, the records' launch times and the stream, with the float
+operations the machine performs, and stops at the first run after which the host would find a
+request waiting. Runs before that one become one segment with those times (segment.py); the host
+sleeps until the wake-up of that run and launches it literally, so the strategy continues from
+exactly the state the literal program leaves.
+"""
+from __future__ import annotations
+
+from typing import Generator
+
+import numpy as np
+
+from .segment import Segment, delay_to
+from .streams import RECORD, SEGMENT, StreamItem, group_key
+
+
+def literal(rt, runs, devices, stream, request, phase, until_arrival, first: int = 0) -> Generator:
+    """The host program itself, from run `first` (whose host wake-up is now)."""
+    waits = mains = None
+    for j in range(first, len(runs)):
+        run = runs[j]
+        if j > first:
+            if until_arrival and rt.serving.waiting():
+                return j, waits, mains
+            for ev in waits:
+                yield from rt.synchronize(ev)
+        waits = [rt.new_event(f"wait.r{request}") for _ in devices]
+        mains = [rt.new_event(f"main.r{request}") for _ in devices]
+        for i, op in enumerate(run):
+            if i == len(run) - 1:
+                for ev, d in zip(waits, devices):
+                    rt.record(ev, d, stream)
+            for d in devices:
+                rt.launch(op, d, stream, request, phase)
+        for ev, d in zip(mains, devices):
+            rt.record(ev, d, stream)
+    return len(runs), waits, mains
+
+
+def launch_paced(rt, runs, devices, stream, request, phase, until_arrival) -> Generator:
+    devices = tuple(devices)
+    plan = closed_form(rt, runs, devices, stream, until_arrival)
+    if plan is None:
+        return (yield from literal(rt, runs, devices, stream, request, phase, until_arrival))
+    k, wake_s, host_s, seg = plan
+    m = rt.machine
+    if seg is not None:
+        seg.request, seg.phase = request, phase
+        m.enqueue(seg.devices[0], stream, StreamItem(SEGMENT, seg, 0.0, None, request, phase, 0))
+        for d in devices:
+            m.host_s[d] = host_s
+        m.segment_counts["paced_runs"] = m.segment_counts.get("paced_runs", 0) + k
+    now = rt.env.now
+    if wake_s > now:
+        yield rt.env.timeout(delay_to(now, wake_s))
+    return (yield from literal(rt, runs, devices, stream, request, phase, until_arrival, first=k))
+
+
+def closed_form(rt, runs, devices, stream, until_arrival):
+    """(k, wake-up of run k, host clock then, Segment of runs[:k] or None), or None where the
+    literal program must run (module docstring)."""
+    m = rt.machine
+    if not m.segments or len(runs) < 2:
+        return None
+    simulated = [d for d in devices if m.leader_of[d] == d]
+    if len(simulated) != 1 or any(m.leader_of[d] != simulated[0] for d in devices):
+        return None
+    dev = simulated[0]
+    arrival = rt.serving.next_arrival_s
+    if until_arrival and (arrival is None or rt.serving.waiting()):
+        return None
+    if not until_arrival:
+        arrival = float("inf")
+    st = m.streams[dev][stream]
+    if m.seg_on[dev] is not None or any(o.busy or o.queue for o in m.streams[dev] if o is not st):
+        return None
+    now = m.env._now
+    t = now
+    if st.busy:
+        if len(m.running[dev]) != 1 or st.activity is None or st.activity.ev is None:
+            return None
+        t = st.activity.ev.at                     # it runs alone: its end is fixed
+    for item in st.queue:
+        if item[0] != RECORD:
+            return None
+        if item[2] > t:
+            t = t + (item[2] - t)
+    free_s = t                                    # when the stream reaches the first op
+    group = tuple(sorted(devices))
+    cost_of, cost_entry = m.op_cost.get, m.cost_entry
+    h, w, launch_s = m.host_s[dev], now, m.launch_s
+    ops, entries, readys, starts, ends = [], [], [], [], []
+    k = len(runs) - 1
+    for j, run in enumerate(runs):
+        if j == len(runs) - 1 or (until_arrival and arrival <= w):
+            k = j
+            break
+        last = len(run) - 1
+        for i, op in enumerate(run):
+            if i == last:                         # the waits record: reached when the stream is
+                ready = h if h > w else w
+                if ready > t:
+                    t = t + (ready - t)
+                wait_s = t
+            h = (h if h > w else w) + launch_s
+            if h > t:
+                t = t + (h - t)
+            hit = cost_of(id(op))
+            if hit is None or hit[0] is not op:
+                hit = cost_entry(op)
+            if hit[3] == "comm" and tuple(sorted(op.group)) != group:
+                return None
+            ops.append(op)
+            entries.append(hit)
+            readys.append(h)
+            starts.append(t)
+            t = t + hit[4]
+            ends.append(t)
+        ready = h if h > w else w                 # the mains record, after the run
+        if ready > t:
+            t = t + (ready - t)
+        if wait_s > w:                            # the host wakes when the waits complete
+            w = wait_s
+        if h > w:                                 # ... and its own launches are issued
+            w = w + (h - w)
+    if k == 0:
+        return None
+    return k, w, h, _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends)
+
+
+def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends) -> Segment:
+    """The runs' ops as a segment with its times fixed (the collective counters advance as the
+    launches would)."""
+    seqs = [0] * len(ops)
+    counters: dict = {}
+    comm_s = 0.0
+    for i, (op, hit) in enumerate(zip(ops, entries)):
+        if hit[3] == "comm":
+            key = group_key(op)
+            seq_key = (dev,) + key
+            if key not in counters:
+                counters[key] = m.coll_seq.get(seq_key, 0)
+            seqs[i] = counters[key]
+            counters[key] += 1
+            comm_s += hit[4]
+    for key, nxt in counters.items():
+        m.coll_seq[(dev,) + key] = nxt
+    seg = Segment(ops, (dev,), stream, -1, "", np.asarray(readys), seqs)
+    secs = [h[4] for h in entries]
+    seg.costs, seg.secs, seg.totals = entries, secs, (sum(secs) - comm_s, comm_s)
+    seg.fixed = (free_s, starts, ends)
+    return seg

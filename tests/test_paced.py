@@ -1,0 +1,72 @@
+"""Paced launches (simulator/paced.py): the one-pass form must give exactly the host program it
+stands for, including where it stops for an arriving request."""
+from __future__ import annotations
+
+import pytest
+
+from simulator.engine import SimRuntime
+from simulator.workload import Request, open_loop
+from tests.test_engine import Program, StubCost, ar, op, profile
+
+TABLE = {"a": (1.0, "compute"), "b": (0.25, "compute"), "c": (2.0, "compute"),
+         "ar": (0.5, "comm"), "x": (1.0, "compute")}
+
+
+def program(results, until_arrival=True):
+    def host(rt):
+        rt.mirror((0, 1))
+        runs = [[op("a"), op("b")], [ar("ar", (0, 1))], [op("c"), op("b"), op("a")],
+                [ar("ar", (0, 1))], [op("b")], [op("a"), op("c")]]
+        n, waits, mains = yield from rt.launch_paced(runs, (0, 1), 0, 0, "decode",
+                                                     until_arrival=until_arrival)
+        results.append((n, rt.now, [e.name for e in waits]))
+        req = rt.try_next_request()
+        while req is None:
+            req = yield from rt.next_request()
+            if req is None:
+                return
+        yield from rt.synchronize(mains[0])
+        x = op("x")
+        for d in (0, 1):
+            rt.launch(x, d, 0, req.id, "prefill")
+        done = rt.new_event("x")
+        rt.record(done, 0, 0)
+        rt.first_token_when(req.id, done)
+        rt.finish_when(req.id, done)
+    return host
+
+
+def run(segments, arrival_s, launch_s, until_arrival=True):
+    results = []
+    rt = SimRuntime(profile(), 2, cost=StubCost(TABLE), launch_overhead_s=launch_s,
+                    segments=segments)
+    trace = rt.run(Program(program(results, until_arrival)),
+                   open_loop([Request(7, arrival_s, 16, 1)]))
+    rows = sorted((r.device, r.stream, r.start_s, r.end_s, r.name, r.request) for r in trace.records())
+    return rt, rows, results, trace
+
+
+@pytest.mark.parametrize("launch_s", [0.0, 0.3, 1.5], ids=["no launch cost", "hidden", "host-bound"])
+@pytest.mark.parametrize("arrival_s", [0.0, 0.9, 2.6, 4.0, 50.0])
+def test_one_pass_equals_the_host_program(arrival_s, launch_s):
+    rt, fast, fast_res, fast_trace = run(True, arrival_s, launch_s)
+    _, slow, slow_res, slow_trace = run(False, arrival_s, launch_s)
+    assert fast == slow
+    assert fast_res == slow_res
+    assert fast_trace.requests == slow_trace.requests
+
+
+def test_it_stops_after_the_run_that_finds_a_request_waiting():
+    """Launch cost 0: run j is launched when run j-1's last op starts: a [0,1] b [1,1.25], so run 1
+    (ar) is launched at 1.0 and the host finds the request of t=0.9 waiting after it: 2 runs."""
+    rt, rows, res, _ = run(True, 0.9, 0.0)
+    assert res[0][0] == 2 and res[0][1] == 1.0
+    rt, rows, res, _ = run(True, 0.9, 0.0, until_arrival=False)
+    assert res[0][0] == 6
+
+
+def test_the_one_pass_form_is_taken_where_it_applies():
+    rt, *_ = run(True, 50.0, 0.3)
+    assert rt.segment_counts.get("paced_runs", 0) == 5     # all but the last run, in one segment
+    rt, *_ = run(False, 50.0, 0.3)
+    assert rt.segment_counts.get("paced_runs", 0) == 0
