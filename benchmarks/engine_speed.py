@@ -1,7 +1,8 @@
 """Engine speed: simulated ops per wall second of the op-level machine on a tensor-parallel run of
->= 1M ops (segments off, no rows kept: every op is simulated one by one and folded into the
-totals), beside the rate of a bare SimPy timeout loop measured in the same process (the ceiling
-for any SimPy model). The same run with segments on is reported too.
+>= 1M ops (segments and mirroring off, no rows kept: every op on every device is simulated one
+by one and folded into the totals), beside the rate of a bare SimPy timeout loop measured in the
+same process (the ceiling for any SimPy model). The same run with mirrored devices, and with
+segments too, is reported after.
 
     python benchmarks/engine_speed.py [--ops 1000000] [--devices 2]
 
@@ -36,7 +37,8 @@ def bare_simpy_rate(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def engine_rate(target_ops: int, devices: int, segments: bool = False) -> tuple[int, float, float, float]:
+def engine_rate(target_ops: int, devices: int, segments: bool = False,
+                mirror: bool = False) -> tuple[int, float, float, float]:
     """(ops, wall s of the run, ops/s of the run, ops/s of the run and its metrics)."""
     hw = load_hardware("a100-sxm4-80gb")
     model = load_model("llama-2-7b")
@@ -47,7 +49,7 @@ def engine_rate(target_ops: int, devices: int, segments: bool = False) -> tuple[
     requests = max(1, -(-target_ops // per_request))
     wl = Workload(requests, "poisson", 50.0, 1, LengthDist("fixed", 256, 256, 256),
                   LengthDist("fixed", steps, steps, steps))
-    rt = SimRuntime(hw, devices, keep_ops=0, segments=segments)
+    rt = SimRuntime(hw, devices, keep_ops=0, segments=segments, mirror=mirror)
     t0 = time.perf_counter()
     trace = rt.run(TP(model, devices), wl.source(np.random.default_rng(0)))
     wall = time.perf_counter() - t0
@@ -76,8 +78,11 @@ def main() -> None:
     with_metrics = sorted(r[3] for r in runs)
     print(f"run and its metrics (summarize): median {with_metrics[len(with_metrics) // 2]:,.0f} ops/s")
     print(f"ratio engine/bare (medians): {rates[len(rates) // 2] / bare[len(bare) // 2]:.3f}")
-    seg = engine_rate(args.ops, args.devices, segments=True)
-    print(f"same run with segments: {seg[2]:,.0f} simulated ops/s ({seg[1]:.2f} s)")
+    mir = engine_rate(args.ops, args.devices, mirror=True)
+    print(f"same run with mirrored devices: {mir[2]:,.0f} simulated ops/s ({mir[1]:.2f} s)")
+    seg = engine_rate(args.ops, args.devices, segments=True, mirror=True)
+    print(f"same run with segments and mirrored devices: {seg[2]:,.0f} simulated ops/s "
+          f"({seg[1]:.2f} s)")
 
 
 if __name__ == "__main__":
