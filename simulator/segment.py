@@ -176,17 +176,24 @@ def _run(m, seg) -> None:
         _, seg.start, seg.end = seg.fixed
         _start(m, seg, now, seg.end[-1])
         return
-    starts, ends = [], []
-    t = now
+    seg.start, seg.end = times(seg.ready, seg.secs, now)
+    _start(m, seg, now, seg.end[-1])
+
+
+def times(ready: np.ndarray, secs: list, t: float) -> tuple[list, list]:
+    """Start and end of each op, from the stream reaching the first at `t`: the machine's own
+    recurrence `if r > t: t = t + (r - t); start = t; t = t + c; end = t` (a plain loop: at about
+    40 ns an op it beats a vectorised running sum on steps of a few hundred ops)."""
+    starts: list = []
+    ends: list = []
     starts_append, ends_append = starts.append, ends.append
-    for r, c in zip(seg.ready.tolist(), seg.secs):
+    for r, c in zip(ready.tolist(), secs):
         if r > t:
             t = t + (r - t)          # as the machine's wait for a launch ends
         starts_append(t)
         t = t + c
         ends_append(t)
-    seg.start, seg.end = starts, ends
-    _start(m, seg, now, t)
+    return starts, ends
 
 
 def _start(m, seg, now: float, end_s: float) -> None:

@@ -194,3 +194,25 @@ def test_delay_to_lands_on_the_exact_float():
         now = float(rng.uniform(0, 1e-3))
         t = now + float(rng.uniform(0, 1e-3)) * float(rng.choice([1e-9, 1e-3, 1.0]))
         assert now + delay_to(now, t) == t
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_times_equal_the_op_by_op_recurrence_bit_for_bit(seed):
+    """`times` gives the op-by-op recurrence's very floats, also where launches bind late."""
+    from simulator.segment import times
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    secs = rng.exponential(5e-6, n).tolist()
+    launch = float(rng.choice([0.0, 2e-6, 4.5e-6, 9e-6]))
+    ready = np.add.accumulate(np.r_[float(rng.uniform(0, 1e-3)), np.full(n, launch)])[1:]
+    t = float(rng.uniform(0, 2e-3))
+    want_s, want_e = [], []
+    u = t
+    for r, c in zip(ready.tolist(), secs):
+        if r > u:
+            u = u + (r - u)
+        want_s.append(u)
+        u = u + c
+        want_e.append(u)
+    got_s, got_e = times(ready, secs, t)
+    assert got_s == want_s and got_e == want_e
