@@ -43,6 +43,7 @@ With one request in the window the host program issues the same ops in the same 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Generator, Optional
 
 from simulator.model import check_tp_degree
@@ -388,10 +389,12 @@ def _when_all(rt, events: list, mark) -> None:
         rt.when(ev, lambda t, ev=ev: seen(ev, t))
 
 
+@lru_cache(maxsize=4096)
 def _slice(op: Gemm, lo: int, hi: int, parts: int) -> Gemm:
     """Parts [lo, hi) of `parts` equal slices of `op` along its output dimension n.
 
     Slice boundaries are floor(n * j / parts), so the slices of one GEMM tile n exactly and their
-    flops add up to the original's (as `Gemm.split_n`, named `name[taken/parts]`)."""
+    flops add up to the original's (as `Gemm.split_n`, named `name[taken/parts]`). Cached: ops are
+    values, and the same piece recurs every layer."""
     cols = op.n * hi // parts - op.n * lo // parts
     return replace(op, n=cols, name=f"{op.name}[{hi - lo}/{parts}]")
