@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from . import segment
+from . import mirror, segment
 from .errors import SimulationError
 from .ops import COMM_TYPES
 from .streams import (OP, RECORD, SEGMENT, WAIT, Activity, Event, Finish, Group, Stream,
-                      StreamItem, describe, group_key)
+                      StreamItem, describe, describe_stream, group_key)
 from .trace import CHUNK_OPS, TraceRecorder
 
 OP_CACHE_ENTRIES = 4096        # ops whose (cost, kind, class) the machine keeps by identity
@@ -53,7 +53,7 @@ class Machine:
         self.leader_of = list(range(devices))  # the device each one's work is simulated on
         self.followers: dict = {}              # leader -> the devices that mirror it
         self.last_issued: dict = {}            # (leader, stream) -> its last launched op or event
-        self._group_size: dict = {}            # collective group -> members simulated
+        self.group_size: dict = {}            # collective group -> members simulated
 
     # ------------------------------------------------------------------------------ host side
     def host_now(self, device: int) -> float:
@@ -66,34 +66,8 @@ class Machine:
         return len(streams) - 1
 
     def mirror(self, group) -> None:
-        """From now on every device of `group` gets the same launches, records and waits as
-        `group[0]`, right after it (a promise of the strategy; each follower's launch is checked
-        against its leader's): only the leader is simulated and its records stand for all."""
-        group = tuple(group)
-        leader = group[0]
-        for d in group:
-            if self.leader_of[d] != d or d in self.followers or any(
-                    st.busy or st.queue for st in self.streams[d]):
-                raise SimulationError(f"mirror({group}): device {d} is already mirrored or busy; "
-                                      "declare mirrored groups before launching to them")
-        if any(self.host_s[d] != self.host_s[leader] for d in group):
-            raise SimulationError(f"mirror({group}): the devices' host clocks differ")
-        if len(group) < 2:
-            return
-        for d in group[1:]:
-            self.leader_of[d] = leader
-        self.followers[leader] = group[1:]
-        self.recorder.mirror(leader, group[1:])
-        self.mirrored = True
-        self._group_size.clear()
-
-    def _follow(self, kind: str, what, device: int, stream: int) -> None:
-        """A follower's launch or record: check it repeats its leader's last one."""
-        leader = self.leader_of[device]
-        if self.last_issued.get((leader, stream)) is not what:
-            raise SimulationError(f"device {device} mirrors device {leader} but its {kind} "
-                                  f"{getattr(what, 'name', what)!r} on stream {stream} does not "
-                                  f"repeat device {leader}'s last one")
+        """See mirror.declare."""
+        mirror.declare(self, group)
 
     def launch(self, op, device: int, stream: int = 0, request: int = -1, phase: str = "") -> None:
         host = self.host_s
@@ -102,7 +76,7 @@ class Machine:
         host[device] = t = (t if t > now else now) + self.launch_s
         if self.mirrored:
             if self.leader_of[device] != device:
-                self._follow("launch", op, device, stream)
+                mirror.check_follower(self, "launch", op, device, stream)
                 return
             self.last_issued[(device, stream)] = op
         st = self.streams[device][stream]
@@ -272,9 +246,9 @@ class Machine:
         if g is None:
             size = len(group)
             if self.mirrored:                  # followers' launches are their leaders'
-                size = self._group_size.get(group)
+                size = self.group_size.get(group)
                 if size is None:
-                    size = self._group_size[group] = sum(self.leader_of[d] == d for d in group)
+                    size = self.group_size[group] = sum(self.leader_of[d] == d for d in group)
             g = self.groups[gkey] = Group(op, size)
         elif g.op.bytes != op.bytes:
             raise SimulationError(f"{describe(op)} on device {device} does not match the "
@@ -412,28 +386,5 @@ class Machine:
     # ------------------------------------------------------------------------------ diagnosis
     def stuck(self) -> list[str]:
         """A line per stream with work left (for deadlock reports)."""
-        return [self._describe_stream(st) for streams in self.streams for st in streams
+        return [describe_stream(st, self.groups) for streams in self.streams for st in streams
                 if st.busy or st.queue]
-
-    def _describe_stream(self, st: Stream) -> str:
-        where = f"device {st.device} stream {st.index} (priority {st.priority})"
-        if st.busy:
-            op = StreamItem._make(st.item).op
-            if st.activity is None:
-                key = group_key(op)
-                g = next((g for (k, _), g in self.groups.items() if k == key and st in g.runs), None)
-                have = {r.device for r in g.runs} if g else {st.device}
-                missing = [d for d in op.group if d not in have]
-                return f"{where}: {describe(op)} waits for device(s) {missing} to start it"
-            return f"{where}: running {describe(op)}"
-        item = StreamItem._make(st.queue[0])
-        if item.kind == WAIT:
-            ev = item.event
-            why = "which was never recorded" if not ev.recorded else \
-                f"recorded on device {ev.device} but not yet reached"
-            return f"{where}: head waits on event {ev.name!r} {why}"
-        if item.kind == OP:
-            return f"{where}: head {describe(item.op)} not started"
-        if item.kind == SEGMENT:
-            return f"{where}: head is a sequence of {len(item.op.ops)} ops, not started"
-        return f"{where}: head records event {item.event.name!r}"

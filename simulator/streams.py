@@ -109,3 +109,29 @@ def describe(op) -> str:
 def group_key(op) -> tuple:
     """What identifies a collective's group for NCCL-style matching."""
     return (type(op).__name__, getattr(op, "kind", ""), op.group)
+
+
+def describe_stream(st: Stream, groups: dict) -> str:
+    """What a stream with work left is stuck on (deadlock reports); `groups`: the machine's
+    collective instances waiting for members."""
+    where = f"device {st.device} stream {st.index} (priority {st.priority})"
+    if st.busy:
+        op = StreamItem._make(st.item).op
+        if st.activity is None:
+            key = group_key(op)
+            g = next((g for (k, _), g in groups.items() if k == key and st in g.runs), None)
+            have = {r.device for r in g.runs} if g else {st.device}
+            missing = [d for d in op.group if d not in have]
+            return f"{where}: {describe(op)} waits for device(s) {missing} to start it"
+        return f"{where}: running {describe(op)}"
+    item = StreamItem._make(st.queue[0])
+    if item.kind == WAIT:
+        ev = item.event
+        why = "which was never recorded" if not ev.recorded else \
+            f"recorded on device {ev.device} but not yet reached"
+        return f"{where}: head waits on event {ev.name!r} {why}"
+    if item.kind == OP:
+        return f"{where}: head {describe(item.op)} not started"
+    if item.kind == SEGMENT:
+        return f"{where}: head is a sequence of {len(item.op.ops)} ops, not started"
+    return f"{where}: head records event {item.event.name!r}"
