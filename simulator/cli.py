@@ -164,6 +164,8 @@ def _run(args) -> int:
     for note in report.written.notes:
         print(note)
     written = ["summary.csv", "requests.csv"] + [os.path.basename(f) for f in report.written.files]
+    if report.plan.options.trace == "full":
+        written.append("ops/ (every op row of the timeline point's jobs, gzipped CSV)")
     print(f"\nwrote in {out}/: " + ", ".join(written))
     return EXIT_FAILED if report.failed else EXIT_OK
 

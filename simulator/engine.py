@@ -88,12 +88,13 @@ class SimRuntime:
     """The simulated machine: `devices` devices of `hardware`, costed by `cost`, as a Runtime.
 
     `keep_ops`: full op rows to keep in the trace (KEEP_ALL, or the first N that end at or after
-    `keep_from_s`; totals cover every op either way); `segments`: simulate `launch_seq` sequences as segments where exact."""
+    `keep_from_s`; totals cover every op either way); `spill_path`: also write every row to this
+    gzipped CSV, chunk by chunk; `segments`: simulate `launch_seq` sequences as segments where exact."""
 
     def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
                  contention: ContentionModel | None = None, launch_overhead_s: float | None = None,
                  keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0, segments: bool = True,
-                 mirror: bool = True):
+                 mirror: bool = True, spill_path: str | None = None):
         if devices < 1:
             raise ValueError("devices must be >= 1")
         self.hw = hardware
@@ -102,7 +103,7 @@ class SimRuntime:
         self.cost = cost or CostModel(hardware)
         self.contention = contention or make_contention(hardware.contention)
         launch_s = hardware.launch_overhead_s if launch_overhead_s is None else launch_overhead_s
-        self.recorder = TraceRecorder(devices, keep_ops, keep_from_s)
+        self.recorder = TraceRecorder(devices, keep_ops, keep_from_s, spill_path)
         self.machine = Machine(self.env, devices, self.cost, self.contention, launch_s,
                                hardware.interconnect.shared_link, self.recorder, segments)
         self.serving = Serving(SimClock(self.env))
@@ -245,6 +246,7 @@ class SimRuntime:
     def _trace(self) -> Trace:
         rec = self.recorder
         rec.fold(float("inf"))
+        rec.close()
         meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self.machine.end_s,
                 "ops": rec.ops, "marks": rec.marks, "rows_from_s": rec.keep_from_s}
         return Trace(rec.kept, self.serving.records(rec.first_start), meta, rec.device_stats())

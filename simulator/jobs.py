@@ -93,10 +93,13 @@ def _max_context(workload: Workload, seed: int) -> int:
     return max(r.prompt_tokens + r.output_tokens for r in reqs) if reqs else 1
 
 
-def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0) -> Trace:
+def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
+             spill_path: str | None = None) -> Trace:
     """Run one built job in a fresh SimRuntime, keeping `keep_ops` full op rows (KEEP_ALL: all)
-    from `keep_from_s` on; metrics come from the recorder's totals either way."""
-    rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s)
+    from `keep_from_s` on, and writing every row to `spill_path` if given; metrics come from the
+    recorder's totals either way."""
+    rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
+                    spill_path=spill_path)
     source = built.workload.source(np.random.default_rng(built.seed))
     return rt.run(built.strategy, source)
 

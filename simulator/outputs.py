@@ -45,7 +45,9 @@ from .experiment import read_yaml
 from .io import write_csv, write_text
 from .plots import plot_latency_throughput, plot_timeline, stream_rows, timeline_window  # noqa: F401
 
-OUTPUT_KEYS = ("timeline_window_s", "timeline_ops", "timeline_point", "trace_max_events", "slo_s")
+OUTPUT_KEYS = ("timeline_window_s", "timeline_ops", "timeline_point", "trace_max_events", "slo_s",
+               "trace")
+TRACE_MODES = ("window", "full")
 FILES = ("latency_throughput.png", "timeline.png", "trace.json", "compare.csv")
 POINT_KEY = "outputs.timeline_point"
 
@@ -58,6 +60,7 @@ class OutputOptions:
     trace_max_events: int = 50_000
     slo_s: Optional[float] = None
     timeline_point: Union[None, int, tuple] = None     # an index, or ((axis, value), ...)
+    trace: str = "window"        # "full": every op row of the traced jobs to OUT/ops/LABEL.csv.gz
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,11 @@ def validate_outputs(path: str) -> OutputOptions:
             raise ConfigError(path, key, f"need 0 <= start < end, got {window!r}")
         window = (float(window[0]), float(window[1]))
     out = {"timeline_window_s": window}
+    if "trace" in raw:
+        if raw["trace"] not in TRACE_MODES:
+            raise ConfigError(path, "outputs.trace", f"expected one of {', '.join(TRACE_MODES)}, "
+                              f"got {raw['trace']!r}")
+        out["trace"] = raw["trace"]
     for k, lo in (("timeline_ops", 1), ("trace_max_events", 1)):
         if k in raw:
             v = raw[k]

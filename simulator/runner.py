@@ -14,6 +14,7 @@ internal error) is recorded with its error (status ``failed``) and the others go
 from __future__ import annotations
 
 import os
+import re
 import pickle
 import sys
 import tempfile
@@ -63,11 +64,13 @@ def _base_row(job: Job) -> dict:
     return base
 
 
-def run_job(job: Job, keep_trace: bool = False) -> JobResult:
+def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None) -> JobResult:
+    """Simulate one job; `keep_trace`: keep op rows for the timeline and trace.json;
+    `spill_path`: write every op row there (outputs.trace: full)."""
     base = _base_row(job)
     try:
         built = build(job)
-        trace = simulate(built, TRACE_ROWS if keep_trace else 0)
+        trace = simulate(built, TRACE_ROWS if keep_trace else 0, spill_path=spill_path)
         if keep_trace and not trace.complete:
             trace = _middle_rows(job, trace)
     except (ConfigError, SimulationError) as exc:
@@ -120,8 +123,13 @@ def _store(out_dir: str, job: Job, res: JobResult) -> None:
 
 
 def _work(args):
-    job, keep = args
-    return run_job(job, keep)
+    job, keep, spill = args
+    return run_job(job, keep, spill)
+
+
+def ops_file(out_dir: str, job: Job) -> str:
+    """Where outputs.trace: full puts a traced job's op rows."""
+    return os.path.join(out_dir, "ops", re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", job.label) + ".csv.gz")
 
 
 @dataclass(frozen=True)
@@ -231,7 +239,9 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
             todo.append(job)
     bar = Progress(len(plan.feasible), os.path.basename(path), enabled=progress)
     bar.update(len(plan.feasible) - len(todo), "cached")
-    args = [(job, job.index in traced) for job in todo]
+    full = plan.options.trace == "full"
+    args = [(job, job.index in traced, ops_file(out_dir, job) if full and job.index in traced
+             else None) for job in todo]
     try:
         if workers > 1 and len(todo) > 1:
             run_in_pool(_work, args, workers,

@@ -4,7 +4,7 @@ Per-op records (`OpRecord`, one per op per device it ran on) stream through a `T
 the run goes: it folds them, a chunk at a time, into per-device totals (busy, compute,
 communication and spin seconds, the metrics' inputs) and per-request first starts, and keeps full
 rows only as far as `keep_ops` says (the timeline and Perfetto window of the outputs), so a run's
-memory does not grow with its number of ops. Per-request records (`RequestRecord`) are kept for every
+memory does not grow with its number of ops; `spill_path` streams every row to a gzipped CSV. Per-request records (`RequestRecord`) are kept for every
 request.
 
 Times are seconds from the start of the run. For a collective or send/recv, `start_s` is when the op
@@ -13,6 +13,9 @@ when every member had started.
 """
 from __future__ import annotations
 
+import csv
+import gzip
+import os
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Iterable, NamedTuple, Optional
@@ -121,8 +124,16 @@ class TraceRecorder:
     recorded (in end-time order) that end at or after `keep_from_s`. `marks` notes, every
     `CHUNK_OPS` ops or so, (ops recorded so far, the time then), to find a time by op count."""
 
-    def __init__(self, devices: int, keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0):
+    def __init__(self, devices: int, keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0,
+                 spill_path: Optional[str] = None):
         self.buffer: list = []
+        self.spill_path = spill_path      # every row also goes here, a chunk at a time (CSV, gzip)
+        self._spill = None
+        if spill_path is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(spill_path)), exist_ok=True)
+            self._spill = gzip.open(spill_path + ".part", "wt", newline="", compresslevel=1)
+            self._spill_csv = csv.writer(self._spill)
+            self._spill_csv.writerow(COLUMNS)
         self.keep_ops = keep_ops
         self.keep_from_s = keep_from_s
         self.kept: list = []
@@ -146,7 +157,7 @@ class TraceRecorder:
 
     def wants_rows(self, end_s: float) -> bool:
         """Whether rows of ops ending at `end_s` may still be kept (for ops not sent as rows)."""
-        return self.keep_ops == KEEP_ALL or (
+        return self.keep_ops == KEEP_ALL or self._spill is not None or (
             end_s >= self.keep_from_s and len(self.kept) + len(self.buffer) < self.keep_ops)
 
     def _mark(self, end_s: float) -> None:
@@ -164,6 +175,9 @@ class TraceRecorder:
         self.ops += len(rows)
         if self._followers:
             self.ops += sum(len(self._followers.get(r[0], ())) for r in rows)
+        if self._spill is not None:
+            self._spill_csv.writerows(rows)
+            self._spill_csv.writerows(self._copies(rows))
         self._mark(rows[-1][9])
         if self.keep_ops == KEEP_ALL:
             self.kept.extend(map(OpRecord._make, rows + self._copies(rows)))
@@ -228,6 +242,13 @@ class TraceRecorder:
             for u in (tot.busy, tot.compute, tot.comm):
                 if len(u.open_start):
                     u.add(empty, empty, horizon_s)
+
+    def close(self) -> None:
+        """Finish the spilled rows' file (written whole, then renamed into place)."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+            os.replace(self.spill_path + ".part", self.spill_path)
 
     def first_start(self, request: int) -> Optional[float]:
         """The earliest start of any op of `request` folded so far (None if it ran none)."""

@@ -66,7 +66,8 @@ def test_rerun_uses_cache_and_gives_same_result(exp_file, tmp_path, monkeypatch)
     import simulator.runner as runner
     calls = []
     real = runner.run_job
-    monkeypatch.setattr(runner, "run_job", lambda job, keep=False: calls.append(job) or real(job, keep))
+    monkeypatch.setattr(runner, "run_job",
+                        lambda job, keep=False, spill=None: calls.append(job) or real(job, keep, spill))
     second = run_experiment(exp_file, out, progress=False, traced=set())
     assert calls == []                                   # every point came from the cache
     pd.testing.assert_frame_equal(first, second)
@@ -81,7 +82,8 @@ def test_changed_point_is_recomputed(exp_file, tmp_path, monkeypatch):
     import simulator.runner as runner
     calls = []
     real = runner.run_job
-    monkeypatch.setattr(runner, "run_job", lambda job, keep=False: calls.append(job) or real(job, keep))
+    monkeypatch.setattr(runner, "run_job",
+                        lambda job, keep=False, spill=None: calls.append(job) or real(job, keep, spill))
     run_experiment(str(path), out, progress=False, traced=set())
     assert len(calls) == 4
 
@@ -165,3 +167,31 @@ def test_a_long_traced_job_keeps_a_bounded_stretch_from_its_middle(tmp_path, mon
     assert cut.row.keys() == whole.row.keys()
     for k, v in whole.row.items():
         assert cut.row[k] == (pytest.approx(v, rel=1e-9) if isinstance(v, float) else v), k
+
+
+def test_outputs_trace_full_streams_every_op_row_to_disk(tmp_path):
+    """outputs.trace: full writes each traced job's rows, all of them, as a gzipped CSV."""
+    import gzip
+
+    import pandas as pd
+
+    from simulator import runner
+    from simulator.trace import COLUMNS
+    path = tmp_path / "e.yaml"
+    path.write_text("model: {preset: llama-2-7b, layers: 2}\nhardware: a100-sxm4-80gb\ndevices: 2\n"
+                    "strategies: [tp, iso]\nworkload: {requests: 5, arrival: {kind: poisson,"
+                    " rate_rps: 50}, prompt_tokens: 256, output_tokens: 3}\noutputs: {trace: full}\n")
+    out = tmp_path / "o"
+    summary = runner.run_experiment(str(path), str(out), progress=False, quiet=True)
+    for label in ("tp", "iso"):
+        file = out / "ops" / f"{label}.csv.gz"
+        with gzip.open(file, "rt") as fh:
+            rows = pd.read_csv(fh)
+        assert list(rows.columns) == list(COLUMNS)
+        ops = int(summary.set_index("strategy").loc[label, "ops"])
+        assert len(rows) == ops and set(rows["device"]) == {0, 1}
+    assert not list((out / "ops").glob("*.part"))
+    bad = tmp_path / "b.yaml"
+    bad.write_text(path.read_text().replace("trace: full", "trace: everything"))
+    with pytest.raises(Exception, match="outputs.trace"):
+        runner.run_experiment(str(bad), str(tmp_path / "o2"), progress=False, quiet=True)
