@@ -197,8 +197,10 @@ class Liger(Strategy):
                 for d, ev in zip(self.group, head.tail):
                     rt.wait(d, self.main[d], ev)
         runs = self._lone_runs(window, head)
-        if runs:                               # nothing to fill: the runs up to the step's last
-            n, waits, mains = yield from rt.launch_paced(   # one, each after the previous's Wait
+        if runs:
+            # Alone, nothing to fill: these iterations are each a run launched after the previous
+            # run's Wait, which is what launch_paced does (up to an arrival the loop would take).
+            n, waits, mains = yield from rt.launch_paced(
                 runs, self.group, self.main[0], head.req.id, head.phases[head.step_of[head.pos]],
                 until_arrival=len(window) < self.params.window)
             head.pos += sum(len(run) for run in runs[:n])
