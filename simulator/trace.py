@@ -4,8 +4,8 @@ Per-op records (`OpRecord`, one per op per device it ran on) stream through a `T
 the run goes: it folds them, a chunk at a time, into per-device totals (busy, compute,
 communication and spin seconds, the metrics' inputs) and per-request first starts, and keeps full
 rows only as far as `keep_ops` says (the timeline and Perfetto window of the outputs), so a run's
-memory does not grow with its number of ops; `spill_path` streams every row to a gzipped CSV. Per-request records (`RequestRecord`) are kept for every
-request.
+memory does not grow with its number of ops; `spill_path` streams every row to a gzipped CSV.
+Per-request records (`RequestRecord`) are kept for every request.
 
 Times are seconds from the start of the run. For a collective or send/recv, `start_s` is when the op
 started on that device (it then may spin, waiting for the other members) and `transfer_start_s` is

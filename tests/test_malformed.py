@@ -21,12 +21,12 @@ from simulator.errors import ConfigError
 from simulator.experiment import TOP_KEYS, load_experiment
 from simulator.runner import validate_jobs
 from simulator.safe_yaml import MAX_DEPTH, parse_yaml
-from tests.test_config_errors import GOOD      # the same minimal valid experiment
+from tests.test_config_errors import _DELETE as DELETE
+from tests.test_config_errors import GOOD, with_change      # the same minimal experiment and editor
 
 GOOD_TEXT = yaml.safe_dump(GOOD, sort_keys=False)
 HW_TEXT = open(os.path.join(os.path.dirname(__file__), "..", "hwprofiles", "a100-sxm4-80gb.yaml"),
                encoding="utf-8").read()
-DELETE = object()
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8))
 HF = {"num_hidden_layers": 2, "hidden_size": 4096, "num_attention_heads": 32,
@@ -35,15 +35,9 @@ HF = {"num_hidden_layers": 2, "hidden_size": 4096, "num_attention_heads": 32,
 
 def changed(*changes, base=GOOD) -> dict:
     """GOOD with (dotted.path, value) changes; value DELETE removes the key."""
-    data = copy.deepcopy(base)
+    data = base
     for path, value in changes:
-        node, keys = data, path.split(".")
-        for k in keys[:-1]:
-            node = node[k]
-        if value is DELETE:
-            del node[keys[-1]]
-        else:
-            node[keys[-1]] = value
+        data = with_change(path.split("."), value, base=data)
     return data
 
 

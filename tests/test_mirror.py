@@ -7,29 +7,19 @@ from __future__ import annotations
 
 import pytest
 
+from simulator.engine import SimRuntime
 from simulator.errors import SimulationError
 from simulator.metrics import summarize
 from tests.test_engine import Program, StubCost, no_requests, op, profile
 from tests.test_segment import CASES, log, run_strategy
-from simulator.engine import SimRuntime
-
-
-def run_case(key, hw_name, mirror, segments=True):
-    from tests import test_segment
-    orig = test_segment.SimRuntime
-    test_segment.SimRuntime = lambda *a, **k: orig(*a, **k, mirror=mirror)
-    try:
-        return run_strategy(key, hw_name, segments)
-    finally:
-        test_segment.SimRuntime = orig
 
 
 @pytest.mark.parametrize("segments", [True, False], ids=["segments", "op-level"])
 @pytest.mark.parametrize("hw_name", ["a100-sxm4-80gb", "a100-pcie-40gb"])
 @pytest.mark.parametrize("key", sorted(k for k in CASES if not k.startswith("pp")))
 def test_mirrored_run_gives_every_devices_trace(key, hw_name, segments):
-    rt, mirrored = run_case(key, hw_name, True, segments)
-    _, full = run_case(key, hw_name, False, segments)
+    rt, mirrored = run_strategy(key, hw_name, segments, mirror=True)
+    _, full = run_strategy(key, hw_name, segments, mirror=False)
     assert rt.machine.followers                        # the strategy did mirror its devices
     close(log(mirrored), log(full))
     close([tuple(r.__dict__.values()) for r in mirrored.requests],

@@ -139,7 +139,7 @@ CASES = {
 }
 
 
-def run_strategy(key, hw_name, segments, keep_ops=-1, rate=40.0):
+def run_strategy(key, hw_name, segments, keep_ops=-1, rate=40.0, mirror=True):
     params, devices = CASES[key]
     name = key.split("-")[0]
     cls = strategies.get(name)
@@ -147,7 +147,8 @@ def run_strategy(key, hw_name, segments, keep_ops=-1, rate=40.0):
     wl = parse_workload({"requests": 6, "arrival": {"kind": "poisson", "rate_rps": rate},
                          "prompt_tokens": {"dist": "uniform", "low": 32, "high": 256},
                          "output_tokens": {"dist": "uniform", "low": 1, "high": 5}}, "test")
-    rt = SimRuntime(load_hardware(hw_name), devices, segments=segments, keep_ops=keep_ops)
+    rt = SimRuntime(load_hardware(hw_name), devices, segments=segments, keep_ops=keep_ops,
+                    mirror=mirror)
     trace = rt.run(cls(model, devices, cls.Params(**params)), wl.source(np.random.default_rng(1)))
     return rt, trace
 
