@@ -44,7 +44,8 @@ from typing import Mapping
 
 from .cost_tables import MeasuredTable, merge_tables, table_query
 from .hardware import HardwareProfile
-from .ops import DTYPE_BYTES, Attention, Collective, Elementwise, Gemm, Op, SendRecv
+from .ops import (ATTENTION_Q_TILE, DTYPE_BYTES, Attention, Collective, Elementwise, Gemm, Op,
+                  RaggedAttention, SendRecv)
 
 # (tile_m, tile_n, efficiency relative to the largest tile). Assumed: cuBLAS/CUTLASS main-loop
 # efficiency drops with smaller tiles because each tile re-reads more operand data per flop.
@@ -55,8 +56,6 @@ GEMM_TILES = ((128, 256, 1.0), (128, 128, 0.95), (64, 128, 0.85), (64, 64, 0.70)
 SPLIT_K = (1, 2, 4, 8, 16)
 MIN_SPLIT_K_DEPTH = 128
 PARTIAL_BYTES = 4
-# FlashAttention-2 forward: one thread block per (sequence, head, 128-query tile) (Dao 2023).
-ATTENTION_Q_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -131,6 +130,8 @@ class CostModel:
             return self._gemm(op)
         if isinstance(op, Attention):
             return self._attention(op)
+        if isinstance(op, RaggedAttention):
+            return self._ragged_attention(op)
         if isinstance(op, Elementwise):
             return self._memory(op.bytes)
         if isinstance(op, Collective):
@@ -201,6 +202,14 @@ class CostModel:
     def _attention(self, op: Attention) -> OpCost:
         dev = self.hw.device
         blocks = op.batch * op.heads * math.ceil(op.q_len / ATTENTION_Q_TILE)
+        wave_eff = blocks / (dev.sms * math.ceil(blocks / dev.sms))
+        compute_s = op.flops / (self._peak(op.dtype) * dev.attention_efficiency * wave_eff)
+        return self._roofline(compute_s, op.flops, op.bytes)
+
+    def _ragged_attention(self, op: RaggedAttention) -> OpCost:
+        """As `_attention`, with the thread blocks of each sequence's own query tiles."""
+        dev = self.hw.device
+        blocks = op.q_tiles * op.heads
         wave_eff = blocks / (dev.sms * math.ceil(blocks / dev.sms))
         compute_s = op.flops / (self._peak(op.dtype) * dev.attention_efficiency * wave_eff)
         return self._roofline(compute_s, op.flops, op.bytes)

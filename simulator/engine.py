@@ -214,6 +214,22 @@ class SimRuntime:
         yield waiter
         self.serving.host_state = "running"
 
+    def next_batch(self, wake=()) -> Generator:
+        """Host blocks until the scheduler has a step (its Batch), or one of `wake` completes or
+        the run is over (None)."""
+        serving = self.serving
+        for ev in wake:
+            if not ev.done:
+                self.when(ev, lambda _t: serving.wake())
+        return serving.next_batch(lambda: any(ev.done for ev in wake))
+
+    def try_next_batch(self):
+        return self.serving.try_next_batch()
+
+    def batch_done_when(self, batch, event: Event) -> None:
+        commit = self.serving.commit
+        self.when(event, lambda t: commit(batch, t))
+
     def first_token_when(self, request: int, event: Event) -> None:
         mark = self.serving.mark_first_token
         self.when(event, lambda t: mark(request, t))
@@ -223,11 +239,17 @@ class SimRuntime:
         self.when(event, lambda t: mark(request, t))
 
     # ------------------------------------------------------------------------------ driving
-    def run(self, strategy, source: Callable[[Serving], Generator]) -> Trace:
-        """Run `strategy.host(self)` as the host program and `source(serving)` as the arrivals."""
+    def run(self, strategy, source: Callable[[Serving], Generator], scheduler=None) -> Trace:
+        """Run `strategy.host(self)` as the host program and `source(serving)` as the arrivals;
+        with a batch `scheduler` (simulator/batching.py) the host is `strategy.batch_host`."""
         strategy.setup(self)
         self.env.process(source(self.serving))
-        host = self.env.process(strategy.host(self))
+        if scheduler is not None:
+            self.serving.scheduler = scheduler
+            scheduler.serving = self.serving
+            host = self.env.process(strategy.batch_host(self))
+        else:
+            host = self.env.process(strategy.host(self))
         self.env.run()
         self._check_idle(host)
         return self._trace()
@@ -249,4 +271,10 @@ class SimRuntime:
         rec.close()
         meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self.machine.end_s,
                 "ops": rec.ops, "marks": rec.marks, "rows_from_s": rec.keep_from_s}
-        return Trace(rec.kept, self.serving.records(rec.first_start), meta, rec.device_stats())
+        trace = Trace(rec.kept, self.serving.records(rec.first_start), meta, rec.device_stats())
+        sched = self.serving.scheduler
+        if sched is not None:
+            trace.steps, trace.itl_s = sched.steps, sched.itl_s
+            meta["preemptions"] = sched.preemptions
+            meta["kv_blocks"] = sched.kv_blocks
+        return trace

@@ -17,6 +17,7 @@ import numpy as np
 import strategies as strategy_registry
 from strategies.base import Strategy
 
+from .batching import Scheduler, ServingConfig, check_workload_fits, kv_cache_blocks, parse_serving
 from .engine import SimRuntime
 from .errors import ConfigError, PointError
 from .experiment import Job
@@ -35,6 +36,8 @@ class Built:
     workload: Workload
     strategy: Strategy
     seed: int
+    serving: ServingConfig = ServingConfig()
+    kv_blocks: int = 0
 
 
 def build(job: Job) -> Built:
@@ -52,7 +55,10 @@ def build(job: Job) -> Built:
     devices = check_value(cfg["devices"], int, where, "devices", min=1, max=hardware.max_devices)
     seed = check_value(cfg.get("seed", 0), int, where, "seed", min=0)
     workload = parse_workload(cfg["workload"], where, "workload", base_dir=job.base_dir)
+    serving = parse_serving(cfg.get("serving"), where)
     strategy = make_strategy(job.strategy, model, devices, where, job.strategy_key)
+    if serving.continuous:
+        return _build_continuous(job, model, hardware, devices, workload, strategy, seed, serving)
     tp, pp = strategy.parallel_layout()
     batch = workload.batch * strategy.resident_requests()
     context = _max_context(workload, seed)
@@ -62,6 +68,30 @@ def build(job: Job) -> Built:
     except ConfigError as exc:
         raise PointError(exc.where, exc.key, exc.message) from None
     return Built(model, hardware, devices, workload, strategy, seed)
+
+
+def _build_continuous(job, model, hardware, devices, workload, strategy, seed, serving) -> Built:
+    """The KV cache in blocks (what is left of the device memory after the weights and one full
+    step's activations), checked to hold the longest request alone."""
+    where = job.where
+    if type(strategy).batch_host is Strategy.batch_host:
+        raise PointError(where, f"{job.strategy_key}.name", f"strategy {strategy.name!r} has no "
+                         "continuous-batching host; use serving.scheduler: static")
+    reqs = workload.generate(np.random.default_rng(seed))
+    longest = max((r.prompt_tokens + r.output_tokens - 1 for r in reqs), default=1)
+    check_workload_fits(serving, longest, workload.batch, where)
+    tp, pp = strategy.parallel_layout()
+    blocks, block_bytes = kv_cache_blocks(model, hardware.device.memory_bytes, tp, pp,
+                                          strategy.stage_layers(), serving,
+                                          serving.max_num_batched_tokens)
+    need = -(-longest // serving.block_size) * workload.batch
+    if blocks < need:
+        raise PointError(where, "serving.kv_cache_memory_fraction", (
+            f"the KV cache holds {blocks} blocks of {serving.block_size} tokens "
+            f"({blocks * block_bytes / 2**30:.2f} GiB per device with tp={tp}, pp={pp}) but the "
+            f"longest request needs {need}; use more devices, a larger fraction or shorter "
+            "requests"))
+    return Built(model, hardware, devices, workload, strategy, seed, serving, blocks)
 
 
 def make_strategy(spec: dict, model: ModelSpec, devices: int, where: str, key: str) -> Strategy:
@@ -101,7 +131,8 @@ def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
     rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
                     spill_path=spill_path)
     source = built.workload.source(np.random.default_rng(built.seed))
-    return rt.run(built.strategy, source)
+    scheduler = Scheduler(built.serving, built.kv_blocks) if built.serving.continuous else None
+    return rt.run(built.strategy, source, scheduler)
 
 
 def validate_jobs(jobs: list[Job]) -> list[Optional[str]]:

@@ -15,6 +15,8 @@ from typing import ClassVar, Tuple, Union
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+# FlashAttention-2 forward: one thread block per (sequence, head, 128-query tile) (Dao 2023).
+ATTENTION_Q_TILE = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +77,7 @@ class Attention:
         q, kv = self.q_len, self.kv_len
         if not self.causal:
             return float(q * kv)
-        prefix = kv - q
-        return float(q * prefix + q * (q + 1) / 2)
+        return causal_pairs(q, kv)
 
     @property
     def flops(self) -> float:
@@ -88,6 +89,47 @@ class Attention:
         q_o = 2 * self.q_len * self.heads * self.head_dim
         k_v = 2 * self.kv_len * self.kv_heads * self.head_dim
         return float(self.batch * (q_o + k_v) * b)
+
+
+@dataclass(frozen=True, slots=True)
+class RaggedAttention:
+    """Attention over sequences of different lengths in one kernel (FlashAttention's varlen
+    forward, or a paged decode kernel): the sums over its `seqs` sequences of query tokens, causal
+    query-key pairs, keys read and 128-query tiles. With equal sequences it is `Attention`'s
+    batch, flops and bytes exactly. A continuous-batching step has one for its prompt chunks and
+    one for its decodes (costed apart, not as one padded shape)."""
+    seqs: int
+    q_tokens: int
+    pairs: float
+    kv_tokens: int
+    q_tiles: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str = "fp16"
+    name: str = "attn"
+    comm: ClassVar[bool] = False
+    family: ClassVar[str] = "attention"
+
+    def table_query(self):
+        """Measured attention tables hold uniform shapes; a ragged one is costed by the roofline."""
+        return None
+
+    @property
+    def flops(self) -> float:
+        return 4.0 * self.heads * self.head_dim * self.pairs
+
+    @property
+    def bytes(self) -> float:
+        b = DTYPE_BYTES[self.dtype]
+        return float((2 * self.q_tokens * self.heads + 2 * self.kv_tokens * self.kv_heads)
+                     * self.head_dim * b)
+
+
+def causal_pairs(q_len: int, kv_len: int) -> float:
+    """Query-key pairs of `q_len` new tokens over `kv_len` keys (the last q_len are the new ones;
+    query i sees keys up to kv_len - q_len + i)."""
+    return float(q_len * (kv_len - q_len) + q_len * (q_len + 1) / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +198,8 @@ class SendRecv:
         return 0.0
 
 
-Op = Union[Gemm, Attention, Elementwise, Collective, SendRecv]
-OP_TYPES = (Gemm, Attention, Elementwise, Collective, SendRecv)
+Op = Union[Gemm, Attention, RaggedAttention, Elementwise, Collective, SendRecv]
+OP_TYPES = (Gemm, Attention, RaggedAttention, Elementwise, Collective, SendRecv)
 COMM_TYPES = frozenset(t for t in OP_TYPES if t.comm)
 
 

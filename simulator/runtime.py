@@ -3,7 +3,8 @@
 A strategy talks to a runtime through `Runtime` alone, modelled on CUDA's host API: streams,
 launches, events, synchronisation, host callbacks, the clock, and the profiled time of an op (as a
 real scheduler reads its offline profile). The request verbs (`next_request`, `try_next_request`,
-`first_token_when`, `finish_when`) reach the runtime-neutral serving layer (simulator/serving.py).
+`first_token_when`, `finish_when`) and, with continuous batching, the batch verbs (`next_batch`,
+`try_next_batch`, `batch_done_when`) reach the runtime-neutral serving layer (simulator/serving.py).
 `SimRuntime` (simulator/engine.py) implements it over the SimPy machine; a real-hardware runtime
 implements the same verbs with torch streams, events and collectives, so one strategy code runs on
 both. tests/test_runtime.py checks that strategies call nothing else: no engine or SimPy object, no
@@ -13,7 +14,7 @@ Events are opaque handles: a strategy creates, records, waits on, queries and sy
 and learns their completion time only through `when` callbacks.
 
 A host program is a generator; a verb that blocks the host (`synchronize`, `wait_any`,
-`next_request`) is used as ``yield from rt.verb(...)``.
+`next_request`, `next_batch`) is used as ``yield from rt.verb(...)``.
 """
 from __future__ import annotations
 
@@ -94,6 +95,18 @@ class Runtime(Protocol):
 
     def try_next_request(self) -> Optional[Any]:
         """The next arrived request without blocking, or None."""
+
+    def next_batch(self, wake: Sequence[EventHandle] = ()) -> Generator:
+        """Continuous batching: host blocks until the serving layer's scheduler has a step to
+        run and returns its Batch (simulator/batching.py); returns None when one of `wake` has
+        completed first, or once every request is served and no more will arrive."""
+
+    def try_next_batch(self) -> Optional[Any]:
+        """The next step's Batch without blocking, or None if no request can take part now."""
+
+    def batch_done_when(self, batch: Any, event: EventHandle) -> None:
+        """`batch`'s step has ended when `event` completes: its tokens exist, and its requests
+        may be scheduled again."""
 
     def first_token_when(self, request: int, event: EventHandle) -> None:
         """`request`'s first token is out when `event` completes."""

@@ -19,10 +19,11 @@ from .trace import RequestRecord
 
 class _Pending:
     """One request's times while the run goes."""
-    __slots__ = ("request", "arrival_s", "first_token_s", "finish_s")
+    __slots__ = ("request", "arrival_s", "start_s", "first_token_s", "finish_s")
 
     def __init__(self, request, arrival_s: float):
         self.request, self.arrival_s = request, arrival_s
+        self.start_s: Optional[float] = None      # set by a batch scheduler (first scheduled)
         self.first_token_s: Optional[float] = None
         self.finish_s: Optional[float] = None
 
@@ -39,6 +40,7 @@ class Serving:
         self._finish_listeners: list[Callable] = []
         self.host_state = "running"          # what the host is blocked on (for deadlock reports)
         self.next_arrival_s: Optional[float] = None   # see expect()
+        self.scheduler = None                # a batching.Scheduler with continuous batching
 
     # ------------------------------------------------------------------------------ sources
     @property
@@ -100,6 +102,40 @@ class Serving:
         """Requests that have arrived and not been taken by the host."""
         return len(self._queue)
 
+    # ------------------------------------------------------------------------------ batches
+    def next_batch(self, woken: Callable[[], bool]) -> Generator:
+        """Host blocks until the scheduler has a step to run (returns its Batch) or `woken()`
+        says the host has something else to do (returns None); also None once every request has
+        been served and no more will arrive."""
+        sched = self.scheduler
+        while True:
+            batch = sched.schedule(self.clock.now)
+            if batch is not None:
+                return batch
+            if woken() or (self._sources_done and not self._queue and sched.idle()):
+                return None
+            self._waiter = self.clock.new_signal()
+            self.host_state = "waiting for a batch"
+            yield from self._waiter.wait()
+            self.host_state = "running"
+
+    def try_next_batch(self):
+        """The next step's Batch without blocking, or None if no request can take part now."""
+        return self.scheduler.schedule(self.clock.now)
+
+    def commit(self, batch, t: float) -> None:
+        """`batch`'s step ended at `t` (its tokens exist): the scheduler takes them, and a host
+        blocked in next_batch looks again."""
+        self.scheduler.commit(batch, t)
+        self._wake()
+
+    def wake(self) -> None:
+        """Let a host blocked in next_batch look again (a runtime's wake-up events fire it)."""
+        self._wake()
+
+    def mark_start(self, request: int, t: float) -> None:
+        self._requests[request].start_s = t
+
     def mark_first_token(self, request: int, t: float) -> None:
         self._requests[request].first_token_s = t
 
@@ -114,12 +150,13 @@ class Serving:
         return [rid for rid, rec in self._requests.items() if rec.finish_s is None]
 
     def records(self, first_start: Callable[[int], Optional[float]]) -> list[RequestRecord]:
-        """One RequestRecord per arrived request; `first_start(id)` is its first op's start (None
-        if it ran no op: then its finish)."""
+        """One RequestRecord per arrived request; its start is when a batch scheduler first
+        scheduled it, else `first_start(id)`, its first op's start (None if it ran no op: then
+        its finish)."""
         out = []
         for rid, rec in self._requests.items():
             req, finish = rec.request, rec.finish_s
-            start = first_start(rid)
+            start = rec.start_s if rec.start_s is not None else first_start(rid)
             out.append(RequestRecord(rid, rec.arrival_s, finish if start is None else start,
                                      finish if rec.first_token_s is None else rec.first_token_s,
                                      finish, req.prompt_tokens, req.output_tokens, req.batch,

@@ -267,11 +267,14 @@ class TraceRecorder:
 class Trace:
     """What a run produced: kept op rows (OpRecords, see TraceRecorder's `keep_ops`), request
     records, per-device totals over every op, and `meta` (devices, hardware, makespan_s, ops: the
-    number of op records in the run, kept or not)."""
+    number of op records in the run, kept or not). With continuous batching, `steps` holds the
+    scheduler's StepRecords (simulator/batching.py) and `itl_s` every inter-token gap."""
     rows: list = field(default_factory=list)
     requests: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     devices: list = field(default_factory=list)      # DeviceStats per device
+    steps: list = field(default_factory=list)
+    itl_s: list = field(default_factory=list)
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple], requests: Iterable[RequestRecord] = (),

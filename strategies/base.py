@@ -85,5 +85,10 @@ class Strategy:
     def host(self, rt) -> Generator:
         raise NotImplementedError
 
+    def batch_host(self, rt) -> Generator:
+        """The host program under continuous batching: it takes steps (``rt.next_batch``) from
+        the serving layer's scheduler instead of whole requests (docs/serving.md)."""
+        raise NotImplementedError
+
     def label(self) -> str:
         return self.name

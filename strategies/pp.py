@@ -34,6 +34,11 @@ one request in flight this is `tp`'s host program exactly (same launches, same t
 Without `host_sync` every step is launched at admission and stage 0's stream waits on the previous
 step's token event on the device (device-side sampling): a request's decode loop then holds stage 0's
 FIFO and requests are served one after another, as in `tp` without `host_sync`.
+
+Under continuous batching (`batch_host`) the host keeps up to `max_in_flight` steps in flight, each
+over requests that no other in-flight step holds (the scheduler guarantees it), so the stages work
+on different steps at once, as vLLM's virtual engines do; a step is launched through the stages as
+above and its tokens exist when its token event completes.
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ from simulator.model import check_tp_degree
 from simulator.ops import SendRecv
 
 from .base import Params, Strategy
-from .program import Step, head_ops, layer_ops, request_steps, step_ops
+from .program import Step, batch_step_ops, head_ops, layer_ops, request_steps, step_ops
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,65 @@ class PP(Strategy):
         """Bytes of the activation a stage hands to the next: batch * q_len * hidden * dtype."""
         return float(step.tokens * self.model.hidden * self.model.dtype_bytes)
 
+    @property
+    def last(self) -> int:
+        return self.stages - 1
+
+    def launch_stages(self, rt, stage_ops, act_bytes: float, rid: int, phase: str, label: str,
+                      after=None):
+        """Launch `stage_ops(stage, devices)` through every stage, handing `act_bytes` from each
+        stage to the next (module docstring); returns the token event recorded on the last stage
+        after its ops. Stage 0's stream first waits on `after` unless it is None."""
+        last = self.last
+        handoff: list = []          # (event, op) per device of the previous stage
+        for stage, devs in enumerate(self.groups):
+            if after is not None and stage == 0:
+                for d in devs:
+                    rt.wait(d, 0, after)
+            for d, (ready, op) in zip(devs, handoff):
+                rt.wait(d, 0, ready)
+                rt.launch(op, d, 0, rid, phase)
+            rt.launch_seq(stage_ops(stage, devs), devs, 0, rid, phase)
+            if stage < last:
+                handoff = []
+                for d, dst in zip(devs, self.groups[stage + 1]):
+                    ready = rt.new_event(f"{label}.act{d}")
+                    rt.record(ready, d, 0)
+                    op = SendRecv(act_bytes, d, dst, "p2p_act")
+                    rt.launch(op, d, 0, rid, phase)
+                    handoff.append((ready, op))
+        token = rt.new_event(label)
+        rt.record(token, self.groups[-1][0], 0)
+        return token
+
+    def batch_host(self, rt) -> Generator:
+        """Continuous batching: up to `max_in_flight` (default: stages) steps in flight at once,
+        each over requests no other in-flight step holds (vLLM's pipeline-parallel batch queue):
+        while stage 1 runs one step, stage 0 runs the next."""
+        flight: list = []           # token events of steps in flight, oldest first
+        while True:
+            if len(flight) < self.max_in_flight:
+                batch = yield from rt.next_batch(flight)
+                if batch is not None:
+                    flight.append(self.launch_batch(rt, batch))
+                    continue
+                if not flight:
+                    return
+            else:
+                yield from rt.wait_any(flight)
+            flight = [ev for ev in flight if not rt.query(ev)]
+
+    def launch_batch(self, rt, batch):
+        """One continuous-batching step through every stage; returns its token event."""
+        token = self.launch_stages(
+            rt, lambda stage, devs: batch_step_ops(self.model, self.tp, batch, devs,
+                                                   self.layers_per_stage[stage],
+                                                   stage == self.last),
+            float(batch.tokens * self.model.hidden * self.model.dtype_bytes), -1, batch.phase,
+            f"batch{batch.id}")
+        rt.batch_done_when(batch, token)
+        return token
+
 
 class _HostState:
     """One run's host state: `driving` maps each request whose steps are still being launched to
@@ -228,27 +292,8 @@ class _HostState:
     def launch_step(self, req, step: Step, index: int, after):
         """Launch one step through every stage; returns its token event (on the last stage).
         Stage 0's stream first waits on `after`, the previous step's token event."""
-        rt, pp = self.rt, self.pp
-        rid, phase = req.id, step.phase
-        last = len(pp.groups) - 1
-        handoff: list = []          # (event, op) per device of the previous stage
-        for stage, devs in enumerate(pp.groups):
-            if after is not None and stage == 0:
-                for d in devs:
-                    rt.wait(d, 0, after)
-            for d, (ready, op) in zip(devs, handoff):
-                rt.wait(d, 0, ready)
-                rt.launch(op, d, 0, rid, phase)
-            rt.launch_seq(step_ops(pp.model, pp.tp, step, devs, pp.layers_per_stage[stage], stage == last),
-                          devs, 0, rid, phase)
-            if stage < last:
-                handoff = []
-                for d, dst in zip(devs, pp.groups[stage + 1]):
-                    ready = rt.new_event(f"r{rid}.step{index}.act{d}")
-                    rt.record(ready, d, 0)
-                    op = SendRecv(pp.act_bytes(step), d, dst, "p2p_act")
-                    rt.launch(op, d, 0, rid, phase)
-                    handoff.append((ready, op))
-        token = rt.new_event(f"r{rid}.step{index}")
-        rt.record(token, pp.groups[-1][0], 0)
-        return token
+        pp = self.pp
+        return pp.launch_stages(
+            self.rt, lambda stage, devs: step_ops(pp.model, pp.tp, step, devs,
+                                                  pp.layers_per_stage[stage], stage == pp.last),
+            pp.act_bytes(step), req.id, step.phase, f"r{req.id}.step{index}", after)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from simulator.model import ModelSpec
-from simulator.ops import Attention, Collective, Elementwise, Gemm, Op
+from simulator.ops import (ATTENTION_Q_TILE, Attention, Collective, Elementwise, Gemm, Op,
+                           RaggedAttention, causal_pairs)
 
 
 @dataclass(frozen=True)
@@ -104,4 +105,53 @@ def step_ops(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...],
     ops = one * (model.layers if layers is None else layers)
     if head:
         ops = ops + head_ops(model, tp, step, group)
+    return ops
+
+
+# ------------------------------------------------------------------------------ batched steps
+def batch_attention(model: ModelSpec, tp: int, entries, decode: bool, name: str) -> Op | None:
+    """One ragged attention op over the step's prompt chunks (decode False) or its decodes."""
+    seqs = q_tokens = kv_tokens = q_tiles = 0
+    pairs = 0.0
+    for e in entries:
+        if e.decode != decode:
+            continue
+        n = e.seqs
+        seqs += n
+        q_tokens += e.q_tokens * n
+        kv_tokens += e.context_tokens * n
+        q_tiles += -(-e.q_tokens // ATTENTION_Q_TILE) * n
+        pairs += causal_pairs(e.q_tokens, e.context_tokens) * n
+    if not seqs:
+        return None
+    return RaggedAttention(seqs, q_tokens, pairs, kv_tokens, q_tiles, model.heads // tp,
+                           max(model.kv_heads // tp, 1), model.head_dim, model.dtype, name)
+
+
+def batch_layer_ops(model: ModelSpec, tp: int, batch, group: Tuple[int, ...]) -> list[Op]:
+    """One layer of a continuous-batching step: GEMMs, norms and all-reduces over the step's
+    tokens; attention ragged, one op for prompt chunks and one for decodes (each sequence with its
+    own query and context length)."""
+    step = Step(1, batch.tokens, batch.tokens, batch.phase)
+    attn = attention_block(model, tp, step, group)
+    ragged = [op for op in (batch_attention(model, tp, batch.entries, False, "attn_prefill"),
+                            batch_attention(model, tp, batch.entries, True, "attn_decode")) if op]
+    return attn[:2] + ragged + attn[3:] + mlp_block(model, tp, step, group)
+
+
+def batch_head_ops(model: ModelSpec, tp: int, batch, group: Tuple[int, ...]) -> list[Op]:
+    """The LM head over the sequences that sample in this step (none: no head ops)."""
+    sampling = sum(e.seqs for e in batch.entries if e.samples)
+    if not sampling:
+        return []
+    return head_ops(model, tp, Step(sampling, 1, 1, batch.phase), group)
+
+
+def batch_step_ops(model: ModelSpec, tp: int, batch, group: Tuple[int, ...],
+                   layers: int | None = None, head: bool = True) -> list[Op]:
+    """All ops of one continuous-batching step over `layers` layers (default: all), then the LM
+    head if `head`."""
+    ops = batch_layer_ops(model, tp, batch, group) * (model.layers if layers is None else layers)
+    if head:
+        ops = ops + batch_head_ops(model, tp, batch, group)
     return ops

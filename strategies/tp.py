@@ -5,6 +5,10 @@ compute and the two all-reduces per layer are serialised on the one stream. Requ
 FCFS, one after another. With `host_sync` (default) the host synchronises after each step of a
 generative request, as a real decode loop must to sample the next token; the host's launch
 overhead then shows up in the step time when kernels are short.
+
+Under continuous batching (`batch_host`) there is one step in flight: the host takes the
+scheduler's batch, launches its ops on every device, and synchronises on the step's end before
+asking for the next (the scheduler needs the sampled tokens), as vLLM's engine loop does.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Generator
 from simulator.model import check_tp_degree
 
 from .base import Params, Strategy
-from .program import request_steps, step_ops
+from .program import batch_step_ops, request_steps, step_ops
 
 
 @dataclass(frozen=True)
@@ -60,4 +64,17 @@ class TP(Strategy):
         if i == n_steps - 1:
             rt.finish_when(req.id, done)
         elif self.params.host_sync:
+            yield from rt.synchronize(done)
+
+    def batch_host(self, rt) -> Generator:
+        group = tuple(range(self.devices))
+        while True:
+            batch = yield from rt.next_batch()
+            if batch is None:
+                return
+            rt.launch_seq(batch_step_ops(self.model, len(group), batch, group), group, 0, -1,
+                          batch.phase)
+            done = rt.new_event(f"batch{batch.id}")
+            rt.record(done, group[0], 0)
+            rt.batch_done_when(batch, done)
             yield from rt.synchronize(done)
