@@ -208,8 +208,10 @@ class Scheduler:
     def idle(self) -> bool:
         return not self.waiting and not self.running
 
-    def schedule(self, now: float) -> Optional[Batch]:
-        """The next step's batch, or None when no request can take part now."""
+    def schedule(self, now: float, parts: int = 1) -> Optional[Batch]:
+        """The next step's batch, or None when no request can take part now. `parts` > 1: a host
+        that runs that many micro-batches at once asks for one of them, so it gets at most
+        1/parts of the token budget and of max_num_seqs (as sequences in the batch)."""
         take = self.serving.try_next_request
         while True:
             req = take()
@@ -218,14 +220,15 @@ class Scheduler:
             s = self.served[req.id] = _Served(req)
             self.waiting.append(s)
         cfg = self.cfg
-        budget = cfg.max_num_batched_tokens
+        full = budget = cfg.max_num_batched_tokens // parts
+        room = -(-cfg.max_num_seqs // parts)        # sequences this batch may hold
         thr = cfg.long_prefill_token_threshold
         entries: list = []
         busy = self.in_flight
         running = self.running
         preempted = 0
         i = 0
-        while i < len(running) and budget > 0:
+        while i < len(running) and budget > 0 and room > 0:
             s = running[i]
             if s.id in busy:
                 i += 1
@@ -250,9 +253,10 @@ class Scheduler:
                 continue                    # running[i] is now the next request
             entries.append(self._entry(s, new))
             budget -= new * s.seqs
+            room -= s.seqs
             i += 1
         if not preempted:
-            while self.waiting and budget > 0 and len(running) < cfg.max_num_seqs:
+            while self.waiting and budget > 0 and room > 0 and len(running) < cfg.max_num_seqs:
                 s = self.waiting[0]
                 new = s.known - s.computed
                 if not cfg.chunked_prefill and new * s.seqs > budget:
@@ -269,11 +273,12 @@ class Scheduler:
                     self.serving.mark_start(s.id, now)
                 entries.append(self._entry(s, new))
                 budget -= new * s.seqs
+                room -= s.seqs
         if not entries:
             return None
         for e in entries:
             busy.add(e.request)
-        tokens = cfg.max_num_batched_tokens - budget
+        tokens = full - budget
         prefill = sum(e.q_tokens * e.seqs for e in entries if not e.decode)
         phase = "decode" if not prefill else "prefill" if prefill == tokens else "mixed"
         batch = Batch(self.batches, tuple(entries), tokens, phase)

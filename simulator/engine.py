@@ -214,17 +214,17 @@ class SimRuntime:
         yield waiter
         self.serving.host_state = "running"
 
-    def next_batch(self, wake=()) -> Generator:
+    def next_batch(self, wake=(), parts: int = 1) -> Generator:
         """Host blocks until the scheduler has a step (its Batch), or one of `wake` completes or
         the run is over (None)."""
         serving = self.serving
         for ev in wake:
             if not ev.done:
                 self.when(ev, lambda _t: serving.wake())
-        return serving.next_batch(lambda: any(ev.done for ev in wake))
+        return serving.next_batch(lambda: any(ev.done for ev in wake), parts)
 
-    def try_next_batch(self):
-        return self.serving.try_next_batch()
+    def try_next_batch(self, parts: int = 1):
+        return self.serving.try_next_batch(parts)
 
     def batch_done_when(self, batch, event: Event) -> None:
         commit = self.serving.commit

@@ -96,12 +96,13 @@ class Runtime(Protocol):
     def try_next_request(self) -> Optional[Any]:
         """The next arrived request without blocking, or None."""
 
-    def next_batch(self, wake: Sequence[EventHandle] = ()) -> Generator:
+    def next_batch(self, wake: Sequence[EventHandle] = (), parts: int = 1) -> Generator:
         """Continuous batching: host blocks until the serving layer's scheduler has a step to
         run and returns its Batch (simulator/batching.py); returns None when one of `wake` has
-        completed first, or once every request is served and no more will arrive."""
+        completed first, or once every request is served and no more will arrive. `parts` > 1:
+        the batch is one of that many micro-batches run at once (1/parts of the step budget)."""
 
-    def try_next_batch(self) -> Optional[Any]:
+    def try_next_batch(self, parts: int = 1) -> Optional[Any]:
         """The next step's Batch without blocking, or None if no request can take part now."""
 
     def batch_done_when(self, batch: Any, event: EventHandle) -> None:

@@ -103,13 +103,13 @@ class Serving:
         return len(self._queue)
 
     # ------------------------------------------------------------------------------ batches
-    def next_batch(self, woken: Callable[[], bool]) -> Generator:
+    def next_batch(self, woken: Callable[[], bool], parts: int = 1) -> Generator:
         """Host blocks until the scheduler has a step to run (returns its Batch) or `woken()`
         says the host has something else to do (returns None); also None once every request has
         been served and no more will arrive."""
         sched = self.scheduler
         while True:
-            batch = sched.schedule(self.clock.now)
+            batch = sched.schedule(self.clock.now, parts)
             if batch is not None:
                 return batch
             if woken() or (self._sources_done and not self._queue and sched.idle()):
@@ -119,9 +119,9 @@ class Serving:
             yield from self._waiter.wait()
             self.host_state = "running"
 
-    def try_next_batch(self):
+    def try_next_batch(self, parts: int = 1):
         """The next step's Batch without blocking, or None if no request can take part now."""
-        return self.scheduler.schedule(self.clock.now)
+        return self.scheduler.schedule(self.clock.now, parts)
 
     def commit(self, batch, t: float) -> None:
         """`batch`'s step ended at `t` (its tokens exist): the scheduler takes them, and a host

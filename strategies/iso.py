@@ -50,9 +50,10 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Callable, Generator, Sequence
 
-from simulator.ops import Attention, Collective, is_comm
+from simulator.ops import Collective, is_comm
 
-from .program import Step, attention_block, head_ops, mlp_block, request_steps
+from .program import (Step, attention_block, batch_blocks, batch_head_ops, batch_step_ops,
+                      head_ops, mlp_block, request_steps)
 from .tp import TP, TPParams
 
 SPLITS = ("equal_tokens", "balanced")
@@ -138,8 +139,14 @@ class ISO(TP):
             sfx = f".c{c}"
             blocks.append((attention_block(model, tp, step, group, q_len=n, kv_len=end, suffix=sfx),
                            mlp_block(model, tp, step, group, q_len=n, suffix=sfx)))
+        return self.program(blocks, head_ops(model, tp, step, group), tag)
+
+    def program(self, blocks: list, head: list, tag: str) -> list:
+        """Instructions of a forward pass whose chunks have these per-layer (attention ops, MLP
+        ops) `blocks`, then the `head` ops (schedule and dependencies: module docstring)."""
+        model = self.model
         prog: list = []
-        ready: list = [None] * len(lengths)  # event: the chunk's last all-reduce is done
+        ready: list = [None] * len(blocks)   # event: the chunk's last all-reduce is done
         for layer in range(model.layers):
             kv: list = []
             for half in (0, 1):              # attention blocks of all chunks, then MLP blocks
@@ -150,7 +157,7 @@ class ISO(TP):
                     for op in ops:
                         if isinstance(op, Collective):
                             continue
-                        if isinstance(op, Attention):
+                        if op.family == "attention":
                             prog.extend((_WAIT, _COMPUTE, e) for e in kv[:c])
                         prog.append((_LAUNCH, _COMPUTE, op))
                         if op.name.startswith("qkv"):
@@ -159,7 +166,7 @@ class ISO(TP):
                     ready[c] = self._reduce(prog, ops, name)
         if ready[-1] is not None:
             prog.append((_WAIT, _COMPUTE, ready[-1]))
-        prog.extend((_LAUNCH, _COMPUTE, op) for op in head_ops(model, tp, step, group))
+        prog.extend((_LAUNCH, _COMPUTE, op) for op in head)
         return prog
 
     @staticmethod
@@ -203,6 +210,69 @@ class ISO(TP):
             if i > 0:                        # decode: exactly tp's step
                 self.launch_step(rt, req, group, step, COMPUTE_STREAM)
             yield from self.end_step(rt, req, group, i, len(steps), COMPUTE_STREAM)
+
+
+    # ------------------------------------------------------------------------------ batches
+    def batch_host(self, rt) -> Generator:
+        """Continuous batching, one step in flight (as tp): the step's tokens are split into
+        `chunks` chunks (`batch_chunks`) run as a prefill's chunks are, so one chunk's
+        all-reduces hide under another's compute; a step too small to split runs as tp's."""
+        group = tuple(range(self.devices))
+        while True:
+            batch = yield from rt.next_batch()
+            if batch is None:
+                return
+            chunks = self.batch_chunks(batch)
+            if chunks is None:
+                rt.launch_seq(batch_step_ops(self.model, len(group), batch, group), group,
+                              COMPUTE_STREAM, -1, batch.phase)
+            else:
+                blocks = [batch_blocks(self.model, len(group), part, batch.phase, group, f".c{c}")
+                          for c, part in enumerate(chunks)]
+                head = batch_head_ops(self.model, len(group), batch, group)
+                self.run_program(rt, self.program(blocks, head, f"b{batch.id}"), group, -1,
+                                 batch.phase)
+            done = rt.new_event(f"batch{batch.id}")
+            rt.record(done, group[0], COMPUTE_STREAM)
+            rt.batch_done_when(batch, done)
+            yield from rt.synchronize(done)
+
+    def batch_chunks(self, batch) -> list | None:
+        """The step's entries in `chunks` consecutive chunks of about equal tokens (with a
+        fractional `split`, the first chunk gets that share; `balanced` splits equal tokens
+        here); a prompt chunk that straddles a cut is cut too (its second part attends to the
+        first's keys), a decode or multi-sequence entry never is. None (run as tp) when the step
+        has fewer than `chunks * min_chunk_tokens` tokens or only one chunk comes out."""
+        p = self.params
+        tokens = batch.tokens
+        if tokens < p.chunks * p.min_chunk_tokens:
+            return None
+        if isinstance(p.split, float):
+            first = min(max(round(p.split * tokens), p.min_chunk_tokens), tokens - p.min_chunk_tokens)
+            targets = [first, tokens - first]
+        else:
+            targets = list(equal_token_lengths(tokens, p.chunks))
+        chunks: list = [[] for _ in targets]
+        c, room = 0, targets[0]
+        for e in batch.entries:
+            while True:
+                size = e.q_tokens * e.seqs
+                if size <= room or e.seqs > 1 or e.q_tokens == 1 or c == len(targets) - 1:
+                    chunks[c].append(e)
+                    room -= size
+                    break
+                head = e._replace(q_tokens=room, context_tokens=e.context_tokens - e.q_tokens + room,
+                                  samples=False) if room > 0 else None
+                if head is not None:
+                    chunks[c].append(head)
+                    e = e._replace(q_tokens=e.q_tokens - room)
+                c += 1
+                room = targets[c]
+            if room <= 0 and c < len(targets) - 1:
+                c += 1
+                room += targets[c]
+        chunks = [part for part in chunks if part]
+        return chunks if len(chunks) > 1 else None
 
 
 # ---------------------------------------------------------------------------------- split policies

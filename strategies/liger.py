@@ -50,7 +50,7 @@ from simulator.model import check_tp_degree
 from simulator.ops import Gemm, Op, is_comm
 
 from .base import Params, Strategy
-from .program import request_steps, step_ops
+from .program import batch_step_ops, request_steps, step_ops
 
 COMM_BUDGETS = ("remaining", "profiled")
 RETIRE = ("head", "any")
@@ -68,10 +68,13 @@ class LigerParams(Params):
     handoff_wait: bool = False                 # a new head's main ops wait for its sub-stream ops
     main_priority: int = -4                    # cudaStreamCreateWithPriority of the artifact
     sub_priority: int = 0
+    micro_batches: int = 2                     # continuous batching: steps in the window
 
     def check(self) -> tuple[str, str] | None:
         if self.window < 1:
             return "window", f"must be >= 1, got {self.window}"
+        if self.micro_batches < 1:
+            return "micro_batches", f"must be >= 1, got {self.micro_batches}"
         cf = self.contention_factor
         if isinstance(cf, str):
             if cf != "profile":
@@ -90,14 +93,17 @@ class LigerParams(Params):
 
 
 class _Flight:
-    """A request in the window: its flat program and how far it has been launched.
+    """A request (or, under continuous batching, a step's batch) in the window: its flat program
+    and how far it has been launched. `rid` is the request its ops are launched for (-1 for a
+    batch), `tag` names its events.
 
     `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
-    __slots__ = ("req", "ops", "step_of", "phases", "pos", "done_parts", "steps_done", "tail",
-                 "on_main")
+    __slots__ = ("rid", "tag", "batch", "ops", "step_of", "phases", "pos", "done_parts",
+                 "steps_done", "tail", "on_main")
 
-    def __init__(self, req, ops, step_of, phases):
-        self.req, self.ops, self.step_of, self.phases = req, ops, step_of, phases
+    def __init__(self, rid, tag, ops, step_of, phases, batch=None):
+        self.rid, self.tag, self.batch = rid, tag, batch
+        self.ops, self.step_of, self.phases = ops, step_of, phases
         self.pos = 0
         self.done_parts = 0
         # per finished step: [(event, streams it is recorded on)]; the step is done when all are
@@ -149,20 +155,36 @@ class Liger(Strategy):
 
     # ------------------------------------------------------------------------------ host program
     def host(self, rt) -> Generator:
+        return self._serve(rt, rt.try_next_request, rt.next_request, self.params.window,
+                           self._flight)
+
+    def batch_host(self, rt) -> Generator:
+        """Continuous batching: the window holds up to `micro_batches` steps over disjoint sets
+        of requests (NanoFlow's nano-batches: no data dependence between them), each asked for
+        as 1/micro_batches of the step budget; a step's ops are a one-step program, interleaved
+        as requests' programs are."""
+        parts = self.params.micro_batches
+        return self._serve(rt, lambda: rt.try_next_batch(parts),
+                           lambda: rt.next_batch(parts=parts), parts, self._batch_flight)
+
+    def _serve(self, rt, take, wait, size: int, flight) -> Generator:
+        """The host loop: fill the window (`take`, non-blocking) up to `size`, block in `wait`
+        when it is empty, else run one iteration."""
+        self._size = size
         window: list[_Flight] = []
         prev = None                            # (Wait events, Main events) of the last iteration
         while True:
             self._retire(window)
-            while len(window) < self.params.window:
-                req = rt.try_next_request()
-                if req is None:
+            while len(window) < size:
+                item = take()
+                if item is None:
                     break
-                window.append(self._flight(req))
+                window.append(flight(item))
             if not window:
-                req = yield from rt.next_request()
-                if req is None:
+                item = yield from wait()
+                if item is None:
                     return
-                window.append(self._flight(req))
+                window.append(flight(item))
                 continue
             prev = yield from self._iteration(rt, window, prev)
 
@@ -181,7 +203,11 @@ class Liger(Strategy):
             step_program = step_ops(self.model, self.devices, step, self.group)
             ops.extend(step_program)
             step_of.extend([i] * len(step_program))
-        return _Flight(req, ops, step_of, [s.phase for s in steps])
+        return _Flight(req.id, f"r{req.id}", ops, step_of, [s.phase for s in steps])
+
+    def _batch_flight(self, batch) -> _Flight:
+        ops = batch_step_ops(self.model, self.devices, batch, self.group)
+        return _Flight(-1, f"b{batch.id}", ops, [0] * len(ops), [batch.phase], batch)
 
     def _iteration(self, rt, window: list, prev) -> Generator:
         head = window[0]
@@ -201,18 +227,18 @@ class Liger(Strategy):
             # Alone, nothing to fill: these iterations are each a run launched after the previous
             # run's Wait, which is what launch_paced does (up to an arrival the loop would take).
             n, waits, mains = yield from rt.launch_paced(
-                runs, self.group, self.main[0], head.req.id, head.phases[head.step_of[head.pos]],
-                until_arrival=len(window) < self.params.window)
+                runs, self.group, self.main[0], head.rid, head.phases[head.step_of[head.pos]],
+                until_arrival=len(window) < self._size)
             head.pos += sum(len(run) for run in runs[:n])
             return waits, mains
         segment = self._segment(head)
         main_comm = is_comm(segment[0])
         entry = None
         if self.plan_log is not None:
-            entry = {"head": head.req.id, "main_comm": main_comm, "main": [], "sub": []}
+            entry = {"head": head.rid, "main_comm": main_comm, "main": [], "sub": []}
             self.plan_log.append(entry)
-        waits = [rt.new_event(f"wait.r{head.req.id}") for _ in self.group]
-        mains = [rt.new_event(f"main.r{head.req.id}") for _ in self.group]
+        waits = [rt.new_event(f"wait.{head.tag}") for _ in self.group]
+        mains = [rt.new_event(f"main.{head.tag}") for _ in self.group]
         planned = 0.0
         for i, op in enumerate(segment):       # 3. the head's segment on the main stream
             if i == len(segment) - 1:
@@ -258,7 +284,7 @@ class Liger(Strategy):
     @staticmethod
     def _log(entry, where: str, f: _Flight, op: Op, profiled_s: float, charged_s: float) -> None:
         if entry is not None:
-            entry[where].append({"request": f.req.id, "index": f.pos, "op": op,
+            entry[where].append({"request": f.rid, "index": f.pos, "op": op,
                                  "original": f.ops[f.pos], "profiled_s": profiled_s,
                                  "charged_s": charged_s})
 
@@ -315,7 +341,7 @@ class Liger(Strategy):
                 budget -= charge
                 launched = True
             if launched:
-                f.tail = [rt.new_event(f"tail.r{f.req.id}") for _ in self.group]
+                f.tail = [rt.new_event(f"tail.{f.tag}") for _ in self.group]
                 for d in self.group:
                     rt.record(f.tail[d], d, self.sub[d])
 
@@ -350,7 +376,7 @@ class Liger(Strategy):
         the device): this stream waits for the events of the previous step on other streams."""
         step = f.step_of[f.pos]
         phase = f.phases[step]
-        rid = f.req.id
+        rid = f.rid
         if step and not f.done_parts and f.step_of[f.pos - 1] != step:
             for ev, where in f.steps_done[step - 1]:
                 if where is not streams and not rt.query(ev):
@@ -364,15 +390,18 @@ class Liger(Strategy):
         f.pos += 1
         f.done_parts = 0
         if f.launched or f.step_of[f.pos] != step:
-            done = rt.new_event(f"r{rid}.step{step}")
+            done = rt.new_event(f"{f.tag}.step{step}")
             rt.record(done, self.group[0], streams[self.group[0]])
             events = [(done, streams)]
             if streams is self.main and f.tail is not None and not rt.query(f.tail[0]):
                 events.append((f.tail[0], self.sub))
             f.steps_done.append(events)
-            if step == 0:
+            if f.batch is not None:
+                batch = f.batch
+                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.batch_done_when(batch, ev))
+            elif step == 0:
                 _when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
-            if f.launched:
+            if f.launched and f.batch is None:
                 _when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))
 
 

@@ -128,15 +128,24 @@ def batch_attention(model: ModelSpec, tp: int, entries, decode: bool, name: str)
                            max(model.kv_heads // tp, 1), model.head_dim, model.dtype, name)
 
 
+def batch_blocks(model: ModelSpec, tp: int, entries, phase: str, group: Tuple[int, ...],
+                 suffix: str = "") -> tuple[list[Op], list[Op]]:
+    """(attention block, MLP block) of one layer over `entries` (a step's, or a chunk of them):
+    GEMMs, norms and all-reduces over their tokens; attention ragged, one op for prompt chunks and
+    one for decodes (each sequence with its own query and context length)."""
+    tokens = sum(e.q_tokens * e.seqs for e in entries)
+    step = Step(1, tokens, tokens, phase)
+    attn = attention_block(model, tp, step, group, suffix=suffix)
+    ragged = [op for op in (batch_attention(model, tp, entries, False, "attn_prefill" + suffix),
+                            batch_attention(model, tp, entries, True, "attn_decode" + suffix))
+              if op is not None]
+    return attn[:2] + ragged + attn[3:], mlp_block(model, tp, step, group, suffix=suffix)
+
+
 def batch_layer_ops(model: ModelSpec, tp: int, batch, group: Tuple[int, ...]) -> list[Op]:
-    """One layer of a continuous-batching step: GEMMs, norms and all-reduces over the step's
-    tokens; attention ragged, one op for prompt chunks and one for decodes (each sequence with its
-    own query and context length)."""
-    step = Step(1, batch.tokens, batch.tokens, batch.phase)
-    attn = attention_block(model, tp, step, group)
-    ragged = [op for op in (batch_attention(model, tp, batch.entries, False, "attn_prefill"),
-                            batch_attention(model, tp, batch.entries, True, "attn_decode")) if op]
-    return attn[:2] + ragged + attn[3:] + mlp_block(model, tp, step, group)
+    """One layer of a continuous-batching step (`batch_blocks` over all its entries)."""
+    attn, mlp = batch_blocks(model, tp, batch.entries, batch.phase, group)
+    return attn + mlp
 
 
 def batch_head_ops(model: ModelSpec, tp: int, batch, group: Tuple[int, ...]) -> list[Op]:
