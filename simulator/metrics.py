@@ -85,6 +85,28 @@ def summarize(trace: Trace) -> dict:
         out["exposed_comm_s"] = float(dev["exposed_comm_s"].mean())
         out["spin_s"] = float(dev["spin_s"].mean())
         out["exposed_comm_fraction"] = float((dev["exposed_comm_s"] / dev["busy_s"].clip(lower=1e-30)).mean())
+    out.update(batching_metrics(trace))
     out["makespan_s"] = float(trace.meta.get("makespan_s", 0.0))
     out["ops"] = trace.total_ops
+    return out
+
+
+def batching_metrics(trace: Trace) -> dict:
+    """Continuous batching only (empty otherwise): inter-token latency over every gap between
+    consecutive tokens of a request (mean, p50, p90, p99), steps, mean sequences per step, mean
+    and peak KV-cache use (fraction of its blocks, per step) and preemptions."""
+    if not trace.steps:
+        return {}
+    out: dict = {}
+    gaps = np.asarray(trace.itl_s, dtype=float)
+    if len(gaps):
+        out.update(itl_mean_s=float(gaps.mean()), itl_p50_s=float(np.percentile(gaps, 50)),
+                   itl_p90_s=float(np.percentile(gaps, 90)),
+                   itl_p99_s=float(np.percentile(gaps, 99)))
+    seqs = np.fromiter((s.seqs for s in trace.steps), float, len(trace.steps))
+    used = np.fromiter((s.kv_blocks_used / max(s.kv_blocks_total, 1) for s in trace.steps), float,
+                       len(trace.steps))
+    out.update(steps=len(trace.steps), batch_seqs_mean=float(seqs.mean()),
+               kv_used_mean_fraction=float(used.mean()), kv_used_peak_fraction=float(used.max()),
+               preemptions=int(trace.meta.get("preemptions", 0)))
     return out

@@ -43,12 +43,13 @@ from .compare import compare_frame
 from .errors import ConfigError
 from .experiment import read_yaml
 from .io import write_csv, write_text
-from .plots import plot_latency_throughput, plot_timeline, stream_rows, timeline_window  # noqa: F401
+from .plots import (plot_latency_throughput, plot_serving, plot_timeline, stream_rows,  # noqa: F401
+                    timeline_window)
 
 OUTPUT_KEYS = ("timeline_window_s", "timeline_ops", "timeline_point", "trace_max_events", "slo_s",
                "trace")
 TRACE_MODES = ("window", "full")
-FILES = ("latency_throughput.png", "timeline.png", "trace.json", "compare.csv")
+FILES = ("latency_throughput.png", "timeline.png", "trace.json", "compare.csv", "serving.png")
 POINT_KEY = "outputs.timeline_point"
 
 
@@ -228,6 +229,12 @@ def write_all(path: str, out_dir: str, jobs: list, results: list,
         written.append(file)
     traced = [(jobs[r.index], _ops_frame(r.trace)) for r in results
               if r.trace is not None and len(r.trace)]
+    shown = set(timeline.indices) if timeline is not None else {r.index for r in results}
+    served = [(jobs[r.index].label, r.steps) for r in results
+              if r.index in shown and getattr(r, "steps", None) is not None]
+    file = os.path.join(out_dir, "serving.png")
+    if plot_serving(served, file):
+        written.append(file)
     if traced:
         plot_timeline(traced, opts, os.path.join(out_dir, "timeline.png"))
         trace = chrome_trace(traced, opts)

@@ -20,6 +20,9 @@ so identical runs give byte-identical files.
   ``outputs.timeline_ops`` consecutive ops (default 400, by start time) from the middle of the run
   (see `timeline_window`). At most `MAX_DRAWN_OPS` ops are drawn
   per subplot.
+- ``serving.png`` (continuous batching only): for the timeline point's jobs, one colour per
+  strategy, against simulated time: the running (admitted) requests, the requests waiting for
+  admission, and the KV cache in use (percent of its blocks), with preemptions marked.
 """
 from __future__ import annotations
 
@@ -239,3 +242,35 @@ def _draw_timeline(ax, job, ops: pd.DataFrame, opts) -> None:
     ax.grid(True, axis="x", alpha=0.25)
     if len(sub) == 0:
         ax.text(0.5, 0.5, "no ops in this window", transform=ax.transAxes, ha="center")
+
+
+def plot_serving(steps: list, file: str) -> bool:
+    """serving.png from [(label, steps frame)] (steps.csv's columns); False when none has steps."""
+    steps = [(label, df) for label, df in steps if df is not None and len(df)]
+    if not steps:
+        return False
+    fig = Figure(figsize=(10, 7.5))
+    axes = fig.subplots(3, 1, sharex=True)
+    colors = matplotlib.colormaps["tab10"]
+    for i, (label, df) in enumerate(steps):
+        c = colors(i % 10)
+        t = df["time_s"].to_numpy()
+        axes[0].plot(t, df["running"].to_numpy(), color=c, lw=0.8, label=label)
+        axes[1].plot(t, df["waiting"].to_numpy(), color=c, lw=0.8)
+        used = 100.0 * df["kv_blocks_used"].to_numpy() / np.maximum(df["kv_blocks_total"], 1)
+        axes[2].plot(t, used, color=c, lw=0.8)
+        hit = df["preempted"].to_numpy() > 0
+        if hit.any():
+            axes[2].plot(t[hit], used[hit], "x", color=c, ms=4)
+    axes[0].set_ylabel("running requests")
+    axes[1].set_ylabel("waiting requests")
+    axes[2].set_ylabel("KV cache used (%)")
+    axes[2].set_xlabel("simulated time (s)")
+    axes[2].set_ylim(0, 105)
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[0].set_title("continuous batching: batch size, queue and KV cache (x: a preemption)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_png(fig, file)
+    return True

@@ -29,6 +29,7 @@ from .errors import ConfigError, SimulationError
 from .experiment import Job, load_experiment
 from .io import atomic_path, write_csv
 from .jobs import Built, build, make_strategy, simulate, validate_jobs  # noqa: F401 (re-exported)
+from .batching import StepRecord
 from .metrics import request_metrics, summarize
 from .progress import Progress
 from .trace import Trace
@@ -37,7 +38,7 @@ from .workers import run_in_pool
 SUMMARY_COLUMNS = ["experiment", "strategy", "model", "hardware", "devices", "requests",
                    "jct_mean_s", "jct_p50_s", "jct_p90_s", "jct_p99_s", "throughput_rps"]
 TRACE_ROWS = 200_000          # op rows a traced job keeps for the timeline and trace.json (bounded)
-INTEGER_COLUMNS = ("devices", "requests", "ops")      # written as integers, empty when missing
+INTEGER_COLUMNS = ("devices", "requests", "ops", "steps", "preemptions")   # integers; empty if missing
 
 
 STATUS_OK, STATUS_INFEASIBLE, STATUS_FAILED = "ok", "infeasible", "failed"
@@ -54,6 +55,7 @@ class JobResult:
     trace: Optional[Trace]
     error: Optional[str]
     status: str = STATUS_OK
+    steps: Optional[pd.DataFrame] = None     # continuous batching: the scheduler's steps
 
 
 def _base_row(job: Job) -> dict:
@@ -82,7 +84,15 @@ def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None
     req = request_metrics(trace)
     for k, v in reversed(list(base.items())):
         req.insert(0, k, v)
-    return JobResult(job.index, row, req, trace if keep_trace else None, None)
+    steps = None
+    if trace.steps:
+        steps = pd.DataFrame(trace.steps, columns=list(StepRecord._fields))
+        for k, v in reversed(list(base.items())):
+            steps.insert(0, k, v)
+    trace_kept = trace if keep_trace else None
+    if trace_kept is not None:
+        trace_kept.steps, trace_kept.itl_s = [], []      # kept in the frame / summary already
+    return JobResult(job.index, row, req, trace_kept, None, steps=steps)
 
 
 def _middle_rows(job: Job, trace: Trace) -> Trace:
@@ -259,6 +269,12 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
     reqs = [r.requests for r in ordered if r.requests is not None]
     write_csv(os.path.join(out_dir, "requests.csv"),
               pd.concat(reqs, ignore_index=True) if reqs else pd.DataFrame())
+    steps = [r.steps for r in ordered if r.steps is not None]
+    steps_file = os.path.join(out_dir, "steps.csv")
+    if steps:
+        write_csv(steps_file, pd.concat(steps, ignore_index=True))
+    elif os.path.exists(steps_file):
+        os.remove(steps_file)
     written = outputs.write_all(plan.path, out_dir, jobs, ordered, plan.options, plan.timeline)
     failed = [r for r in ordered if r.status == STATUS_FAILED]
     return RunReport(plan, summary, failed, written)
