@@ -141,6 +141,14 @@ class BatchEntry(NamedTuple):
     decode: bool
     samples: bool
 
+    def cut(self, first: int) -> tuple["BatchEntry", "BatchEntry"]:
+        """Its first `first` query tokens (they sample nothing) and the rest (which attend to
+        the first part's keys too)."""
+        head = BatchEntry(self.request, self.seqs, first,
+                          self.context_tokens - self.q_tokens + first, self.decode, False)
+        return head, BatchEntry(self.request, self.seqs, self.q_tokens - first,
+                                self.context_tokens, self.decode, self.samples)
+
 
 class Batch(NamedTuple):
     """One scheduled forward step."""

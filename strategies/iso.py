@@ -261,11 +261,9 @@ class ISO(TP):
                     chunks[c].append(e)
                     room -= size
                     break
-                head = e._replace(q_tokens=room, context_tokens=e.context_tokens - e.q_tokens + room,
-                                  samples=False) if room > 0 else None
-                if head is not None:
+                if room > 0:
+                    head, e = e.cut(room)
                     chunks[c].append(head)
-                    e = e._replace(q_tokens=e.q_tokens - room)
                 c += 1
                 room = targets[c]
             if room <= 0 and c < len(targets) - 1:

@@ -226,3 +226,10 @@ def test_kv_cache_blocks_arithmetic():
     _, tp_bytes = kv_cache_blocks(model, 80e9, 2, 1, None, cfg, 2048)
     assert pp_bytes == block_bytes * 20 / 32 and tp_bytes == block_bytes / 2
     assert kv_cache_blocks(model, 1e9, 1, 1, None, cfg, 2048)[0] == 0    # weights do not fit
+
+
+def test_an_entry_cut_in_two_keeps_its_tokens_and_keys():
+    e = BatchEntry(3, 1, 100, 150, False, True)
+    head, tail = e.cut(40)
+    assert head == BatchEntry(3, 1, 40, 90, False, False)
+    assert tail == BatchEntry(3, 1, 60, 150, False, True)

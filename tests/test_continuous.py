@@ -131,3 +131,15 @@ def test_itl_and_steps_are_recorded():
     tpot = [(r.finish_s - r.first_token_s) / 3 for r in trace.requests]
     assert math.isclose(gaps.mean(), np.mean(tpot), rel_tol=1e-9)
     assert trace.steps[0].kv_blocks_used == 3 * 2 and trace.meta["kv_blocks"] == 100_000
+
+
+def test_iso_cuts_a_step_into_equal_token_chunks():
+    from simulator.batching import Batch, BatchEntry
+    iso = make_strategy({"name": "iso", "chunks": 2, "min_chunk_tokens": 8}, MODEL, 2, "t", "s")
+    decode = BatchEntry(0, 1, 1, 51, True, True)
+    prompt = BatchEntry(1, 1, 99, 99, False, True)
+    chunks = iso.batch_chunks(Batch(0, (decode, prompt), 100, "mixed"))
+    # 50 tokens each: the decode and 49 of the prompt, then the prompt's last 50
+    assert chunks == [[decode, BatchEntry(1, 1, 49, 49, False, False)],
+                      [BatchEntry(1, 1, 50, 99, False, True)]]
+    assert iso.batch_chunks(Batch(1, (decode,), 1, "decode")) is None     # too small to split
