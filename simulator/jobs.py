@@ -21,6 +21,7 @@ from .engine import SimRuntime
 from .errors import ConfigError, PointError
 from .experiment import Job
 from .hardware import HardwareProfile, load_hardware
+from .metrics import Slo, parse_slo
 from .model import ModelSpec, check_fits, load_model
 from .schema import check_value
 from .trace import Trace
@@ -35,6 +36,7 @@ class Built:
     workload: Workload
     strategy: Strategy
     seed: int
+    slo: Optional[Slo] = None
 
 
 def build(job: Job) -> Built:
@@ -52,6 +54,7 @@ def build(job: Job) -> Built:
     devices = check_value(cfg["devices"], int, where, "devices", min=1, max=hardware.max_devices)
     seed = check_value(cfg.get("seed", 0), int, where, "seed", min=0)
     workload = parse_workload(cfg["workload"], where, "workload", base_dir=job.base_dir)
+    slo = parse_slo(cfg.get("slo"), where)
     strategy = make_strategy(job.strategy, model, devices, where, job.strategy_key)
     tp, pp = strategy.parallel_layout()
     batch = workload.batch * strategy.resident_requests()
@@ -61,7 +64,7 @@ def build(job: Job) -> Built:
                    split=strategy.stage_layers())
     except ConfigError as exc:
         raise PointError(exc.where, exc.key, exc.message) from None
-    return Built(model, hardware, devices, workload, strategy, seed)
+    return Built(model, hardware, devices, workload, strategy, seed, slo)
 
 
 def make_strategy(spec: dict, model: ModelSpec, devices: int, where: str, key: str) -> Strategy:
