@@ -130,14 +130,15 @@ def summarize(trace: Trace, slo: Optional[Slo] = None) -> dict:
         out["ttft_p90_s"] = float(np.percentile(m["ttft_s"], 90))
         tpot = m["tpot_s"].dropna()
         out["tpot_mean_s"] = float(tpot.mean()) if len(tpot) else float("nan")
-        ttft, tpot, queue = m["ttft_s"].to_numpy(float), tpot.to_numpy(float), m["queue_s"].to_numpy(float)
+        ttft, queue = m["ttft_s"].to_numpy(float), m["queue_s"].to_numpy(float)
+        tpot = tpot.to_numpy(float)
         out.update(ttft_p50_s=_pct(ttft, 50), ttft_p99_s=_pct(ttft, 99),
                    tpot_p50_s=_pct(tpot, 50), tpot_p90_s=_pct(tpot, 90), tpot_p99_s=_pct(tpot, 99),
                    queue_mean_s=float(queue.mean()), queue_p90_s=_pct(queue, 90),
                    queue_p99_s=_pct(queue, 99))
-        batch = m["batch"].to_numpy(np.int64)
-        out["input_tokens_per_s"] = float((m["prompt_tokens"].to_numpy(np.int64) * batch).sum()) * per_s
-        out["output_tokens_per_s"] = float((m["output_tokens"].to_numpy(np.int64) * batch).sum()) * per_s
+        batch = m["batch"].to_numpy(np.int64)          # tokens of every sequence of a request
+        for name, col in (("input", "prompt_tokens"), ("output", "output_tokens")):
+            out[f"{name}_tokens_per_s"] = float((m[col].to_numpy(np.int64) * batch).sum()) * per_s
         out["goodput_rps"] = float(m["meets_slo"].sum()) * per_s if slo is not None else math.nan
     dev = device_metrics(trace)
     if len(dev):

@@ -113,7 +113,7 @@ class Workload:
         elif self.arrival == "poisson":
             times = np.cumsum(rng.exponential(1.0 / self.rate_rps, size=n))
             times -= times[0]
-        else:               # all_at_once (an offline throughput benchmark); closed_loop sets its own
+        else:       # all_at_once (an offline throughput benchmark); closed_loop sets its own
             times = np.zeros(n)
         return [Request(i, float(times[i]), int(prompts[i]), int(outputs[i]), self.batch,
                         i >= self.warmup) for i in range(n)]
