@@ -232,3 +232,14 @@ def test_serving_columns_goodput_and_meets_slo(tmp_path):
     assert on_disk["goodput_rps"].iloc[1] == pytest.approx(on_disk["throughput_rps"].iloc[1])
     same = [c for c in plain.columns if c not in ("goodput_rps", "error") and c in swept.columns]
     pd.testing.assert_frame_equal(swept.iloc[[0]][same].reset_index(drop=True), plain[same])
+
+
+def test_console_shows_goodput_only_with_an_slo():
+    from simulator.console import summary_table
+    row = {"strategy": "tp", "model": "m", "devices": 2, "requests": 4, "jct_mean_s": 0.5,
+           "throughput_rps": 2.0, "error": ""}
+    plain = summary_table(pd.DataFrame([{**row, "goodput_rps": float("nan")}]))
+    assert "goodput_rps" not in plain and "throughput_rps" in plain
+    table = summary_table(pd.DataFrame([{**row, "goodput_rps": 1.5}]))
+    assert table.splitlines()[0].split()[5:7] == ["throughput_rps", "goodput_rps"]
+    assert table.splitlines()[1].split()[5:7] == ["2.000", "1.500"]
