@@ -20,12 +20,13 @@ METRIC_COLUMNS = [
     ("requests", "requests", "int"),
     ("jct_mean_s", "jct_mean_ms", "ms"), ("jct_p50_s", "jct_p50_ms", "ms"),
     ("jct_p90_s", "jct_p90_ms", "ms"), ("jct_p99_s", "jct_p99_ms", "ms"),
-    ("throughput_rps", "throughput_rps", "rate"),
+    ("throughput_rps", "throughput_rps", "rate"), ("goodput_rps", "goodput_rps", "rate"),
     ("ttft_mean_s", "ttft_mean_ms", "ms"), ("tpot_mean_s", "tpot_mean_ms", "ms"),
     ("busy_fraction", "busy_%", "pct"),
     ("exposed_comm_s", "exposed_comm_ms", "ms"), ("exposed_comm_fraction", "exposed_comm_%", "pct"),
 ]
 DESCRIPTOR_COLUMNS = ("experiment", "strategy", "model", "hardware", "devices")
+SHOWN_WHEN_SET = ("goodput_rps",)        # only when some row has a value (an experiment with slo)
 
 
 def fmt(value, kind: str) -> str:
@@ -66,7 +67,8 @@ def summary_table(summary: pd.DataFrame) -> str:
         cols.append(("hardware", "hardware", "text"))
     cols.append(("devices", "devices", "int"))
     cols += [(c, str(c).split(".")[-1], "num") for c in swept]
-    cols += [c for c in METRIC_COLUMNS if c[0] in summary.columns]
+    cols += [c for c in METRIC_COLUMNS if c[0] in summary.columns and not (
+        c[0] in SHOWN_WHEN_SET and pd.to_numeric(summary[c[0]], errors="coerce").isna().all())]
     table = pd.DataFrame({head: [fmt(v, kind) for v in summary[col]] for col, head, kind in cols})
     table["status"] = [status_of(e) for e in summary.get("error", pd.Series([""] * len(summary)))]
     return table.to_string(index=False)

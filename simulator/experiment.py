@@ -2,12 +2,13 @@
 
 Keys: ``name`` (default: the file's stem; a plain folder name, see `check_name`), ``description``
 (free text), ``model``, ``hardware``, ``devices``, ``seed``, ``strategies`` (names, or mappings
-``{name: ..., label: ..., <params>}``), ``workload``, ``serving`` (simulator/batching.py) and
-``outputs``. Any scalar except ``name``,
-``description`` and a strategy's ``name`` and ``label`` may be a list: the experiment is swept over
-the cartesian product of every such list (in the order the keys appear; at most `MAX_JOBS` jobs); a
-list inside a strategy mapping makes one variant of that strategy per value. Each job is re-parsed from its plain-dict form, so jobs can be sent to
-worker processes and cached by content.
+``{name: ..., label: ..., <params>}``), ``workload``, ``serving`` (simulator/batching.py),
+``slo`` (per-request TTFT/TPOT bounds for goodput, `simulator.metrics.parse_slo`) and ``outputs``.
+Any scalar except ``name``, ``description`` and a strategy's ``name`` and ``label`` may be a list:
+the experiment is swept over the cartesian product of every such list (in the order the keys
+appear; at most `MAX_JOBS` jobs); a list inside a strategy mapping makes one variant of that
+strategy per value. Each job is re-parsed from its plain-dict form, so jobs can be sent to worker
+processes and cached by content.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .safe_yaml import read_yaml_file
 from .schema import Section
 
 TOP_KEYS = ("name", "description", "model", "hardware", "devices", "seed", "strategies",
-            "workload", "serving", "outputs")
+            "workload", "serving", "slo", "outputs")
 NOT_SWEPT = ("values",)          # keys whose list value is data, not a sweep axis
 
 
@@ -34,7 +35,7 @@ class Job:
     index: int
     experiment: str
     where: str
-    config: dict                 # name/model/hardware/devices/seed/workload (one sweep point)
+    config: dict                 # name/model/hardware/devices/seed/workload/slo (one sweep point)
     strategy: dict               # {name: ..., params...}
     strategy_key: str            # e.g. "strategies[1]" for error messages
     label: str

@@ -22,6 +22,7 @@ from .engine import SimRuntime
 from .errors import ConfigError, PointError
 from .experiment import Job
 from .hardware import HardwareProfile, load_hardware
+from .metrics import Slo, parse_slo
 from .model import ModelSpec, check_fits, load_model
 from .schema import check_value
 from .trace import Trace
@@ -36,6 +37,7 @@ class Built:
     workload: Workload
     strategy: Strategy
     seed: int
+    slo: Optional[Slo] = None
     serving: ServingConfig = ServingConfig()
     kv_blocks: int = 0
 
@@ -56,9 +58,11 @@ def build(job: Job) -> Built:
     seed = check_value(cfg.get("seed", 0), int, where, "seed", min=0)
     workload = parse_workload(cfg["workload"], where, "workload", base_dir=job.base_dir)
     serving = parse_serving(cfg.get("serving"), where)
+    slo = parse_slo(cfg.get("slo"), where)
     strategy = make_strategy(job.strategy, model, devices, where, job.strategy_key)
     if serving.continuous:
-        return _build_continuous(job, model, hardware, devices, workload, strategy, seed, serving)
+        return _build_continuous(job, model, hardware, devices, workload, strategy, seed, slo,
+                                 serving)
     tp, pp = strategy.parallel_layout()
     batch = workload.batch * strategy.resident_requests()
     context = _max_context(workload, seed)
@@ -67,10 +71,11 @@ def build(job: Job) -> Built:
                    split=strategy.stage_layers())
     except ConfigError as exc:
         raise PointError(exc.where, exc.key, exc.message) from None
-    return Built(model, hardware, devices, workload, strategy, seed)
+    return Built(model, hardware, devices, workload, strategy, seed, slo)
 
 
-def _build_continuous(job, model, hardware, devices, workload, strategy, seed, serving) -> Built:
+def _build_continuous(job, model, hardware, devices, workload, strategy, seed, slo,
+                      serving) -> Built:
     """The KV cache in blocks (what is left of the device memory after the weights and one full
     step's activations), checked to hold the longest request alone."""
     where = job.where
@@ -91,7 +96,7 @@ def _build_continuous(job, model, hardware, devices, workload, strategy, seed, s
             f"({blocks * block_bytes / 2**30:.2f} GiB per device with tp={tp}, pp={pp}) but the "
             f"longest request needs {need}; use more devices, a larger fraction or shorter "
             "requests"))
-    return Built(model, hardware, devices, workload, strategy, seed, serving, blocks)
+    return Built(model, hardware, devices, workload, strategy, seed, slo, serving, blocks)
 
 
 def make_strategy(spec: dict, model: ModelSpec, devices: int, where: str, key: str) -> Strategy:

@@ -80,8 +80,8 @@ def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None
     except Exception as exc:      # a bug, not bad input: record it with its type and go on
         msg = f"internal error ({type(exc).__name__}: {exc}); please report it"
         return JobResult(job.index, {**base, "error": msg}, None, None, msg, STATUS_FAILED)
-    row = {**base, **summarize(trace), "error": ""}
-    req = request_metrics(trace)
+    row = {**base, **summarize(trace, built.slo), "error": ""}
+    req = request_metrics(trace, built.slo)
     for k, v in reversed(list(base.items())):
         req.insert(0, k, v)
     steps = None

@@ -18,10 +18,15 @@ from typing import Generator, Optional
 import numpy as np
 
 from .errors import ConfigError
+from .lengths import COLUMNS as DATASET_COLUMNS
+from .lengths import LengthPairs, column, dataset
 from .schema import Section
 
 ARRIVALS = ("all_at_once", "fixed_rate", "poisson", "trace", "closed_loop")
-DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal", "empirical")
+# the keys each arrival kind takes besides `kind`
+ARRIVAL_KEYS = {"all_at_once": (), "fixed_rate": ("rate_rps",), "poisson": ("rate_rps",),
+                "trace": ("csv",), "closed_loop": ("clients", "think_s")}
+DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal", "empirical", "dataset")
 # Sanity bounds on user input, far beyond any real workload (and what a simulation could finish):
 MAX_TOKENS = 10_000_000        # tokens per sequence, prompt or output (10x the longest contexts)
 MAX_REQUESTS = 1_000_000       # requests per run (a run of that many takes hours already)
@@ -89,6 +94,7 @@ class Workload:
     clients: int = 1
     think_s: float = 0.0
     trace_rows: tuple = ()          # (arrival_s, prompt_tokens, output_tokens) for 'trace'
+    lengths: Optional[LengthPairs] = None     # prompt and output drawn together (else each alone)
 
     def generate(self, rng: np.random.Generator) -> list[Request]:
         """All requests, in arrival order (closed-loop arrivals are placeholders at 0)."""
@@ -97,14 +103,17 @@ class Workload:
             rows = self.trace_rows[:n] if n else self.trace_rows
             return [Request(i, a, int(p), int(o), self.batch, i >= self.warmup)
                     for i, (a, p, o) in enumerate(rows)]
-        prompts = self.prompt.draw(rng, n)
-        outputs = self.output.draw(rng, n)
+        if self.lengths is not None:
+            prompts, outputs = self.lengths.draw(rng, n)
+        else:
+            prompts = self.prompt.draw(rng, n)
+            outputs = self.output.draw(rng, n)
         if self.arrival == "fixed_rate":
             times = np.arange(n) / self.rate_rps
         elif self.arrival == "poisson":
             times = np.cumsum(rng.exponential(1.0 / self.rate_rps, size=n))
             times -= times[0]
-        else:
+        else:       # all_at_once (an offline throughput benchmark); closed_loop sets its own
             times = np.zeros(n)
         return [Request(i, float(times[i]), int(prompts[i]), int(outputs[i]), self.batch,
                         i >= self.warmup) for i in range(n)]
@@ -169,9 +178,11 @@ def _closed_loop(reqs: list[Request], clients: int, think_s: float):
 # ------------------------------------------------------------------------------------ parsing
 
 def parse_length(value, where: str, key: str, base_dir: Optional[str] = None) -> LengthDist:
-    """An int (fixed) or {dist: fixed|uniform|normal|lognormal|empirical, ...}; token counts lie in
-    [1, MAX_TOKENS], and [low, high] must hold a multiple of `multiple_of`. An empirical `csv:` path
-    is relative to `base_dir` (the experiment file's folder)."""
+    """An int (fixed) or {dist: fixed|uniform|normal|lognormal|empirical|dataset, ...}; token counts
+    lie in [1, MAX_TOKENS], and [low, high] must hold a multiple of `multiple_of`. An empirical
+    `csv:` path is relative to `base_dir` (the experiment file's folder). `dataset` resamples the
+    column of a shipped dataset (`simulator.lengths`) that the key's last part names
+    (prompt_tokens or output_tokens)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if not 1 <= value <= MAX_TOKENS:
             raise ConfigError(where, key, f"must be a token count in [1, {MAX_TOKENS:,}], got {value}")
@@ -192,6 +203,14 @@ def parse_length(value, where: str, key: str, base_dir: Optional[str] = None) ->
     elif kind in ("normal", "lognormal"):
         d = LengthDist(kind, low=float(low), high=float(high), mean=sec.get("mean", float),
                        std=sec.get("std", float, min=0.0), multiple_of=mult)
+    elif kind == "dataset":
+        which = key.rsplit(".", 1)[-1]
+        if which not in DATASET_COLUMNS:
+            raise sec.error("dist", "dataset draws prompt_tokens or output_tokens only")
+        ds = dataset(sec.raw("name"), where, sec.key("name"))
+        vals = column(ds.name, which).astype(float)
+        d = LengthDist("empirical", low=float(low), high=float(high), values=tuple(vals),
+                       multiple_of=mult)
     else:
         vals = _empirical_values(sec, where, key, base_dir)
         d = LengthDist(kind, low=float(low), high=float(high), values=tuple(vals), multiple_of=mult)
@@ -261,6 +280,7 @@ def parse_workload(value, where: str, key: str = "workload",
     sec = Section(value, where, key)
     arrival_sec = sec.section("arrival", {"kind": "all_at_once"})
     kind = arrival_sec.get("kind", str, choices=ARRIVALS)
+    _check_arrival_keys(arrival_sec, kind)
     rate = arrival_sec.get("rate_rps", float, 0.0, min=0.0, min_open=kind in ("fixed_rate", "poisson"))
     think = arrival_sec.get("think_s", float, 0.0, min=0.0, max=MAX_TIME_S)
     if kind in ("fixed_rate", "poisson") and not arrival_sec.has("rate_rps"):
@@ -278,16 +298,48 @@ def parse_workload(value, where: str, key: str = "workload",
         raise sec.error("requests", f"is {n} but the trace {path} has only {len(rows)} rows; "
                         "give at most that many, or leave requests out to replay the whole trace")
     _check_horizon(arrival_sec, kind, n, rate, clients, think)
+    pairs = _parse_pairs(sec, kind) if sec.has("lengths") else None
     wl = Workload(
         requests=n, arrival=kind, rate_rps=rate,
         batch=sec.get("batch", int, 1, min=1, max=MAX_BATCH),
         prompt=parse_length(sec.raw("prompt_tokens", 512), where, sec.key("prompt_tokens"), base_dir),
         output=parse_length(sec.raw("output_tokens", 1), where, sec.key("output_tokens"), base_dir),
-        warmup=sec.get("warmup", int, 0, min=0), clients=clients, think_s=think, trace_rows=rows)
+        warmup=sec.get("warmup", int, 0, min=0), clients=clients, think_s=think, trace_rows=rows,
+        lengths=pairs)
     if wl.warmup >= wl.requests:
         raise sec.error("warmup", f"must be less than requests ({wl.requests}), got {wl.warmup}")
     sec.done()
     return wl
+
+
+def _parse_pairs(sec: Section, kind: str) -> LengthPairs:
+    """``lengths: {dataset: NAME, max_prompt_tokens: N, max_output_tokens: N}``: prompt and output
+    tokens drawn together from a shipped dataset, in place of prompt_tokens and output_tokens."""
+    for other in ("prompt_tokens", "output_tokens"):
+        if sec.has(other):
+            raise sec.error(other, "cannot be given with lengths, which draws prompt and output "
+                            "tokens together; give one or the other")
+    if kind == "trace":
+        raise sec.error("lengths", "a trace replay takes its token counts from its CSV; leave "
+                        "lengths out")
+    ls = sec.section("lengths")
+    ds = dataset(ls.raw("dataset"), ls.where, ls.key("dataset"))
+    pairs = LengthPairs(ds.name,
+                        ls.get("max_prompt_tokens", int, MAX_TOKENS, min=1, max=MAX_TOKENS),
+                        ls.get("max_output_tokens", int, MAX_TOKENS, min=1, max=MAX_TOKENS))
+    ls.done()
+    return pairs
+
+
+def _check_arrival_keys(sec: Section, kind: str) -> None:
+    """A key of another arrival kind is refused, not ignored (a rate_rps beside all_at_once would
+    otherwise read as if it paced the requests)."""
+    own = ARRIVAL_KEYS[kind]
+    for name in sec.data:
+        if name != "kind" and name not in own:
+            used = ", ".join(k for k, keys in ARRIVAL_KEYS.items() if name in keys)
+            why = f"is a key of arrival kind {used}, not of {kind}" if used else "unknown key"
+            raise sec.error(name, f"{why}; allowed here: " + ", ".join(("kind",) + own))
 
 
 def _check_horizon(sec: Section, kind: str, n: int, rate: float, clients: int, think: float) -> None:

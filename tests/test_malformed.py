@@ -170,6 +170,22 @@ RUN_CASES = {
                         "poisson"),
     "unknown-strategy": (experiment(("strategies", ["warp"])), "exp", "strategies[0].name", "available"),
     "experiment-not-yaml": (experiment(text="model: [unclosed\n"), "exp", "", "not valid YAML"),
+    # serving workloads and metrics
+    "all-at-once-with-rate": (experiment(("workload.arrival.kind", "all_at_once")), "exp",
+                              "workload.arrival.rate_rps", "not of all_at_once"),
+    "unknown-length-dataset": (experiment(("workload.lengths", {"dataset": "sharegpt"}),
+                                          ("workload.prompt_tokens", DELETE),
+                                          ("workload.output_tokens", DELETE)),
+                               "exp", "workload.lengths.dataset", "available: azure-conv-2023"),
+    "lengths-beside-prompt-tokens": (experiment(("workload.lengths", {"dataset": "azure-conv-2023"})),
+                                     "exp", "workload.prompt_tokens", "cannot be given with lengths"),
+    "unknown-dist-dataset": (experiment(("workload.prompt_tokens", {"dist": "dataset", "name": "x"})),
+                             "exp", "workload.prompt_tokens.name", "available: azure-conv-2023"),
+    "slo-negative": (experiment(("slo", {"ttft_s": -1})), "exp", "slo.ttft_s", "> 0"),
+    "slo-nan": (experiment(("slo", {"tpot_s": float("nan")})), "exp", "slo.tpot_s", "finite"),
+    "slo-unknown-key": (experiment(("slo", {"e2e_s": 1})), "exp", "slo.e2e_s", "allowed here"),
+    "slo-empty": (experiment(("slo", {})), "exp", "slo", "give ttft_s, tpot_s or both"),
+    "slo-not-mapping": (experiment(("slo", 0.5)), "exp", "slo", "expected a mapping"),
 }
 # written as bytes: the experiment file itself is not UTF-8
 RUN_CASES["experiment-not-utf8"] = (lambda tmp: put(tmp, "exp.yaml", GOOD_TEXT.encode() + b"# \xff\n"),
@@ -281,7 +297,8 @@ def _real_keys() -> list:
                             "value", "low", "high", "mean", "std", "values", "column", "multiple_of",
                             "preset", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab",
                             "dtype", "head_dim", "gated_mlp", "label", "timeline_window_s",
-                            "slo_s", "timeline_ops", "trace_max_events"}
+                            "slo_s", "timeline_ops", "trace_max_events", "slo", "ttft_s", "tpot_s",
+                            "lengths", "dataset", "max_prompt_tokens", "max_output_tokens"}
     for cls in strategy_registry.REGISTRY.values():
         keys |= set(cls.Params.__dataclass_fields__)
     return sorted(keys)
@@ -311,8 +328,8 @@ _STRATEGY_MAPPING = st.fixed_dictionaries(
 STRATEGY_ENTRY = st.one_of(st.sampled_from(strategy_registry.names()), SCALARS, _STRATEGY_MAPPING,
                            _STRATEGY_MAPPING)
 LENGTH = st.one_of(SCALARS, _shaped({"dist": st.sampled_from(["fixed", "uniform", "normal", "lognormal",
-                                                               "empirical", "zipf"])},
-                                    ["value", "low", "high", "mean", "std", "multiple_of", "csv",
+                                                               "empirical", "dataset", "zipf"])},
+                                    ["value", "low", "high", "mean", "std", "multiple_of", "csv", "name",
                                      "column"]),
                    st.fixed_dictionaries({"dist": st.just("empirical"), "values": st.lists(SCALARS)}))
 # a path of GOOD and what to put there
@@ -330,7 +347,11 @@ MUTATIONS = st.one_of(
                                         ["layers", "hidden", "heads", "kv_heads", "ffn", "vocab",
                                          "dtype", "head_dim", "gated_mlp", "name"])),
     st.tuples(st.just("outputs"), _shaped({}, ["timeline_window_s", "slo_s", "timeline_ops",
-                                               "trace_max_events", "colour"])))
+                                               "trace_max_events", "colour"])),
+    st.tuples(st.just("slo"), st.one_of(SCALARS, _shaped({}, ["ttft_s", "tpot_s", "jct_s"]))),
+    st.tuples(st.just("workload.lengths"), st.one_of(SCALARS, _shaped(
+        {"dataset": st.one_of(st.sampled_from(["azure-conv-2023", "azure-code-2023"]), SCALARS)},
+        ["max_prompt_tokens", "max_output_tokens", "low"]))))
 
 
 def check_loads_or_config_error(path: str) -> None:

@@ -87,3 +87,85 @@ def test_recorder_keeps_only_what_it_is_asked_to():
     rec.fold(float("inf"))
     assert rec.ops == 10 and [r[8] for r in rec.kept] == [0, 1, 2]
     assert rec.device_stats()[0].busy_s == 10.0
+
+
+# ---------------------------------------------------------------------- serving metrics and SLO
+
+from simulator.errors import ConfigError  # noqa: E402
+from simulator.metrics import Slo, parse_slo, request_metrics  # noqa: E402
+
+# (request, arrival, start, first token, finish, prompt, output, batch, measured):
+# ttft 0.5, 1.0, 2.0, 1.75; tpot 1/3, 0.5, none (single pass), 1/12; queue 0, 0.5, 1.0, 1.5
+SERVED = [RequestRecord(0, 0.0, 0.0, 0.5, 1.0, 100, 2, 1, False),       # warm-up: left out
+          RequestRecord(1, 1.0, 1.0, 1.5, 2.5, 100, 4, 1, True),
+          RequestRecord(2, 2.0, 2.5, 3.0, 4.0, 200, 3, 2, True),
+          RequestRecord(3, 3.0, 4.0, 5.0, 5.0, 50, 1, 1, True),
+          RequestRecord(4, 4.0, 5.5, 5.75, 6.0, 10, 4, 1, True)]
+
+
+def served(slo=None):
+    t = Trace.from_rows([row(0, 0, 6, "compute")], SERVED, {"devices": 1, "makespan_s": 6.0})
+    return summarize(t, slo), request_metrics(t, slo)
+
+
+def test_serving_percentiles_and_token_throughput():
+    s, req = served()
+    assert s["requests"] == 4 and s["throughput_rps"] == pytest.approx(4 / 5.0)
+    assert s["ttft_p50_s"] == pytest.approx(1.375)                  # sorted 0.5, 1, 1.75, 2
+    assert s["ttft_p99_s"] == pytest.approx(1.75 + 0.97 * 0.25)
+    assert s["ttft_p90_s"] == pytest.approx(1.75 + 0.7 * 0.25)      # unchanged column
+    assert s["tpot_p50_s"] == pytest.approx(1 / 3)                  # sorted 1/12, 1/3, 1/2
+    assert s["tpot_p90_s"] == pytest.approx(1 / 3 + 0.8 / 6)
+    assert s["tpot_p99_s"] == pytest.approx(1 / 3 + 0.98 / 6)
+    assert s["queue_mean_s"] == pytest.approx(0.75)
+    assert s["queue_p90_s"] == pytest.approx(1.0 + 0.7 * 0.5)
+    assert s["queue_p99_s"] == pytest.approx(1.0 + 0.97 * 0.5)
+    # tokens of every sequence (request 2 has batch 2) over the span 1.0 .. 6.0
+    assert s["input_tokens_per_s"] == pytest.approx((100 + 2 * 200 + 50 + 10) / 5.0)
+    assert s["output_tokens_per_s"] == pytest.approx((4 + 2 * 3 + 1 + 4) / 5.0)
+    assert np.isnan(s["goodput_rps"]) and "meets_slo" not in req.columns
+
+
+@pytest.mark.parametrize("slo,meets", [
+    (Slo(ttft_s=1.0), [0, 1, 2]),                 # a bound is met with equality
+    (Slo(tpot_s=0.4), [1, 3, 4]),                 # the single-pass request has no TPOT to miss
+    (Slo(ttft_s=1.0, tpot_s=0.4), [1]),
+    (Slo(ttft_s=0.1), []),
+])
+def test_goodput_counts_measured_requests_meeting_every_bound(slo, meets):
+    s, req = served(slo)
+    assert list(req.loc[req["meets_slo"], "request"]) == meets      # warm-up 0 flagged too
+    assert s["goodput_rps"] == pytest.approx(len([r for r in meets if r != 0]) / 5.0)
+    # the other columns do not depend on the SLO
+    plain, _ = served()
+    assert {k: v for k, v in s.items() if k != "goodput_rps"} == \
+        pytest.approx({k: v for k, v in plain.items() if k != "goodput_rps"})
+
+
+def test_single_pass_run_has_no_tpot_percentiles():
+    reqs = [RequestRecord(i, float(i), float(i), i + 0.5, i + 0.5, 10, 1, 1, True) for i in range(3)]
+    s = summarize(Trace.from_rows([row(0, 0, 3, "compute")], reqs, {"devices": 1, "makespan_s": 3.0}))
+    assert all(np.isnan(s[k]) for k in ("tpot_p50_s", "tpot_p90_s", "tpot_p99_s"))
+    assert s["output_tokens_per_s"] == pytest.approx(3 / 2.5)
+
+
+@pytest.mark.parametrize("value,key,words", [
+    ({"ttft_s": 0}, "slo.ttft_s", "> 0.0"),
+    ({"tpot_s": -0.1}, "slo.tpot_s", "> 0.0"),
+    ({"ttft_s": float("inf")}, "slo.ttft_s", "finite"),
+    ({"ttft_s": "fast"}, "slo.ttft_s", "expected a number"),
+    ({"ttft_s": True}, "slo.ttft_s", "boolean"),
+    ({"jct_s": 1.0}, "slo.jct_s", "allowed here: tpot_s, ttft_s"),
+    ({}, "slo", "give ttft_s, tpot_s or both"),
+    (0.5, "slo", "expected a mapping"),
+])
+def test_bad_slo(value, key, words):
+    with pytest.raises(ConfigError) as exc:
+        parse_slo(value, "e.yaml")
+    assert exc.value.key == key and words in exc.value.message
+
+
+def test_slo_parses_either_or_both():
+    assert parse_slo(None, "e.yaml") is None
+    assert parse_slo({"ttft_s": 2}, "e.yaml") == Slo(ttft_s=2.0)
+    assert parse_slo({"tpot_s": 0.05, "ttft_s": 1}, "e.yaml") == Slo(ttft_s=1.0, tpot_s=0.05)

@@ -166,7 +166,8 @@ def test_a_long_traced_job_keeps_a_bounded_stretch_from_its_middle(tmp_path, mon
     assert t0 <= middle
     assert cut.row.keys() == whole.row.keys()
     for k, v in whole.row.items():
-        assert cut.row[k] == (pytest.approx(v, rel=1e-9) if isinstance(v, float) else v), k
+        want = pytest.approx(v, rel=1e-9, nan_ok=True) if isinstance(v, float) else v
+        assert cut.row[k] == want, k          # nan_ok: goodput_rps is NaN without an slo
 
 
 def test_outputs_trace_full_streams_every_op_row_to_disk(tmp_path):
@@ -195,3 +196,50 @@ def test_outputs_trace_full_streams_every_op_row_to_disk(tmp_path):
     bad.write_text(path.read_text().replace("trace: full", "trace: everything"))
     with pytest.raises(Exception, match="outputs.trace"):
         runner.run_experiment(str(bad), str(tmp_path / "o2"), progress=False, quiet=True)
+
+
+SERVING_COLUMNS = ["ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p90_s", "tpot_p99_s",
+                   "queue_mean_s", "queue_p90_s", "queue_p99_s", "input_tokens_per_s",
+                   "output_tokens_per_s", "goodput_rps"]
+
+
+def _one_point(tmp_path, name, **changes):
+    exp = {**EXP, "devices": 1, "workload": {**EXP["workload"],
+                                            "arrival": {"kind": "poisson", "rate_rps": 50.0}}}
+    exp.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    out = tmp_path / name
+    summary = run_experiment(str(path), str(out), progress=False)
+    return summary, pd.read_csv(out / "summary.csv"), pd.read_csv(out / "requests.csv")
+
+
+def test_serving_columns_goodput_and_meets_slo(tmp_path):
+    """Without `slo` the goodput column is there and empty and requests.csv has no meets_slo; with
+    one, goodput is the meeting requests over the throughput's span, and the SLO is a sweep axis."""
+    plain, on_disk, reqs = _one_point(tmp_path, "plain")
+    assert set(SERVING_COLUMNS) <= set(on_disk.columns)
+    assert on_disk["goodput_rps"].isna().all() and "meets_slo" not in reqs.columns
+    span = reqs["finish_s"].max() - reqs["arrival_s"].min()
+    assert on_disk["output_tokens_per_s"].iloc[0] == pytest.approx(6 * 3 / span)
+    assert on_disk["input_tokens_per_s"].iloc[0] == pytest.approx(reqs["prompt_tokens"].sum() / span)
+    bound = float(reqs["ttft_s"].median())
+    swept, on_disk, reqs = _one_point(tmp_path, "slo", slo={"ttft_s": [bound, 1e6]})
+    assert list(on_disk["slo.ttft_s"]) == [bound, 1e6]
+    first = reqs[reqs["slo.ttft_s"] == bound]
+    assert list(first["meets_slo"]) == list(first["ttft_s"] <= bound)
+    assert on_disk["goodput_rps"].iloc[0] == pytest.approx(first["meets_slo"].sum() / span)
+    assert on_disk["goodput_rps"].iloc[1] == pytest.approx(on_disk["throughput_rps"].iloc[1])
+    same = [c for c in plain.columns if c not in ("goodput_rps", "error") and c in swept.columns]
+    pd.testing.assert_frame_equal(swept.iloc[[0]][same].reset_index(drop=True), plain[same])
+
+
+def test_console_shows_goodput_only_with_an_slo():
+    from simulator.console import summary_table
+    row = {"strategy": "tp", "model": "m", "devices": 2, "requests": 4, "jct_mean_s": 0.5,
+           "throughput_rps": 2.0, "error": ""}
+    plain = summary_table(pd.DataFrame([{**row, "goodput_rps": float("nan")}]))
+    assert "goodput_rps" not in plain and "throughput_rps" in plain
+    table = summary_table(pd.DataFrame([{**row, "goodput_rps": 1.5}]))
+    assert table.splitlines()[0].split()[5:7] == ["throughput_rps", "goodput_rps"]
+    assert table.splitlines()[1].split()[5:7] == ["2.000", "1.500"]

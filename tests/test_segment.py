@@ -79,7 +79,7 @@ def test_an_op_beside_a_running_segment_splits_it():
     assert rt.segment_counts == {"run": 1, "expanded": 0, "split": 1}
     b = next(r for r in seg if r[4] == "b")
     assert b[2] == 1.0 and b[3] > 2.0                  # slowed by x from 1.5 on
-    assert summarize(t1) == pytest.approx(summarize(t2), rel=1e-12)
+    assert summarize(t1) == pytest.approx(summarize(t2), rel=1e-12, nan_ok=True)
 
 
 def test_a_split_during_a_collective_keeps_its_transfer():
@@ -160,7 +160,7 @@ def test_every_strategy_gives_the_op_level_trace_exactly(key, hw_name):
     _, ref = run_strategy(key, hw_name, False)
     assert log(seg) == log(ref)                                   # same floats, every op
     assert [r.__dict__ for r in seg.requests] == [r.__dict__ for r in ref.requests]
-    assert summarize(seg) == pytest.approx(summarize(ref), rel=1e-12)
+    assert summarize(seg) == pytest.approx(summarize(ref), rel=1e-12, nan_ok=True)
     if key != "liger" and not (key == "pp-hybrid" and hw_name == "a100-pcie-40gb"):
         assert rt.segment_counts["run"] > 0
 
@@ -171,7 +171,7 @@ def test_totals_without_rows_match_the_op_level_run(key):
     _, seg = run_strategy(key, "a100-sxm4-80gb", True, keep_ops=0)
     _, ref = run_strategy(key, "a100-sxm4-80gb", False)
     assert len(seg.rows) == 0 and seg.total_ops == len(ref.rows)
-    assert summarize(seg) == pytest.approx(summarize(ref), rel=1e-9)
+    assert summarize(seg) == pytest.approx(summarize(ref), rel=1e-9, nan_ok=True)
 
 
 def test_a_segment_reached_while_another_stream_runs_goes_op_by_op():

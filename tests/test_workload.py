@@ -115,3 +115,30 @@ def test_multiple_of_draws_stay_inside_low_high():
                      "w.yaml", "k")
     x = d.draw(np.random.default_rng(0), 2000)
     assert x.min() == 8 and x.max() == 64 and (x % 8 == 0).all()
+
+
+def test_all_at_once_is_an_offline_batch():
+    """Every request arrives at t = 0, with its own drawn lengths; seeded like the others."""
+    w = wl(arrival={"kind": "all_at_once"}, requests=50,
+           prompt_tokens={"dist": "uniform", "low": 8, "high": 4096})
+    reqs = w.generate(np.random.default_rng(4))
+    assert [r.arrival_s for r in reqs] == [0.0] * 50 and [r.id for r in reqs] == list(range(50))
+    assert len({r.prompt_tokens for r in reqs}) > 40
+    assert reqs == w.generate(np.random.default_rng(4))
+    assert parse_workload({"requests": 3}, "w.yaml").arrival == "all_at_once"   # the default
+
+
+@pytest.mark.parametrize("arrival,key,words", [
+    ({"kind": "all_at_once", "rate_rps": 4.0}, "rate_rps", "of arrival kind fixed_rate, poisson, "
+     "not of all_at_once; allowed here: kind"),
+    ({"kind": "all_at_once", "clients": 2}, "clients", "not of all_at_once"),
+    ({"kind": "all_at_once", "csv": "t.csv"}, "csv", "of arrival kind trace"),
+    ({"kind": "all_at_once", "burst": 2}, "burst", "unknown key; allowed here: kind"),
+    ({"kind": "poisson", "rate_rps": 4.0, "think_s": 1.0}, "think_s", "allowed here: kind, rate_rps"),
+    ({"kind": "closed_loop", "rate_rps": 4.0}, "rate_rps", "allowed here: kind, clients, think_s"),
+    ({"kind": "fixed_rate", "rate_rps": 4.0, "clients": 3}, "clients", "not of fixed_rate"),
+])
+def test_arrival_keys_of_another_kind_are_refused(arrival, key, words):
+    with pytest.raises(ConfigError) as exc:
+        parse_workload({"requests": 3, "arrival": arrival}, "w.yaml")
+    assert exc.value.key == f"workload.arrival.{key}" and words in exc.value.message, exc.value.line()

@@ -76,6 +76,24 @@ REDUCTIONS: dict[str, dict[str, Any]] = {
         "workload.warmup": 4,
         "workload.arrival.rate_rps": [8.0, 64.0],
     },
+    # Llama-2-7B with 4 of its layers; 8 requests (1 warm-up) drawn from the Azure conversation
+    # trace, the lightest and the heaviest rate; the TPOT bound scaled down with the layers (so
+    # that some requests miss it and goodput differs from throughput).
+    "serving-azure-conv": {
+        "model.layers": 4,
+        "workload.requests": 8,
+        "workload.warmup": 1,
+        "workload.arrival.rate_rps": [0.2, 0.8],
+        "slo.tpot_s": 0.0015,
+    },
+    # Llama-3-70B with 4 of its layers, 12 requests (2 warm-up), the lightest and the heaviest
+    # rate: every strategy's continuous-batching host, mixed steps and the scheduler pinned.
+    "serving-70b-h100": {
+        "model.layers": 4,
+        "workload.requests": 12,
+        "workload.warmup": 2,
+        "workload.arrival.rate_rps": [2.0, 12.0],
+    },
     "liger-artifact-2xv100": {
         "workload.requests": 24,
         "workload.warmup": 4,
