@@ -1,6 +1,7 @@
 """Scale: wall time and peak memory of serving-sized runs, one case per child process.
 
-    python benchmarks/scale.py [--cases 13b,70b,7b] [--requests-scale 1.0] [--timeout-s 900]
+    python benchmarks/scale.py [--cases 13b,70b,7b,cb70b,offline8b] [--requests-scale 1.0]
+                               [--timeout-s 900]
 
 Cases (what the scale issue asks of the simulator):
 - 13b: Llama-2-13B on 4 x A100 SXM, 1000 requests, Poisson 2 req/s, prompts uniform 128-1024,
@@ -9,6 +10,11 @@ Cases (what the scale issue asks of the simulator):
   32-128 output tokens (aim: <= 60 s).
 - 7b: Llama-2-7B tp on 2 x A100 SXM, single-pass 128-token requests at 50 req/s, 1k / 10k / 100k
   requests (aims: time linear in requests, <= 1 GiB at 100k).
+- cb70b: continuous batching, Llama-3-70B tp 8 on 8 x H100 SXM, 10,000 requests with Azure
+  conversation lengths (prompts clipped to 6144) at 6 req/s, below tp8's saturation (aim: 60 s,
+  2 GB).
+- offline8b: continuous batching, Llama-3-8B on one H100, 30,000 requests of 128 prompt and 128
+  output tokens all at once (an offline throughput benchmark; aim: 60 s).
 `--requests-scale` multiplies every request count (for a quick look). Each run keeps no op rows
 (as the runner does for untraced points). Peak memory is the child's maximum resident set size
 (the interpreter and libraries included, about 100 MiB). A case over `--timeout-s` is reported as
@@ -31,6 +37,12 @@ CASES = {
     "7b": [dict(model="llama-2-7b", hardware="a100-sxm4-80gb", devices=2, strategy="tp",
                 requests=n, rate_rps=50.0, prompt=(128, 128), output=(1, 1))
            for n in (1_000, 10_000, 100_000)],
+    # continuous batching (serving: {scheduler: continuous}, its defaults)
+    "cb70b": [dict(model="llama-3-70b", hardware="h100-sxm5-80gb", devices=8, strategy="tp",
+                   requests=10_000, rate_rps=6.0, lengths="azure-conv-2023", continuous=True)],
+    "offline8b": [dict(model="llama-3-8b", hardware="h100-sxm5-80gb", devices=1, strategy="tp",
+                       requests=30_000, rate_rps=0.0, prompt=(128, 128), output=(128, 128),
+                       continuous=True)],
 }
 
 
@@ -38,6 +50,7 @@ def run_case(case: dict) -> dict:
     """Simulate one case in this process; returns its figures."""
     import numpy as np
 
+    from simulator.batching import Scheduler, ServingConfig, kv_cache_blocks
     from simulator.engine import SimRuntime
     from simulator.hardware import load_hardware
     from simulator.model import load_model
@@ -46,15 +59,27 @@ def run_case(case: dict) -> dict:
 
     hw = load_hardware(case["hardware"])
     model = load_model(case["model"])
-    lo, hi = case["prompt"]
-    olo, ohi = case["output"]
-    wl = parse_workload({"requests": case["requests"],
-                         "arrival": {"kind": "poisson", "rate_rps": case["rate_rps"]},
-                         "prompt_tokens": {"dist": "uniform", "low": lo, "high": hi},
-                         "output_tokens": {"dist": "uniform", "low": olo, "high": ohi}}, "scale")
+    spec = {"requests": case["requests"],
+            "arrival": {"kind": "poisson", "rate_rps": case["rate_rps"]} if case["rate_rps"]
+            else {"kind": "all_at_once"}}
+    if "lengths" in case:
+        spec["lengths"] = {"dataset": case["lengths"], "max_prompt_tokens": 6144}
+    else:
+        (lo, hi), (olo, ohi) = case["prompt"], case["output"]
+        spec["prompt_tokens"] = {"dist": "uniform", "low": lo, "high": hi}
+        spec["output_tokens"] = {"dist": "uniform", "low": olo, "high": ohi}
+    wl = parse_workload(spec, "scale")
     strategy = make_strategy({"name": case["strategy"]}, model, case["devices"], "scale", "strategy")
+    scheduler = None
+    if case.get("continuous"):
+        cfg = ServingConfig(scheduler="continuous")
+        tp, pp = strategy.parallel_layout()
+        blocks, _ = kv_cache_blocks(model, hw.device.memory_bytes, tp, pp, None, cfg,
+                                    cfg.max_num_batched_tokens)
+        scheduler = Scheduler(cfg, blocks)
     t0 = time.perf_counter()
-    trace = SimRuntime(hw, case["devices"], keep_ops=0).run(strategy, wl.source(np.random.default_rng(0)))
+    trace = SimRuntime(hw, case["devices"], keep_ops=0).run(
+        strategy, wl.source(np.random.default_rng(0)), scheduler)
     wall = time.perf_counter() - t0
     return {"ops": trace.total_ops, "wall_s": wall,
             "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -83,7 +108,7 @@ def measure(case: dict, timeout_s: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="13b,70b,7b")
+    ap.add_argument("--cases", default="13b,70b,7b,cb70b,offline8b")
     ap.add_argument("--strategies", default="", help="comma-separated: only these strategies")
     ap.add_argument("--requests-scale", type=float, default=1.0)
     ap.add_argument("--timeout-s", type=float, default=900.0)
