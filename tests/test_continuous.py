@@ -143,3 +143,80 @@ def test_iso_cuts_a_step_into_equal_token_chunks():
     assert chunks == [[decode, BatchEntry(1, 1, 49, 49, False, False)],
                       [BatchEntry(1, 1, 50, 99, False, True)]]
     assert iso.batch_chunks(Batch(1, (decode,), 1, "decode")) is None     # too small to split
+
+
+# ------------------------------------------------------------------------------ through a run
+EXPERIMENT = """
+name: cb
+model: {preset: llama-3-8b, layers: 2}
+hardware: h100-sxm5-80gb
+devices: 2
+strategies: [tp, {name: pp, tp: 1, label: pp2}]
+serving: {scheduler: continuous, max_num_seqs: 8, max_num_batched_tokens: 256}
+workload:
+  requests: 12
+  arrival: {kind: poisson, rate_rps: [5.0, 50.0]}
+  prompt_tokens: {dist: uniform, low: 32, high: 300}
+  output_tokens: {dist: uniform, low: 2, high: 12}
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "cb.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_continuous_run_writes_steps_and_the_serving_plot(tmp_path):
+    import pandas as pd
+
+    from simulator.runner import run_experiment
+    out = tmp_path / "out"
+    run_experiment(_write(tmp_path, EXPERIMENT), str(out), progress=False)
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["strategy"]) == {"tp", "pp2"} and (summary["error"].isna()).all()
+    assert (summary["steps"] > 0).all() and (summary["itl_p99_s"] >= summary["itl_p50_s"]).all()
+    steps = pd.read_csv(out / "steps.csv")
+    for (label, rate), df in steps.groupby(["strategy", "workload.arrival.rate_rps"]):
+        row = summary[(summary["strategy"] == label)
+                      & (summary["workload.arrival.rate_rps"] == rate)].iloc[0]
+        assert len(df) == row["steps"]
+        assert (df["seqs"] <= 8).all() and (df["tokens"] <= 256).all()
+    assert (out / "serving.png").stat().st_size > 10_000
+    reqs = pd.read_csv(out / "requests.csv")
+    assert (reqs["start_s"] >= reqs["arrival_s"]).all()
+
+
+def test_static_runs_write_no_steps(tmp_path):
+    from simulator.runner import run_experiment
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "steps.csv").write_text("stale")
+    text = EXPERIMENT.replace("serving: {scheduler: continuous, max_num_seqs: 8, "
+                              "max_num_batched_tokens: 256}", "serving: {scheduler: static}")
+    run_experiment(_write(tmp_path, text), str(out), progress=False)
+    assert not (out / "steps.csv").exists() and not (out / "serving.png").exists()
+
+
+@pytest.mark.parametrize("change, words", [
+    (("max_num_batched_tokens: 256", "max_num_batched_tokens: 4"), "smaller than one KV block"),
+    (("max_num_seqs: 8,", "max_num_seqs: 8, chunked_prefill: false,"), "longest prefill"),
+    (("max_num_seqs: 8,", "max_num_seqs: 8, kv_cache_memory_fraction: 0.0,"), "must be > 0"),
+])
+def test_bad_serving_input_is_one_line(tmp_path, capsys, change, words):
+    from simulator.cli import main
+    path = _write(tmp_path, EXPERIMENT.replace(*change))
+    code = main(["run", path, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "serving" in err[0] and words in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_kv_cache_too_small_for_the_longest_request_is_infeasible(tmp_path):
+    from simulator.errors import PointError
+    from simulator.experiment import load_experiment
+    from simulator.jobs import build
+    text = EXPERIMENT.replace("max_num_seqs: 8,", "max_num_seqs: 8, kv_cache_memory_fraction: 1.0e-7,")
+    job = load_experiment(_write(tmp_path, text))[0]
+    with pytest.raises(PointError, match="longest request needs"):
+        build(job)
