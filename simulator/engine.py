@@ -166,6 +166,11 @@ class SimRuntime:
     def record(self, event: Event, device: int, stream: int = 0) -> None:
         self.machine.record(event, device, stream)
 
+    def record_all(self, name: str, devices, stream: int = 0) -> list:
+        """Exactly a new event per device, each recorded on (device, stream); a mirrored
+        follower's is its leader's (machine.record_all)."""
+        return self.machine.record_all(name, tuple(devices), stream)
+
     def profiled_seconds(self, op: Op) -> float:
         """The op's isolated time, as a profiler would have measured it (the cost model here)."""
         return self.cost.seconds(op)

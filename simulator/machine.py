@@ -54,6 +54,7 @@ class Machine:
         self.followers: dict = {}              # leader -> the devices that mirror it
         self.last_issued: dict = {}            # (leader, stream) -> its last launched op or event
         self.group_size: dict = {}            # collective group -> members simulated
+        self.group_plans: dict = {}            # devices -> group_plan(devices)
 
     # ------------------------------------------------------------------------------ host side
     def host_now(self, device: int) -> float:
@@ -95,18 +96,18 @@ class Machine:
 
     def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
         devices = tuple(devices)
+        if len(ops) < 2 or not self.segments:
+            self.launch_each(ops, devices, stream, request, phase)
+            return
         simulated = devices
         if self.mirrored:
             simulated = tuple(d for d in devices if self.leader_of[d] == d)
             if any(self.leader_of[d] not in devices for d in devices):
                 simulated = ()                  # a follower without its leader: op by op
         seg = segment.plan(self, ops, simulated, devices, stream, request, phase) \
-            if self.segments and simulated else None
+            if simulated else None
         if seg is None:
-            launch = self.launch
-            for op in ops:
-                for d in devices:
-                    launch(op, d, stream, request, phase)
+            self.launch_each(ops, devices, stream, request, phase)
             return
         for d in devices:
             if d in simulated:
@@ -116,6 +117,52 @@ class Machine:
         if self.mirrored and ops:
             for d in simulated:
                 self.last_issued[(d, stream)] = ops[-1]
+
+    def launch_each(self, ops, devices: tuple, stream: int, request: int, phase: str) -> None:
+        """``for op in ops: for d in devices: launch(op, d, stream, request, phase)``. A follower
+        launched right after its leader (its leader comes before it in `devices`) repeats the op
+        its leader just launched on this stream, so its check passes: only its host clock moves."""
+        plan = self.group_plans.get(devices)
+        if plan is None:
+            plan = self.group_plan(devices)
+        launch, host, now, launch_s = self.launch, self.host_s, self.env._now, self.launch_s
+        for op in ops:
+            for d, simulated in plan:
+                if simulated:
+                    launch(op, d, stream, request, phase)
+                else:
+                    t = host[d]
+                    host[d] = (t if t > now else now) + launch_s
+
+    def group_plan(self, devices: tuple) -> tuple:
+        """Per device of `devices`, in order: (device, whether it is issued as itself) -- False
+        for a follower whose leader comes before it in `devices` (mirror.declare)."""
+        seen: set = set()
+        plan = []
+        for d in devices:
+            leader = self.leader_of[d]
+            plan.append((d, leader == d or leader not in seen))
+            seen.add(d)
+        plan = self.group_plans[devices] = tuple(plan)
+        return plan
+
+    def record_all(self, name: str, devices: tuple, stream: int) -> list:
+        """``[record(Event(name), d, stream) for d in devices]``, the events in device order;
+        a follower recorded right after its leader gets its leader's event object, which
+        completes at the very time the follower's own would (see record)."""
+        plan = self.group_plans.get(devices)
+        if plan is None:
+            plan = self.group_plan(devices)
+        events = []
+        mine: dict = {}
+        for d, simulated in plan:
+            if simulated:
+                ev = mine[d] = Event(name)
+                self.record(ev, d, stream)
+            else:
+                ev = mine[self.leader_of[d]]
+            events.append(ev)
+        return events
 
     def record(self, event: Event, device: int, stream: int) -> None:
         if event.recorded:
@@ -135,12 +182,14 @@ class Machine:
                     twin.callbacks.append(lambda t, ev=event: self.complete_event(ev, t))
                 return
             self.last_issued[(device, stream)] = event
-        self.enqueue(device, stream, StreamItem(RECORD, None, self.host_now(device), event, -1, "", 0))
+        t, now = self.host_s[device], self.env._now
+        self.enqueue(device, stream, (RECORD, None, t if t > now else now, event, -1, "", 0))
 
     def wait(self, device: int, stream: int, event: Event) -> None:
         if self.mirrored and self.leader_of[device] != device:
             return                              # the leader's wait stands for it
-        self.enqueue(device, stream, StreamItem(WAIT, None, self.host_now(device), event, -1, "", 0))
+        t, now = self.host_s[device], self.env._now
+        self.enqueue(device, stream, (WAIT, None, t if t > now else now, event, -1, "", 0))
 
     # ------------------------------------------------------------------------------ streams
     def enqueue(self, device, stream, item) -> None:

@@ -27,6 +27,7 @@ def declare(m, group) -> None:
     m.recorder.mirror(leader, group[1:])
     m.mirrored = True
     m.group_size.clear()
+    m.group_plans.clear()
 
 
 def check_follower(m, kind: str, what, device: int, stream: int) -> None:

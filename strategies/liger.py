@@ -92,12 +92,14 @@ class LigerParams(Params):
 class _Flight:
     """A request in the window: its flat program and how far it has been launched.
 
+    `comm[i]` and `prof[i]` are ops[i]'s class (communication or not) and profiled time;
     `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
-    __slots__ = ("req", "ops", "step_of", "phases", "pos", "done_parts", "steps_done", "tail",
-                 "on_main")
+    __slots__ = ("req", "ops", "step_of", "phases", "comm", "prof", "n", "pos", "done_parts",
+                 "steps_done", "tail", "on_main")
 
-    def __init__(self, req, ops, step_of, phases):
+    def __init__(self, req, ops, step_of, phases, comm, prof):
         self.req, self.ops, self.step_of, self.phases = req, ops, step_of, phases
+        self.comm, self.prof, self.n = comm, prof, len(ops)
         self.pos = 0
         self.done_parts = 0
         # per finished step: [(event, streams it is recorded on)]; the step is done when all are
@@ -107,7 +109,7 @@ class _Flight:
 
     @property
     def launched(self) -> bool:
-        return self.pos >= len(self.ops)
+        return self.pos >= self.n
 
 
 class Liger(Strategy):
@@ -120,6 +122,9 @@ class Liger(Strategy):
         self.main: list[int] = []
         self.sub: list[int] = []
         self.factors = {True: 1.0, False: 1.0}
+        self.uniform = False                   # every device's main (sub) stream has one index
+        self.profiled: dict = {}               # id(op) -> (op, rt.profiled_seconds(op))
+        self.pieces: dict = {}                 # (id(op), parts done) -> (op, _pieces)
         # Test and analysis hook: set to a list to get one dict per host-loop iteration.
         self.plan_log: Optional[list] = None
 
@@ -135,6 +140,8 @@ class Liger(Strategy):
         self.main = [rt.create_stream(d, p.main_priority) for d in self.group]
         self.sub = [rt.create_stream(d, p.sub_priority) for d in self.group]
         rt.mirror(self.group)                  # one host program for all devices, in group order
+        self.uniform = len(set(self.main)) == 1 and len(set(self.sub)) == 1
+        self.profiled, self.pieces = {}, {}
         self.factors = {comm: self._budget_factor(rt, comm) for comm in (True, False)}
 
     def _budget_factor(self, rt, main_comm: bool) -> float:
@@ -157,12 +164,12 @@ class Liger(Strategy):
                 req = rt.try_next_request()
                 if req is None:
                     break
-                window.append(self._flight(req))
+                window.append(self._flight(rt, req))
             if not window:
                 req = yield from rt.next_request()
                 if req is None:
                     return
-                window.append(self._flight(req))
+                window.append(self._flight(rt, req))
                 continue
             prev = yield from self._iteration(rt, window, prev)
 
@@ -173,21 +180,33 @@ class Liger(Strategy):
             while window and window[0].launched:
                 window.pop(0)
 
-    def _flight(self, req) -> _Flight:
+    def _flight(self, rt, req) -> _Flight:
         ops: list[Op] = []
         step_of: list[int] = []
+        comm: list[bool] = []
+        prof: list[float] = []
         steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
         for i, step in enumerate(steps):
             step_program = step_ops(self.model, self.devices, step, self.group)
             ops.extend(step_program)
             step_of.extend([i] * len(step_program))
-        return _Flight(req, ops, step_of, [s.phase for s in steps])
+            # a step repeats one layer's op objects: look each distinct one up once
+            table = {id(op): op for op in step_program}
+            comm_of = {k: op.comm for k, op in table.items()}
+            prof_of = {k: self._profiled(rt, op) for k, op in table.items()}
+            ids = list(map(id, step_program))
+            comm.extend(map(comm_of.__getitem__, ids))
+            prof.extend(map(prof_of.__getitem__, ids))
+        return _Flight(req, ops, step_of, [s.phase for s in steps], comm, prof)
 
     def _iteration(self, rt, window: list, prev) -> Generator:
         head = window[0]
         if prev is not None:                   # 1. CPU-GPU sync on the previous Wait event
+            last = None
             for ev in prev[0]:
-                yield from rt.synchronize(ev)
+                if ev is not last:             # (record_all may give devices one handle)
+                    yield from rt.synchronize(ev)
+                    last = ev
         if not self._ready(rt, head):          # decode: the head needs its previous token
             for ev, _streams in head.steps_done[head.step_of[head.pos] - 1]:
                 yield from rt.synchronize(ev)
@@ -196,7 +215,7 @@ class Liger(Strategy):
             if head.tail is not None and self.params.handoff_wait:   # its sub-stream ops first
                 for d, ev in zip(self.group, head.tail):
                     rt.wait(d, self.main[d], ev)
-        runs = self._lone_runs(window, head)
+        runs = self._lone_runs(window, head) if len(window) == 1 else None
         if runs:
             # Alone, nothing to fill: these iterations are each a run launched after the previous
             # run's Wait, which is what launch_paced does (up to an arrival the loop would take).
@@ -206,28 +225,29 @@ class Liger(Strategy):
             head.pos += sum(len(run) for run in runs[:n])
             return waits, mains
         segment = self._segment(head)
-        main_comm = is_comm(segment[0])
+        main_comm = head.comm[head.pos]
         entry = None
         if self.plan_log is not None:
             entry = {"head": head.req.id, "main_comm": main_comm, "main": [], "sub": []}
             self.plan_log.append(entry)
-        waits = [rt.new_event(f"wait.r{head.req.id}") for _ in self.group]
-        mains = [rt.new_event(f"main.r{head.req.id}") for _ in self.group]
+        rid = head.req.id
+        factor = self.params.decompose_factor
         planned = 0.0
+        last = len(segment) - 1
         for i, op in enumerate(segment):       # 3. the head's segment on the main stream
-            if i == len(segment) - 1:
-                for d in self.group:
-                    rt.record(waits[d], d, self.main[d])
-            t = rt.profiled_seconds(op)
+            if i == last:
+                waits = self._record_all(rt, f"wait.r{rid}", self.main)
+            t = self._profiled(rt, op) if head.done_parts else head.prof[head.pos]
             planned += t
-            self._log(entry, "main", head, op, t, t)
-            self._launch(rt, head, op, self.main, self.params.decompose_factor - head.done_parts)
-        for d in self.group:
-            rt.record(mains[d], d, self.main[d])
+            if entry is not None:
+                self._log(entry, "main", head, op, t, t)
+            self._launch(rt, head, op, self.main, factor - head.done_parts)
+        mains = self._record_all(rt, f"main.r{rid}", self.main)
         budget = planned * self.factors[main_comm]         # 4. contention factor
         if entry is not None:
             entry.update(planned_s=planned, budget_s=budget)
-        self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)   # 5.
+        if len(window) > 1:                    # 5.
+            self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)
         return waits, mains
 
     def _lone_runs(self, window: list, f: _Flight) -> list[list[Op]]:
@@ -237,7 +257,7 @@ class Liger(Strategy):
         Empty where an iteration does more: a decomposed remainder, a step's first run (its
         cross-stream waits), the plan log, or per-device stream numbers."""
         if len(window) != 1 or not self.params.host_sync or f.done_parts or f.pos == 0 \
-                or self.plan_log is not None or len(set(self.main)) != 1:
+                or self.plan_log is not None or not self.uniform:
             return []
         ops, step_of = f.ops, f.step_of
         step = step_of[f.pos]
@@ -264,73 +284,100 @@ class Liger(Strategy):
 
     def _ready(self, rt, f: _Flight) -> bool:
         """False when f's next op starts a step whose previous step is not done (host_sync)."""
-        if not self.params.host_sync or f.pos == 0 or f.done_parts or f.launched:
+        pos = f.pos
+        if not pos or f.done_parts or pos >= f.n or not self.params.host_sync:
             return True
-        step = f.step_of[f.pos]
-        return step == f.step_of[f.pos - 1] or all(rt.query(ev) for ev, _ in f.steps_done[step - 1])
+        step = f.step_of[pos]
+        return step == f.step_of[pos - 1] or all(rt.query(ev) for ev, _ in f.steps_done[step - 1])
 
     def _segment(self, f: _Flight) -> list[Op]:
         """f's next maximal run of same-class ops (not crossing a step boundary with host_sync);
         the first is the pending remainder of a decomposed GEMM if there is one."""
-        first = self._next_op(f)
-        comm = is_comm(first)
-        step = f.step_of[f.pos]
-        out = [first]
-        p = f.pos + 1
-        while p < len(f.ops) and is_comm(f.ops[p]) == comm and \
-                (not self.params.host_sync or f.step_of[p] == step):
-            out.append(f.ops[p])
-            p += 1
+        p = f.pos
+        comm, n = f.comm, f.n
+        c = comm[p]
+        q = p + 1
+        if self.params.host_sync:
+            step_of = f.step_of
+            step = step_of[p]
+            while q < n and comm[q] == c and step_of[q] == step:
+                q += 1
+        else:
+            while q < n and comm[q] == c:
+                q += 1
+        out = f.ops[p:q]
+        if f.done_parts:
+            out[0] = self._next_op(f)
         return out
 
     def _fill(self, rt, window: list, main_comm: bool, budget: float, prev_main, entry) -> None:
         """Step 5: opposite-class ops of the other window requests onto the sub stream."""
         p = self.params
+        factor = p.decompose_factor
+        take_rest = not main_comm and p.comm_budget == "remaining"
         waited = prev_main is None
         for f in window[1:]:
             launched = False
-            while budget > 0 and not f.launched and self._ready(rt, f):
-                op = f.ops[f.pos]
-                if is_comm(op) == main_comm:
+            while budget > 0 and f.pos < f.n and self._ready(rt, f):
+                pos = f.pos
+                if f.comm[pos] == main_comm:
                     break                      # same class as the main segment: next request
-                piece = self._next_op(f)
-                parts = p.decompose_factor - f.done_parts
-                t = rt.profiled_seconds(piece)
-                if not main_comm and p.comm_budget == "remaining":
+                if f.done_parts:
+                    piece = self._next_op(f)
+                    t = self._profiled(rt, piece)
+                else:
+                    piece = f.ops[pos]
+                    t = f.prof[pos]
+                parts = factor - f.done_parts
+                if take_rest:
                     charge = budget            # artifact: a collective takes what is left
                 elif t <= budget:
                     charge = t
                 else:
+                    op = f.ops[pos]
                     split = self._split(rt, f, op, budget) if isinstance(op, Gemm) else None
                     if split is None:
                         budget = 0.0           # does not fit and cannot be split: stop filling
                         break
                     piece, parts, charge = split
+                    t = charge
                 if not waited:                 # 2. inter-stream sync, before the first sub op
                     for d in self.group:
                         rt.wait(d, self.sub[d], prev_main[d])
                     waited = True
-                self._log(entry, "sub", f, piece, rt.profiled_seconds(piece), charge)
+                if entry is not None:
+                    self._log(entry, "sub", f, piece, t, charge)
                 self._launch(rt, f, piece, self.sub, parts)
                 budget -= charge
                 launched = True
             if launched:
-                f.tail = [rt.new_event(f"tail.r{f.req.id}") for _ in self.group]
-                for d in self.group:
-                    rt.record(f.tail[d], d, self.sub[d])
+                f.tail = self._record_all(rt, f"tail.r{f.req.id}", self.sub)
 
     def _split(self, rt, f: _Flight, op: Gemm, budget: float):
         """(piece, parts, profiled time) of the largest piece of the pending GEMM that fits."""
         factor = self.params.decompose_factor
-        left = factor - f.done_parts
         if op.n < factor:
             return None
-        for n in range(left - 1, 0, -1):
-            piece = _slice(op, f.done_parts, f.done_parts + n, factor)
-            t = rt.profiled_seconds(piece)
+        for piece, n, t in self._pieces(rt, op, f.done_parts):
             if t <= budget:
                 return piece, n, t
         return None
+
+    def _pieces(self, rt, op: Gemm, lo: int) -> list:
+        """[(piece, parts, profiled time)] of op's pieces from part `lo`, largest first (all but
+        the whole rest), remembered per op object."""
+        key = (id(op), lo)
+        hit = self.pieces.get(key)
+        if hit is None or hit[0] is not op:
+            factor = self.params.decompose_factor
+            if len(self.pieces) >= 4096:
+                self.pieces.clear()
+            out = []
+            for n in range(factor - lo - 1, 0, -1):
+                piece = _slice(op, lo, lo + n, factor)
+                out.append((piece, n, self._profiled(rt, piece)))
+            hit = self.pieces[key] = (op, out)
+        return hit[1]
 
     def _next_op(self, f: _Flight) -> Op:
         op = f.ops[f.pos]
@@ -338,6 +385,24 @@ class Liger(Strategy):
             factor = self.params.decompose_factor
             return _slice(op, f.done_parts, factor, factor)
         return op
+
+    def _record_all(self, rt, name: str, streams: list) -> list:
+        """A new event recorded on `streams` of every device (one per device, in group order)."""
+        if self.uniform:
+            return rt.record_all(name, self.group, streams[0])
+        events = [rt.new_event(name) for _ in self.group]
+        for d in self.group:
+            rt.record(events[d], d, streams[d])
+        return events
+
+    def _profiled(self, rt, op: Op) -> float:
+        """rt.profiled_seconds(op), remembered per op object (a layer's ops recur every layer)."""
+        hit = self.profiled.get(id(op))
+        if hit is None or hit[0] is not op:
+            if len(self.profiled) >= 4096:
+                self.profiled.clear()
+            hit = self.profiled[id(op)] = (op, rt.profiled_seconds(op))
+        return hit[1]
 
     def _launch(self, rt, f: _Flight, op: Op, streams: list, parts: int) -> None:
         """Launch `op` (f's next op, or `parts` parts of it) on `streams` of every device; when it
@@ -348,22 +413,28 @@ class Liger(Strategy):
         its sub-stream ops): that marks the first token and the finish, and gates decode steps.
         Without host_sync the first op of a step still needs the previous step's token (sampled on
         the device): this stream waits for the events of the previous step on other streams."""
-        step = f.step_of[f.pos]
+        pos = f.pos
+        step_of = f.step_of
+        step = step_of[pos]
         phase = f.phases[step]
         rid = f.req.id
-        if step and not f.done_parts and f.step_of[f.pos - 1] != step:
+        if step and not f.done_parts and step_of[pos - 1] != step:
             for ev, where in f.steps_done[step - 1]:
                 if where is not streams and not rt.query(ev):
                     for d in self.group:
                         rt.wait(d, streams[d], ev)
-        for d in self.group:
-            rt.launch(op, d, streams[d], rid, phase)
+        if self.uniform:                       # the same launch on every device, leader first
+            rt.launch_seq((op,), self.group, streams[0], rid, phase)
+        else:
+            for d in self.group:
+                rt.launch(op, d, streams[d], rid, phase)
         if f.done_parts + parts < self.params.decompose_factor:
             f.done_parts += parts
             return
-        f.pos += 1
+        pos += 1
+        f.pos = pos
         f.done_parts = 0
-        if f.launched or f.step_of[f.pos] != step:
+        if pos >= f.n or step_of[pos] != step:
             done = rt.new_event(f"r{rid}.step{step}")
             rt.record(done, self.group[0], streams[self.group[0]])
             events = [(done, streams)]
@@ -372,7 +443,7 @@ class Liger(Strategy):
             f.steps_done.append(events)
             if step == 0:
                 _when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
-            if f.launched:
+            if pos >= f.n:
                 _when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))
 
 

@@ -77,7 +77,7 @@ def test_sim_runtime_implements_the_protocol():
     expected = {"now", "create_stream", "launch", "launch_seq", "new_event", "record", "wait",
                 "query", "synchronize", "wait_any", "when", "profiled_seconds",
                 "profiled_slowdown", "next_request", "try_next_request", "first_token_when",
-                "finish_when", "mirror", "launch_paced"}
+                "finish_when", "mirror", "launch_paced", "record_all"}
     assert RUNTIME_VERBS == expected
 
 
