@@ -111,6 +111,10 @@ class SimRuntime:
         self.mirror_groups = mirror
         if type(self).launch is SimRuntime.launch:     # the hot path: no extra call per launch
             self.launch = self.machine.launch
+        if type(self).launch_seq is SimRuntime.launch_seq:
+            self.launch_seq = self.machine.launch_seq
+        if type(self).record_all is SimRuntime.record_all:
+            self.record_all = self.machine.record_all
 
     # ------------------------------------------------------------------------------ runtime verbs
     @property
@@ -169,7 +173,7 @@ class SimRuntime:
     def record_all(self, name: str, devices, stream: int = 0) -> list:
         """Exactly a new event per device, each recorded on (device, stream); a mirrored
         follower's is its leader's (machine.record_all)."""
-        return self.machine.record_all(name, tuple(devices), stream)
+        return self.machine.record_all(name, devices, stream)
 
     def profiled_seconds(self, op: Op) -> float:
         """The op's isolated time, as a profiler would have measured it (the cost model here)."""

@@ -23,6 +23,7 @@ from .streams import (OP, RECORD, SEGMENT, WAIT, Activity, Event, Finish, Group,
 from .trace import CHUNK_OPS, TraceRecorder
 
 OP_CACHE_ENTRIES = 4096        # ops whose (cost, kind, class) the machine keeps by identity
+ALONE, LEADS, FOLLOWS = 0, 1, 2  # how launch_each issues a device's launch (group_plan)
 
 
 class Machine:
@@ -121,46 +122,65 @@ class Machine:
     def launch_each(self, ops, devices: tuple, stream: int, request: int, phase: str) -> None:
         """``for op in ops: for d in devices: launch(op, d, stream, request, phase)``. A follower
         launched right after its leader (its leader comes before it in `devices`) repeats the op
-        its leader just launched on this stream, so its check passes: only its host clock moves."""
+        its leader just launched on this stream, so its check passes: only its host clock moves.
+        A leader's launch of a compute op is `launch` inlined."""
         plan = self.group_plans.get(devices)
         if plan is None:
             plan = self.group_plan(devices)
-        launch, host, now, launch_s = self.launch, self.host_s, self.env._now, self.launch_s
+        host, now, launch_s = self.host_s, self.env._now, self.launch_s
         for op in ops:
-            for d, simulated in plan:
-                if simulated:
-                    launch(op, d, stream, request, phase)
-                else:
+            inline = type(op) not in COMM_TYPES
+            for d, how in plan:
+                if how == FOLLOWS:
                     t = host[d]
                     host[d] = (t if t > now else now) + launch_s
+                elif how == LEADS and inline:
+                    t = host[d]
+                    host[d] = t = (t if t > now else now) + launch_s
+                    self.last_issued[(d, stream)] = op
+                    st = self.streams[d][stream]
+                    q = st.queue
+                    q.append((OP, op, t, None, request, phase, 0))
+                    if not st.busy and not st.blocked and len(q) == 1:
+                        self.advance(st)
+                else:
+                    self.launch(op, d, stream, request, phase)
 
     def group_plan(self, devices: tuple) -> tuple:
-        """Per device of `devices`, in order: (device, whether it is issued as itself) -- False
-        for a follower whose leader comes before it in `devices` (mirror.declare)."""
+        """Per device of `devices`, in order: (device, how it is issued): FOLLOWS for a follower
+        whose leader comes before it in `devices` (mirror.declare), LEADS for the leader of a
+        mirrored group, ALONE for any other."""
         seen: set = set()
         plan = []
         for d in devices:
             leader = self.leader_of[d]
-            plan.append((d, leader == d or leader not in seen))
+            how = ALONE
+            if leader != d and leader in seen:
+                how = FOLLOWS
+            elif d in self.followers:
+                how = LEADS
+            plan.append((d, how))
             seen.add(d)
         plan = self.group_plans[devices] = tuple(plan)
         return plan
 
-    def record_all(self, name: str, devices: tuple, stream: int) -> list:
+    def record_all(self, name: str, devices, stream: int) -> list:
         """``[record(Event(name), d, stream) for d in devices]``, the events in device order;
         a follower recorded right after its leader gets its leader's event object, which
         completes at the very time the follower's own would (see record)."""
+        if type(devices) is not tuple:
+            devices = tuple(devices)
         plan = self.group_plans.get(devices)
         if plan is None:
             plan = self.group_plan(devices)
         events = []
-        mine: dict = {}
-        for d, simulated in plan:
-            if simulated:
-                ev = mine[d] = Event(name)
+        ev = None
+        for d, how in plan:
+            if how != FOLLOWS:
+                ev = Event(name)
                 self.record(ev, d, stream)
-            else:
-                ev = mine[self.leader_of[d]]
+            elif ev is None or ev.device != self.leader_of[d]:
+                ev = events[[e.device for e in events].index(self.leader_of[d])]
             events.append(ev)
         return events
 

@@ -105,6 +105,8 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     free_s = t                                    # when the stream reaches the first op
     group = tuple(sorted(devices))
     cost_of, cost_entry = m.op_cost.get, m.cost_entry
+    checked: dict = {}                            # id(op) -> its cost entry, once checked
+    seen = checked.get
     h, w, launch_s = m.host_s[dev], now, m.launch_s
     ops, entries, readys, starts, ends = [], [], [], [], []
     k = len(runs) - 1
@@ -122,11 +124,14 @@ def closed_form(rt, runs, devices, stream, until_arrival):
             h = (h if h > w else w) + launch_s
             if h > t:
                 t = t + (h - t)
-            hit = cost_of(id(op))
-            if hit is None or hit[0] is not op:
-                hit = cost_entry(op)
-            if hit[3] == "comm" and tuple(sorted(op.group)) != group:
-                return None
+            hit = seen(id(op))
+            if hit is None:                       # a distinct op (a layer's recur): check it once
+                hit = cost_of(id(op))
+                if hit is None or hit[0] is not op:
+                    hit = cost_entry(op)
+                if hit[3] == "comm" and tuple(sorted(op.group)) != group:
+                    return None
+                checked[id(op)] = hit
             ops.append(op)
             entries.append(hit)
             readys.append(h)
@@ -151,9 +156,12 @@ def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends) -> Segm
     seqs = [0] * len(ops)
     counters: dict = {}
     comm_s = 0.0
+    keys: dict = {}
     for i, (op, hit) in enumerate(zip(ops, entries)):
         if hit[3] == "comm":
-            key = group_key(op)
+            key = keys.get(id(op))
+            if key is None:
+                key = keys[id(op)] = group_key(op)
             seq_key = (dev,) + key
             if key not in counters:
                 counters[key] = m.coll_seq.get(seq_key, 0)

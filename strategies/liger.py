@@ -47,7 +47,7 @@ from functools import lru_cache
 from typing import Generator, Optional
 
 from simulator.model import check_tp_degree
-from simulator.ops import Gemm, Op, is_comm
+from simulator.ops import Gemm, Op
 
 from .base import Params, Strategy
 from .program import request_steps, step_ops
@@ -259,17 +259,17 @@ class Liger(Strategy):
         if len(window) != 1 or not self.params.host_sync or f.done_parts or f.pos == 0 \
                 or self.plan_log is not None or not self.uniform:
             return []
-        ops, step_of = f.ops, f.step_of
+        ops, step_of, comm_of, n = f.ops, f.step_of, f.comm, f.n
         step = step_of[f.pos]
         if step_of[f.pos - 1] != step:
             return []
         runs, p = [], f.pos
         while True:
-            comm = is_comm(ops[p])
+            comm = comm_of[p]
             q = p + 1
-            while q < len(ops) and step_of[q] == step and is_comm(ops[q]) == comm:
+            while q < n and comm_of[q] == comm and step_of[q] == step:
                 q += 1
-            if q >= len(ops) or step_of[q] != step:
+            if q >= n or step_of[q] != step:
                 break                          # this run ends the step: the usual path takes it
             runs.append(ops[p:q])
             p = q
