@@ -115,6 +115,8 @@ class SimRuntime:
             self.launch_seq = self.machine.launch_seq
         if type(self).record_all is SimRuntime.record_all:
             self.record_all = self.machine.record_all
+        if type(self).wait is SimRuntime.wait:
+            self.wait = self.machine.wait
 
     # ------------------------------------------------------------------------------ runtime verbs
     @property

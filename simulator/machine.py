@@ -176,7 +176,18 @@ class Machine:
         events = []
         ev = None
         for d, how in plan:
-            if how != FOLLOWS:
+            if how == LEADS:                   # record(), inlined
+                ev = Event(name)
+                ev.recorded = True
+                ev.device = d
+                self.last_issued[(d, stream)] = ev
+                t, now = self.host_s[d], self.env._now
+                st = self.streams[d][stream]
+                q = st.queue
+                q.append((RECORD, None, t if t > now else now, ev, -1, "", 0))
+                if not st.busy and not st.blocked and len(q) == 1:
+                    self.advance(st)
+            elif how == ALONE:
                 ev = Event(name)
                 self.record(ev, d, stream)
             elif ev is None or ev.device != self.leader_of[d]:
