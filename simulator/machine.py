@@ -130,11 +130,8 @@ class Machine:
         host, now, launch_s = self.host_s, self.env._now, self.launch_s
         for op in ops:
             inline = type(op) not in COMM_TYPES
-            for d, how in plan:
-                if how == FOLLOWS:
-                    t = host[d]
-                    host[d] = (t if t > now else now) + launch_s
-                elif how == LEADS and inline:
+            for d, how, after in plan:
+                if how == LEADS and inline:
                     t = host[d]
                     host[d] = t = (t if t > now else now) + launch_s
                     self.last_issued[(d, stream)] = op
@@ -143,23 +140,30 @@ class Machine:
                     q.append((OP, op, t, None, request, phase, 0))
                     if not st.busy and not st.blocked and len(q) == 1:
                         self.advance(st)
-                else:
+                elif how != FOLLOWS:
                     self.launch(op, d, stream, request, phase)
+                for f in after:                # followers: their host clocks
+                    t = host[f]
+                    host[f] = (t if t > now else now) + launch_s
 
     def group_plan(self, devices: tuple) -> tuple:
-        """Per device of `devices`, in order: (device, how it is issued): FOLLOWS for a follower
-        whose leader comes before it in `devices` (mirror.declare), LEADS for the leader of a
-        mirrored group, ALONE for any other."""
+        """How launch_each and record_all issue to `devices`: (device, how, after) in order, where
+        `how` is LEADS for the leader of a mirrored group, ALONE for a device issued as itself, and
+        FOLLOWS for a follower whose leader comes before it in `devices` (mirror.declare), and
+        `after` lists such followers; a follower right after its leader (or its leader's other
+        followers) is in its leader's `after`, any other is an entry (d, FOLLOWS, (d,))."""
         seen: set = set()
-        plan = []
+        plan: list = []
         for d in devices:
             leader = self.leader_of[d]
-            how = ALONE
             if leader != d and leader in seen:
-                how = FOLLOWS
-            elif d in self.followers:
-                how = LEADS
-            plan.append((d, how))
+                last = plan[-1]
+                if last[1] == LEADS and last[0] == leader:
+                    plan[-1] = (last[0], LEADS, last[2] + (d,))
+                else:
+                    plan.append((d, FOLLOWS, (d,)))
+            else:
+                plan.append((d, LEADS if d in self.followers else ALONE, ()))
             seen.add(d)
         plan = self.group_plans[devices] = tuple(plan)
         return plan
@@ -173,9 +177,8 @@ class Machine:
         plan = self.group_plans.get(devices)
         if plan is None:
             plan = self.group_plan(devices)
-        events = []
-        ev = None
-        for d, how in plan:
+        events: list = []
+        for d, how, after in plan:
             if how == LEADS:                   # record(), inlined
                 ev = Event(name)
                 ev.recorded = True
@@ -187,12 +190,16 @@ class Machine:
                 q.append((RECORD, None, t if t > now else now, ev, -1, "", 0))
                 if not st.busy and not st.blocked and len(q) == 1:
                     self.advance(st)
+                events.append(ev)
+                if after:
+                    events.extend([ev] * len(after))
             elif how == ALONE:
                 ev = Event(name)
                 self.record(ev, d, stream)
-            elif ev is None or ev.device != self.leader_of[d]:
-                ev = events[[e.device for e in events].index(self.leader_of[d])]
-            events.append(ev)
+                events.append(ev)
+            else:                              # its leader's event, recorded earlier in this call
+                leader = self.leader_of[d]
+                events.append(next(e for e in events if e.device == leader))
         return events
 
     def record(self, event: Event, device: int, stream: int) -> None:
