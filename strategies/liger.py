@@ -53,6 +53,7 @@ from .base import Params, Strategy
 from .program import request_steps, step_ops
 
 COMM_BUDGETS = ("remaining", "profiled")
+_NEVER = float("inf")
 RETIRE = ("head", "any")
 
 
@@ -215,10 +216,10 @@ class Liger(Strategy):
             if head.tail is not None and self.params.handoff_wait:   # its sub-stream ops first
                 for d, ev in zip(self.group, head.tail):
                     rt.wait(d, self.main[d], ev)
-        runs = self._lone_runs(window, head) if len(window) == 1 else None
+        runs = self._quiet_runs(rt, window, head)
         if runs:
-            # Alone, nothing to fill: these iterations are each a run launched after the previous
-            # run's Wait, which is what launch_paced does (up to an arrival the loop would take).
+            # Nothing to fill: these iterations are each a run launched after the previous run's
+            # Wait, which is what launch_paced does (up to an arrival the loop would take).
             n, waits, mains = yield from rt.launch_paced(
                 runs, self.group, self.main[0], head.req.id, head.phases[head.step_of[head.pos]],
                 until_arrival=len(window) < self.params.window)
@@ -250,19 +251,22 @@ class Liger(Strategy):
             self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)
         return waits, mains
 
-    def _lone_runs(self, window: list, f: _Flight) -> list[list[Op]]:
-        """With f alone in the window, its next iterations launch one same-class run each and fill
-        nothing: the runs from f.pos up to (not including) the run that ends the step, for
-        `launch_paced` (which is exactly those iterations; it stops where a request arrives).
+    def _quiet_runs(self, rt, window: list, f: _Flight) -> list[list[Op]]:
+        """The head f's next iterations that launch one same-class run each and fill nothing: the
+        runs from f.pos up to the first whose fill would launch something, and not including the
+        run that ends the step, for `launch_paced` (which is exactly those iterations; it stops
+        where a request arrives). Nothing is filled while f is alone, or while the fill
+        (`_fill_bound`) needs more budget than a run gives: the fillers then stay as they are.
         Empty where an iteration does more: a decomposed remainder, a step's first run (its
         cross-stream waits), the plan log, or per-device stream numbers."""
-        if len(window) != 1 or not self.params.host_sync or f.done_parts or f.pos == 0 \
+        if not self.params.host_sync or f.done_parts or f.pos == 0 \
                 or self.plan_log is not None or not self.uniform:
             return []
-        ops, step_of, comm_of, n = f.ops, f.step_of, f.comm, f.n
+        ops, step_of, comm_of, prof, n = f.ops, f.step_of, f.comm, f.prof, f.n
         step = step_of[f.pos]
         if step_of[f.pos - 1] != step:
             return []
+        bounds: Optional[dict] = {} if len(window) > 1 else None
         runs, p = [], f.pos
         while True:
             comm = comm_of[p]
@@ -271,9 +275,49 @@ class Liger(Strategy):
                 q += 1
             if q >= n or step_of[q] != step:
                 break                          # this run ends the step: the usual path takes it
+            if bounds is not None:             # would this iteration's fill launch anything?
+                bound = bounds.get(comm)
+                if bound is None:
+                    bound = bounds[comm] = self._fill_bound(rt, window, comm)
+                planned = 0.0
+                for t in prof[p:q]:            # as _iteration sums it
+                    planned += t
+                budget = planned * self.factors[comm]
+                if budget > 0 and bound[1 if runs else 0] <= budget:
+                    break
             runs.append(ops[p:q])
             p = q
         return runs if len(runs) >= 2 else []
+
+    def _fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
+        """The least budget with which `_fill` launches something beside a main segment of class
+        `main_comm`, the fillers being as they are now: (in this iteration, in later ones). The
+        first ready filler whose next op has the other class decides: its op or, for a GEMM, its
+        smallest piece fits from that budget on (a collective charged the remaining budget fits
+        any). A filler not ready now (its previous step is not done) may be ready later, so from
+        the next iteration on any budget counts as launching once such a filler comes first."""
+        p = self.params
+        take_rest = not main_comm and p.comm_budget == "remaining"
+        later = None
+        for f in window[1:]:
+            if f.pos >= f.n:
+                continue
+            if not self._ready(rt, f):
+                if later is None:
+                    later = 0.0
+                continue
+            if f.comm[f.pos] == main_comm:
+                continue
+            if take_rest:
+                least = 0.0
+            else:
+                least = self._profiled(rt, self._next_op(f)) if f.done_parts else f.prof[f.pos]
+                op = f.ops[f.pos]
+                if isinstance(op, Gemm) and op.n >= p.decompose_factor:
+                    for _piece, _parts, t in self._pieces(rt, op, f.done_parts):
+                        least = min(least, t)
+            return least, least if later is None else later
+        return _NEVER, _NEVER if later is None else later
 
     @staticmethod
     def _log(entry, where: str, f: _Flight, op: Op, profiled_s: float, charged_s: float) -> None:
