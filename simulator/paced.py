@@ -109,21 +109,14 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     seen = checked.get
     h, w, launch_s = m.host_s[dev], now, m.launch_s
     ops, entries, readys, starts, ends = [], [], [], [], []
+    readys_append, starts_append, ends_append = readys.append, starts.append, ends.append
     k = len(runs) - 1
     for j, run in enumerate(runs):
         if j == len(runs) - 1 or (until_arrival and arrival <= w):
             k = j
             break
-        last = len(run) - 1
-        for i, op in enumerate(run):
-            if i == last:                         # the waits record: reached when the stream is
-                ready = h if h > w else w
-                if ready > t:
-                    t = t + (ready - t)
-                wait_s = t
-            h = (h if h > w else w) + launch_s
-            if h > t:
-                t = t + (h - t)
+        hits = []
+        for op in run:
             hit = seen(id(op))
             if hit is None:                       # a distinct op (a layer's recur): check it once
                 hit = cost_of(id(op))
@@ -132,12 +125,23 @@ def closed_form(rt, runs, devices, stream, until_arrival):
                 if hit[3] == "comm" and tuple(sorted(op.group)) != group:
                     return None
                 checked[id(op)] = hit
-            ops.append(op)
-            entries.append(hit)
-            readys.append(h)
-            starts.append(t)
+            hits.append(hit)
+        last = len(run) - 1
+        for i, hit in enumerate(hits):
+            if i == last:                         # the waits record: reached when the stream is
+                ready = h if h > w else w
+                if ready > t:
+                    t = t + (ready - t)
+                wait_s = t
+            h = (h if h > w else w) + launch_s
+            if h > t:
+                t = t + (h - t)
+            readys_append(h)
+            starts_append(t)
             t = t + hit[4]
-            ends.append(t)
+            ends_append(t)
+        ops.extend(run)
+        entries.extend(hits)
         ready = h if h > w else w                 # the mains record, after the run
         if ready > t:
             t = t + (ready - t)
@@ -157,17 +161,16 @@ def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends) -> Segm
     counters: dict = {}
     comm_s = 0.0
     keys: dict = {}
-    for i, (op, hit) in enumerate(zip(ops, entries)):
-        if hit[3] == "comm":
-            key = keys.get(id(op))
-            if key is None:
-                key = keys[id(op)] = group_key(op)
-            seq_key = (dev,) + key
-            if key not in counters:
-                counters[key] = m.coll_seq.get(seq_key, 0)
-            seqs[i] = counters[key]
-            counters[key] += 1
-            comm_s += hit[4]
+    for i in [i for i, hit in enumerate(entries) if hit[3] == "comm"]:
+        op = ops[i]
+        key = keys.get(id(op))
+        if key is None:
+            key = keys[id(op)] = group_key(op)
+        if key not in counters:
+            counters[key] = m.coll_seq.get((dev,) + key, 0)
+        seqs[i] = counters[key]
+        counters[key] += 1
+        comm_s += entries[i][4]
     for key, nxt in counters.items():
         m.coll_seq[(dev,) + key] = nxt
     seg = Segment(ops, (dev,), stream, -1, "", np.asarray(readys), seqs)
