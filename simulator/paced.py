@@ -115,36 +115,46 @@ def closed_form(rt, runs, devices, stream, until_arrival):
         if j == len(runs) - 1 or (until_arrival and arrival <= w):
             k = j
             break
-        hits = []
-        for op in run:
-            hit = seen(id(op))
-            if hit is None:                       # a distinct op (a layer's recur): check it once
-                hit = cost_of(id(op))
-                if hit is None or hit[0] is not op:
-                    hit = cost_entry(op)
-                if hit[3] == "comm" and tuple(sorted(op.group)) != group:
-                    return None
-                checked[id(op)] = hit
-            hits.append(hit)
-        last = len(run) - 1
-        for i, hit in enumerate(hits):
-            if i == last:                         # the waits record: reached when the stream is
-                ready = h if h > w else w
-                if ready > t:
-                    t = t + (ready - t)
-                wait_s = t
-            h = (h if h > w else w) + launch_s
+        if not run:
+            return None
+        hits = list(map(seen, map(id, run)))
+        if None in hits:                          # a distinct op (a layer's recur): check it once
+            for i, op in enumerate(run):
+                hit = seen(id(op))
+                if hit is None:
+                    hit = cost_of(id(op))
+                    if hit is None or hit[0] is not op:
+                        hit = cost_entry(op)
+                    if hit[3] == "comm" and tuple(sorted(op.group)) != group:
+                        return None
+                    checked[id(op)] = hit
+                hits[i] = hit
+        # The machine's float operations, with `max(h, w)` written out once: after a launch the
+        # host clock h is at least the wake-up w, so later maxima are h itself.
+        if w > h:
+            h = w
+        for i in range(len(hits) - 1):
+            h = h + launch_s
             if h > t:
                 t = t + (h - t)
             readys_append(h)
             starts_append(t)
-            t = t + hit[4]
+            t = t + hits[i][4]
             ends_append(t)
+        if h > t:                                 # the waits record, reached when the stream is
+            t = t + (h - t)
+        wait_s = t
+        h = h + launch_s
+        if h > t:
+            t = t + (h - t)
+        readys_append(h)
+        starts_append(t)
+        t = t + hits[-1][4]
+        ends_append(t)
         ops.extend(run)
         entries.extend(hits)
-        ready = h if h > w else w                 # the mains record, after the run
-        if ready > t:
-            t = t + (ready - t)
+        if h > t:                                 # the mains record, after the run
+            t = t + (h - t)
         if wait_s > w:                            # the host wakes when the waits complete
             w = wait_s
         if h > w:                                 # ... and its own launches are issued
