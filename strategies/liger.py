@@ -42,6 +42,7 @@ With one request in the window the host program issues the same ops in the same 
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Generator, Optional
@@ -96,7 +97,7 @@ class _Flight:
     `comm[i]` and `prof[i]` are ops[i]'s class (communication or not) and profiled time;
     `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
     __slots__ = ("req", "ops", "step_of", "phases", "comm", "prof", "n", "pos", "done_parts",
-                 "steps_done", "tail", "on_main")
+                 "steps_done", "tail", "on_main", "runs")
 
     def __init__(self, req, ops, step_of, phases, comm, prof):
         self.req, self.ops, self.step_of, self.phases = req, ops, step_of, phases
@@ -107,6 +108,7 @@ class _Flight:
         self.steps_done: list[list] = []
         self.tail: Optional[list] = None       # per-device events after its last sub-stream op
         self.on_main = False                   # it has been the head (main-stream ops begun)
+        self.runs: Optional[tuple] = None      # (step, its runs' starts, its runs): _step_runs
 
     @property
     def launched(self) -> bool:
@@ -223,7 +225,7 @@ class Liger(Strategy):
             n, waits, mains = yield from rt.launch_paced(
                 runs, self.group, self.main[0], head.req.id, head.phases[head.step_of[head.pos]],
                 until_arrival=len(window) < self.params.window)
-            head.pos += sum(len(run) for run in runs[:n])
+            head.pos = runs.bounds[n - 1][1]
             return waits, mains
         segment = self._segment(head)
         main_comm = head.comm[head.pos]
@@ -251,43 +253,64 @@ class Liger(Strategy):
             self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)
         return waits, mains
 
-    def _quiet_runs(self, rt, window: list, f: _Flight) -> list[list[Op]]:
+    def _quiet_runs(self, rt, window: list, f: _Flight) -> Optional["_Runs"]:
         """The head f's next iterations that launch one same-class run each and fill nothing: the
         runs from f.pos up to the first whose fill would launch something, and not including the
         run that ends the step, for `launch_paced` (which is exactly those iterations; it stops
         where a request arrives). Nothing is filled while f is alone, or while the fill
         (`_fill_bound`) needs more budget than a run gives: the fillers then stay as they are.
-        Empty where an iteration does more: a decomposed remainder, a step's first run (its
+        None where an iteration does more: a decomposed remainder, a step's first run (its
         cross-stream waits), the plan log, or per-device stream numbers."""
         if not self.params.host_sync or f.done_parts or f.pos == 0 \
                 or self.plan_log is not None or not self.uniform:
-            return []
-        ops, step_of, comm_of, prof, n = f.ops, f.step_of, f.comm, f.prof, f.n
-        step = step_of[f.pos]
-        if step_of[f.pos - 1] != step:
-            return []
+            return None
+        pos, step_of = f.pos, f.step_of
+        step = step_of[pos]
+        if step_of[pos - 1] != step:
+            return None
+        starts, table = self._step_runs(f, step)
+        i = bisect.bisect_right(starts, pos) - 1
+        if i + 2 > len(table):                 # fewer than two runs before the step's last
+            return None
         bounds: Optional[dict] = {} if len(window) > 1 else None
-        runs, p = [], f.pos
-        while True:
-            comm = comm_of[p]
-            q = p + 1
-            while q < n and comm_of[q] == comm and step_of[q] == step:
-                q += 1
-            if q >= n or step_of[q] != step:
-                break                          # this run ends the step: the usual path takes it
+        runs: list = []
+        for p, q, comm, planned in table[i:-1]:   # the step's last run: the usual path takes it
+            if p < pos:                        # f stopped inside this run as a filler
+                p, planned = pos, 0.0
+                for t in f.prof[pos:q]:        # as _iteration sums it
+                    planned += t
             if bounds is not None:             # would this iteration's fill launch anything?
                 bound = bounds.get(comm)
                 if bound is None:
                     bound = bounds[comm] = self._fill_bound(rt, window, comm)
-                planned = 0.0
-                for t in prof[p:q]:            # as _iteration sums it
-                    planned += t
                 budget = planned * self.factors[comm]
                 if budget > 0 and bound[1 if runs else 0] <= budget:
                     break
-            runs.append(ops[p:q])
+            runs.append((p, q))
+        return _Runs(f.ops, runs) if len(runs) >= 2 else None
+
+    def _step_runs(self, f: _Flight, step: int) -> tuple[list, list]:
+        """f's runs in `step`, maximal same-class (host_sync): their starts, and (start, end,
+        class, planned time as _iteration sums it) per run; computed once per step."""
+        if f.runs is not None and f.runs[0] == step:
+            return f.runs[1], f.runs[2]
+        comm_of, prof = f.comm, f.prof
+        p = bisect.bisect_left(f.step_of, step)
+        end = bisect.bisect_right(f.step_of, step)
+        starts, table = [], []
+        while p < end:
+            comm = comm_of[p]
+            q = p + 1
+            while q < end and comm_of[q] == comm:
+                q += 1
+            planned = 0.0
+            for t in prof[p:q]:
+                planned += t
+            starts.append(p)
+            table.append((p, q, comm, planned))
             p = q
-        return runs if len(runs) >= 2 else []
+        f.runs = (step, starts, table)
+        return starts, table
 
     def _fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
         """The least budget with which `_fill` launches something beside a main segment of class
@@ -489,6 +512,27 @@ class Liger(Strategy):
                 _when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
             if pos >= f.n:
                 _when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))
+
+
+class _Runs:
+    """The runs [p, q) of `ops` given by `bounds`, as a sequence of op lists sliced on demand
+    (`launch_paced` may stop long before the last)."""
+    __slots__ = ("ops", "bounds")
+
+    def __init__(self, ops: list, bounds: list):
+        self.ops, self.bounds = ops, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __getitem__(self, j: int) -> list:
+        p, q = self.bounds[j]
+        return self.ops[p:q]
+
+    def __iter__(self):
+        ops = self.ops
+        for p, q in self.bounds:
+            yield ops[p:q]
 
 
 def _when_all(rt, events: list, mark) -> None:
