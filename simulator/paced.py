@@ -110,9 +110,9 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     h, w, launch_s = m.host_s[dev], now, m.launch_s
     ops, entries, readys, starts, ends = [], [], [], [], []
     readys_append, starts_append, ends_append = readys.append, starts.append, ends.append
-    k = len(runs) - 1
+    k = last_run = len(runs) - 1
     for j, run in enumerate(runs):
-        if j == len(runs) - 1 or (until_arrival and arrival <= w):
+        if j == last_run or (until_arrival and arrival <= w):
             k = j
             break
         if not run:

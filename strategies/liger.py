@@ -44,7 +44,9 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, reduce
+from itertools import compress
+from operator import add, ne
 from typing import Generator, Optional
 
 from simulator.model import check_tp_degree
@@ -194,10 +196,10 @@ class Liger(Strategy):
             ops.extend(step_program)
             step_of.extend([i] * len(step_program))
             # a step repeats one layer's op objects: look each distinct one up once
-            table = {id(op): op for op in step_program}
+            ids = list(map(id, step_program))
+            table = dict(zip(ids, step_program))
             comm_of = {k: op.comm for k, op in table.items()}
             prof_of = {k: self._profiled(rt, op) for k, op in table.items()}
-            ids = list(map(id, step_program))
             comm.extend(map(comm_of.__getitem__, ids))
             prof.extend(map(prof_of.__getitem__, ids))
         return _Flight(req, ops, step_of, [s.phase for s in steps], comm, prof)
@@ -276,9 +278,7 @@ class Liger(Strategy):
         runs: list = []
         for p, q, comm, planned in table[i:-1]:   # the step's last run: the usual path takes it
             if p < pos:                        # f stopped inside this run as a filler
-                p, planned = pos, 0.0
-                for t in f.prof[pos:q]:        # as _iteration sums it
-                    planned += t
+                p, planned = pos, reduce(add, f.prof[pos:q], 0.0)    # as _iteration sums it
             if bounds is not None:             # would this iteration's fill launch anything?
                 bound = bounds.get(comm)
                 if bound is None:
@@ -297,18 +297,10 @@ class Liger(Strategy):
         comm_of, prof = f.comm, f.prof
         p = bisect.bisect_left(f.step_of, step)
         end = bisect.bisect_right(f.step_of, step)
-        starts, table = [], []
-        while p < end:
-            comm = comm_of[p]
-            q = p + 1
-            while q < end and comm_of[q] == comm:
-                q += 1
-            planned = 0.0
-            for t in prof[p:q]:
-                planned += t
-            starts.append(p)
-            table.append((p, q, comm, planned))
-            p = q
+        cuts = list(compress(range(p + 1, end), map(ne, comm_of[p:end - 1], comm_of[p + 1:end])))
+        starts = [p] + cuts
+        table = [(a, b, comm_of[a], reduce(add, prof[a:b], 0.0))    # as _iteration sums it
+                 for a, b in zip(starts, cuts + [end])]
         f.runs = (step, starts, table)
         return starts, table
 
