@@ -23,6 +23,8 @@ exactly the state the literal program leaves.
 """
 from __future__ import annotations
 
+from itertools import chain
+from operator import itemgetter
 from typing import Generator
 
 import numpy as np
@@ -108,6 +110,10 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     checked: dict = {}                            # id(op) -> its cost entry, once checked
     seen = checked.get
     h, w, launch_s = m.host_s[dev], now, m.launch_s
+    fast = _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s,
+                       arrival if until_arrival else None)
+    if fast is not None:
+        return fast
     ops, entries, readys, starts, ends = [], [], [], [], []
     readys_append, starts_append, ends_append = readys.append, starts.append, ends.append
     k = last_run = len(runs) - 1
@@ -162,6 +168,64 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     if k == 0:
         return None
     return k, w, h, _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends)
+
+
+def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, arrival):
+    """closed_form's result for the common case, computed with whole-array steps: every op's
+    launch is done by the time the stream reaches it (the host is ahead). Then the stream's times
+    are one running sum from `free_s` (numpy's accumulate adds in order, as the loop does), run
+    j's wake-up is the start of run j-1's last op, and its launches count up from that. The
+    premise is checked on the result, op by op (launch done <= start); None where it fails, or
+    where a run is empty or long, or an op needs a check: the loop then decides, as before."""
+    runs = list(runs)
+    lens = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+    if not len(lens) or lens.min() == 0 or lens.max() > 16:
+        return None
+    ops = list(chain.from_iterable(runs))
+    entries = list(map(checked.get, map(id, ops)))
+    if None in entries:
+        cost_of, cost_entry = m.op_cost.get, m.cost_entry
+        for i, op in enumerate(ops):
+            if entries[i] is None:
+                hit = checked.get(id(op))
+                if hit is None:
+                    hit = cost_of(id(op))
+                    if hit is None or hit[0] is not op:
+                        hit = cost_entry(op)
+                    if hit[3] == "comm" and tuple(sorted(op.group)) != group:
+                        return None
+                    checked[id(op)] = hit
+                entries[i] = hit
+    acc = np.empty(len(ops) + 1)
+    acc[0] = free_s
+    acc[1:] = np.fromiter(map(itemgetter(4), entries), dtype=float, count=len(ops))
+    ends = np.add.accumulate(acc)                 # t = t + c, op after op
+    starts = ends[:-1]
+    bounds = np.cumsum(lens)
+    wakes = np.empty(len(runs))                   # w_j: now, then run j-1's waits record
+    wakes[0] = now
+    wakes[1:] = starts[bounds[:-1] - 1]
+    k = len(runs) - 1
+    if arrival is not None:                       # the first run at whose wake-up one arrived
+        k = min(k, int(np.searchsorted(wakes, arrival, "left")))
+    if k == 0:
+        return None
+    n = int(bounds[k - 1])
+    base = wakes[:k].copy()                       # each run's launches start at max(h, w)
+    if h > now:
+        base[0] = h
+    counts = lens[:k]
+    readys = np.repeat(base, counts) + launch_s
+    if counts.max() > 1:
+        pos = np.arange(n) - np.repeat(bounds[:k] - counts, counts)
+        for i in range(1, int(counts.max())):
+            later = pos >= i
+            readys[later] = readys[later] + launch_s
+    if not (readys <= starts[:n]).all():          # the host was behind somewhere: the loop
+        return None
+    seg = _segment(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n].tolist(),
+                   ends[1:n + 1].tolist())
+    return k, float(wakes[k]), float(readys[-1]), seg
 
 
 def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends) -> Segment:
