@@ -223,19 +223,26 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
             readys[later] = readys[later] + launch_s
     if not (readys <= starts[:n]).all():          # the host was behind somewhere: the loop
         return None
+    comm_ids = {key for key, hit in checked.items() if hit[3] == "comm"}
+    comms = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, map(id, ops[:n])), dtype=bool,
+                                       count=n)).tolist() if comm_ids else []
     seg = _segment(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n].tolist(),
-                   ends[1:n + 1].tolist())
+                   ends[1:n + 1].tolist(), acc[1:n + 1].tolist(), comms)
     return k, float(wakes[k]), float(readys[-1]), seg
 
 
-def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends) -> Segment:
+def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends, secs=None,
+             comms=None) -> Segment:
     """The runs' ops as a segment with its times fixed (the collective counters advance as the
-    launches would)."""
+    launches would). `secs` (each op's isolated seconds) and `comms` (the indices of its
+    collectives) where the caller has them."""
     seqs = [0] * len(ops)
     counters: dict = {}
     comm_s = 0.0
     keys: dict = {}
-    for i in [i for i, hit in enumerate(entries) if hit[3] == "comm"]:
+    if comms is None:
+        comms = [i for i, hit in enumerate(entries) if hit[3] == "comm"]
+    for i in comms:
         op = ops[i]
         key = keys.get(id(op))
         if key is None:
@@ -248,7 +255,8 @@ def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends) -> Segm
     for key, nxt in counters.items():
         m.coll_seq[(dev,) + key] = nxt
     seg = Segment(ops, (dev,), stream, -1, "", np.asarray(readys), seqs)
-    secs = [h[4] for h in entries]
+    if secs is None:
+        secs = [h[4] for h in entries]
     seg.costs, seg.secs, seg.totals = entries, secs, (sum(secs) - comm_s, comm_s)
     seg.fixed = (free_s, starts, ends)
     return seg

@@ -276,7 +276,8 @@ class Liger(Strategy):
             return None
         bounds: Optional[dict] = {} if len(window) > 1 else None
         runs: list = []
-        for p, q, comm, planned in table[i:-1]:   # the step's last run: the usual path takes it
+        for j in range(i, len(table) - 1):     # the step's last run: the usual path takes it
+            p, q, comm, planned = table[j]
             if p < pos:                        # f stopped inside this run as a filler
                 p, planned = pos, reduce(add, f.prof[pos:q], 0.0)    # as _iteration sums it
             if bounds is not None:             # would this iteration's fill launch anything?
