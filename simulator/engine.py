@@ -24,6 +24,7 @@ Semantics, in short:
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Generator
 
 import simpy
@@ -33,6 +34,7 @@ from .cost import CostModel
 from .errors import DeadlockError, SimulationError
 from .hardware import HardwareProfile
 from . import paced
+from .mirror import record_all as spmd_record_all
 from .machine import Machine
 from .ops import Op
 from .serving import Serving
@@ -114,7 +116,7 @@ class SimRuntime:
         if type(self).launch_seq is SimRuntime.launch_seq:
             self.launch_seq = self.machine.launch_seq
         if type(self).record_all is SimRuntime.record_all:
-            self.record_all = self.machine.record_all
+            self.record_all = partial(spmd_record_all, self.machine)
         if type(self).wait is SimRuntime.wait:
             self.wait = self.machine.wait
 
@@ -174,8 +176,8 @@ class SimRuntime:
 
     def record_all(self, name: str, devices, stream: int = 0) -> list:
         """Exactly a new event per device, each recorded on (device, stream); a mirrored
-        follower's is its leader's (machine.record_all)."""
-        return self.machine.record_all(name, devices, stream)
+        follower's is its leader's (mirror.record_all)."""
+        return spmd_record_all(self.machine, name, devices, stream)
 
     def profiled_seconds(self, op: Op) -> float:
         """The op's isolated time, as a profiler would have measured it (the cost model here;

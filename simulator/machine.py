@@ -23,7 +23,6 @@ from .streams import (OP, RECORD, SEGMENT, WAIT, Activity, Event, Finish, Group,
 from .trace import CHUNK_OPS, TraceRecorder
 
 OP_CACHE_ENTRIES = 4096        # ops whose (cost, kind, class) the machine keeps by identity
-ALONE, LEADS, FOLLOWS = 0, 1, 2  # how launch_each issues a device's launch (group_plan)
 
 
 class Machine:
@@ -55,7 +54,7 @@ class Machine:
         self.followers: dict = {}              # leader -> the devices that mirror it
         self.last_issued: dict = {}            # (leader, stream) -> its last launched op or event
         self.group_size: dict = {}            # collective group -> members simulated
-        self.group_plans: dict = {}            # devices -> group_plan(devices)
+        self.group_plans: dict = {}            # devices -> mirror.group_plan(devices)
 
     # ------------------------------------------------------------------------------ host side
     def host_now(self, device: int) -> float:
@@ -98,7 +97,7 @@ class Machine:
     def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
         devices = tuple(devices)
         if len(ops) < 2 or not self.segments:
-            self.launch_each(ops, devices, stream, request, phase)
+            mirror.launch_each(self, ops, devices, stream, request, phase)
             return
         simulated = devices
         if self.mirrored:
@@ -108,7 +107,7 @@ class Machine:
         seg = segment.plan(self, ops, simulated, devices, stream, request, phase) \
             if simulated else None
         if seg is None:
-            self.launch_each(ops, devices, stream, request, phase)
+            mirror.launch_each(self, ops, devices, stream, request, phase)
             return
         for d in devices:
             if d in simulated:
@@ -118,89 +117,6 @@ class Machine:
         if self.mirrored and ops:
             for d in simulated:
                 self.last_issued[(d, stream)] = ops[-1]
-
-    def launch_each(self, ops, devices: tuple, stream: int, request: int, phase: str) -> None:
-        """``for op in ops: for d in devices: launch(op, d, stream, request, phase)``. A follower
-        launched right after its leader (its leader comes before it in `devices`) repeats the op
-        its leader just launched on this stream, so its check passes: only its host clock moves.
-        A leader's launch of a compute op is `launch` inlined."""
-        plan = self.group_plans.get(devices)
-        if plan is None:
-            plan = self.group_plan(devices)
-        host, now, launch_s = self.host_s, self.env._now, self.launch_s
-        for op in ops:
-            inline = type(op) not in COMM_TYPES
-            for d, how, after in plan:
-                if how == LEADS and inline:
-                    t = host[d]
-                    host[d] = t = (t if t > now else now) + launch_s
-                    self.last_issued[(d, stream)] = op
-                    st = self.streams[d][stream]
-                    q = st.queue
-                    q.append((OP, op, t, None, request, phase, 0))
-                    if not st.busy and not st.blocked and len(q) == 1:
-                        self.advance(st)
-                elif how != FOLLOWS:
-                    self.launch(op, d, stream, request, phase)
-                for f in after:                # followers: their host clocks
-                    t = host[f]
-                    host[f] = (t if t > now else now) + launch_s
-
-    def group_plan(self, devices: tuple) -> tuple:
-        """How launch_each and record_all issue to `devices`: (device, how, after) in order, where
-        `how` is LEADS for the leader of a mirrored group, ALONE for a device issued as itself, and
-        FOLLOWS for a follower whose leader comes before it in `devices` (mirror.declare), and
-        `after` lists such followers; a follower right after its leader (or its leader's other
-        followers) is in its leader's `after`, any other is an entry (d, FOLLOWS, (d,))."""
-        seen: set = set()
-        plan: list = []
-        for d in devices:
-            leader = self.leader_of[d]
-            if leader != d and leader in seen:
-                last = plan[-1]
-                if last[1] == LEADS and last[0] == leader:
-                    plan[-1] = (last[0], LEADS, last[2] + (d,))
-                else:
-                    plan.append((d, FOLLOWS, (d,)))
-            else:
-                plan.append((d, LEADS if d in self.followers else ALONE, ()))
-            seen.add(d)
-        plan = self.group_plans[devices] = tuple(plan)
-        return plan
-
-    def record_all(self, name: str, devices, stream: int) -> list:
-        """``[record(Event(name), d, stream) for d in devices]``, the events in device order;
-        a follower recorded right after its leader gets its leader's event object, which
-        completes at the very time the follower's own would (see record)."""
-        if type(devices) is not tuple:
-            devices = tuple(devices)
-        plan = self.group_plans.get(devices)
-        if plan is None:
-            plan = self.group_plan(devices)
-        events: list = []
-        for d, how, after in plan:
-            if how == LEADS:                   # record(), inlined
-                ev = Event(name)
-                ev.recorded = True
-                ev.device = d
-                self.last_issued[(d, stream)] = ev
-                t, now = self.host_s[d], self.env._now
-                st = self.streams[d][stream]
-                q = st.queue
-                q.append((RECORD, None, t if t > now else now, ev, -1, "", 0))
-                if not st.busy and not st.blocked and len(q) == 1:
-                    self.advance(st)
-                events.append(ev)
-                if after:
-                    events.extend([ev] * len(after))
-            elif how == ALONE:
-                ev = Event(name)
-                self.record(ev, d, stream)
-                events.append(ev)
-            else:                              # its leader's event, recorded earlier in this call
-                leader = self.leader_of[d]
-                events.append(next(e for e in events if e.device == leader))
-        return events
 
     def record(self, event: Event, device: int, stream: int) -> None:
         if event.recorded:

@@ -43,17 +43,17 @@ With one request in the window the host program issues the same ops in the same 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, replace
-from functools import lru_cache, reduce
-from itertools import compress
-from operator import add, ne
+from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from typing import Generator, Optional
 
 from simulator.model import check_tp_degree
 from simulator.ops import Gemm, Op
 
 from .base import Params, Strategy
-from .program import request_steps, step_ops
+from .liger_flight import Flight, Pieces, Runs, when_all
+from .program import step_ops
 
 COMM_BUDGETS = ("remaining", "profiled")
 _NEVER = float("inf")
@@ -93,30 +93,6 @@ class LigerParams(Params):
         return None
 
 
-class _Flight:
-    """A request in the window: its flat program and how far it has been launched.
-
-    `comm[i]` and `prof[i]` are ops[i]'s class (communication or not) and profiled time;
-    `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
-    __slots__ = ("req", "ops", "step_of", "phases", "comm", "prof", "n", "pos", "done_parts",
-                 "steps_done", "tail", "on_main", "runs")
-
-    def __init__(self, req, ops, step_of, phases, comm, prof):
-        self.req, self.ops, self.step_of, self.phases = req, ops, step_of, phases
-        self.comm, self.prof, self.n = comm, prof, len(ops)
-        self.pos = 0
-        self.done_parts = 0
-        # per finished step: [(event, streams it is recorded on)]; the step is done when all are
-        self.steps_done: list[list] = []
-        self.tail: Optional[list] = None       # per-device events after its last sub-stream op
-        self.on_main = False                   # it has been the head (main-stream ops begun)
-        self.runs: Optional[tuple] = None      # (step, its runs' starts, its runs): _step_runs
-
-    @property
-    def launched(self) -> bool:
-        return self.pos >= self.n
-
-
 class Liger(Strategy):
     name = "liger"
     Params = LigerParams
@@ -129,7 +105,7 @@ class Liger(Strategy):
         self.factors = {True: 1.0, False: 1.0}
         self.uniform = False                   # every device's main (sub) stream has one index
         self.profiled: dict = {}               # id(op) -> (op, rt.profiled_seconds(op))
-        self.pieces: dict = {}                 # (id(op), parts done) -> (op, _pieces)
+        self.pieces: Optional[Pieces] = None   # GEMM pieces and their profiled times
         # Test and analysis hook: set to a list to get one dict per host-loop iteration.
         self.plan_log: Optional[list] = None
 
@@ -146,7 +122,8 @@ class Liger(Strategy):
         self.sub = [rt.create_stream(d, p.sub_priority) for d in self.group]
         rt.mirror(self.group)                  # one host program for all devices, in group order
         self.uniform = len(set(self.main)) == 1 and len(set(self.sub)) == 1
-        self.profiled, self.pieces = {}, {}
+        self.profiled = {}
+        self.pieces = Pieces(p.decompose_factor, lambda op: self._profiled(rt, op))
         self.factors = {comm: self._budget_factor(rt, comm) for comm in (True, False)}
 
     def _budget_factor(self, rt, main_comm: bool) -> float:
@@ -161,7 +138,7 @@ class Liger(Strategy):
 
     # ------------------------------------------------------------------------------ host program
     def host(self, rt) -> Generator:
-        window: list[_Flight] = []
+        window: list[Flight] = []
         prev = None                            # (Wait events, Main events) of the last iteration
         while True:
             self._retire(window)
@@ -185,24 +162,9 @@ class Liger(Strategy):
             while window and window[0].launched:
                 window.pop(0)
 
-    def _flight(self, rt, req) -> _Flight:
-        ops: list[Op] = []
-        step_of: list[int] = []
-        comm: list[bool] = []
-        prof: list[float] = []
-        steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
-        for i, step in enumerate(steps):
-            step_program = step_ops(self.model, self.devices, step, self.group)
-            ops.extend(step_program)
-            step_of.extend([i] * len(step_program))
-            # a step repeats one layer's op objects: look each distinct one up once
-            ids = list(map(id, step_program))
-            table = dict(zip(ids, step_program))
-            comm_of = {k: op.comm for k, op in table.items()}
-            prof_of = {k: self._profiled(rt, op) for k, op in table.items()}
-            comm.extend(map(comm_of.__getitem__, ids))
-            prof.extend(map(prof_of.__getitem__, ids))
-        return _Flight(req, ops, step_of, [s.phase for s in steps], comm, prof)
+    def _flight(self, rt, req) -> Flight:
+        return Flight.build(req, lambda step: step_ops(self.model, self.devices, step, self.group),
+                            lambda op: self._profiled(rt, op))
 
     def _iteration(self, rt, window: list, prev) -> Generator:
         head = window[0]
@@ -255,7 +217,7 @@ class Liger(Strategy):
             self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)
         return waits, mains
 
-    def _quiet_runs(self, rt, window: list, f: _Flight) -> Optional["_Runs"]:
+    def _quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         """The head f's next iterations that launch one same-class run each and fill nothing: the
         runs from f.pos up to the first whose fill would launch something, and not including the
         run that ends the step, for `launch_paced` (which is exactly those iterations; it stops
@@ -270,7 +232,7 @@ class Liger(Strategy):
         step = step_of[pos]
         if step_of[pos - 1] != step:
             return None
-        starts, table = self._step_runs(f, step)
+        starts, table = f.step_runs(step)
         i = bisect.bisect_right(starts, pos) - 1
         if i + 2 > len(table):                 # fewer than two runs before the step's last
             return None
@@ -288,22 +250,7 @@ class Liger(Strategy):
                 if budget > 0 and bound[1 if runs else 0] <= budget:
                     break
             runs.append((p, q))
-        return _Runs(f.ops, runs) if len(runs) >= 2 else None
-
-    def _step_runs(self, f: _Flight, step: int) -> tuple[list, list]:
-        """f's runs in `step`, maximal same-class (host_sync): their starts, and (start, end,
-        class, planned time as _iteration sums it) per run; computed once per step."""
-        if f.runs is not None and f.runs[0] == step:
-            return f.runs[1], f.runs[2]
-        comm_of, prof = f.comm, f.prof
-        p = bisect.bisect_left(f.step_of, step)
-        end = bisect.bisect_right(f.step_of, step)
-        cuts = list(compress(range(p + 1, end), map(ne, comm_of[p:end - 1], comm_of[p + 1:end])))
-        starts = [p] + cuts
-        table = [(a, b, comm_of[a], reduce(add, prof[a:b], 0.0))    # as _iteration sums it
-                 for a, b in zip(starts, cuts + [end])]
-        f.runs = (step, starts, table)
-        return starts, table
+        return Runs(f.ops, runs) if len(runs) >= 2 else None
 
     def _fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
         """The least budget with which `_fill` launches something beside a main segment of class
@@ -327,22 +274,22 @@ class Liger(Strategy):
             if take_rest:
                 least = 0.0
             else:
-                least = self._profiled(rt, self._next_op(f)) if f.done_parts else f.prof[f.pos]
+                least = self._profiled(rt, f.next_op(self.params.decompose_factor)) if f.done_parts else f.prof[f.pos]
                 op = f.ops[f.pos]
                 if isinstance(op, Gemm) and op.n >= p.decompose_factor:
-                    for _piece, _parts, t in self._pieces(rt, op, f.done_parts):
+                    for _piece, _parts, t in self.pieces.of(op, f.done_parts):
                         least = min(least, t)
             return least, least if later is None else later
         return _NEVER, _NEVER if later is None else later
 
     @staticmethod
-    def _log(entry, where: str, f: _Flight, op: Op, profiled_s: float, charged_s: float) -> None:
+    def _log(entry, where: str, f: Flight, op: Op, profiled_s: float, charged_s: float) -> None:
         if entry is not None:
             entry[where].append({"request": f.req.id, "index": f.pos, "op": op,
                                  "original": f.ops[f.pos], "profiled_s": profiled_s,
                                  "charged_s": charged_s})
 
-    def _ready(self, rt, f: _Flight) -> bool:
+    def _ready(self, rt, f: Flight) -> bool:
         """False when f's next op starts a step whose previous step is not done (host_sync)."""
         pos = f.pos
         if not pos or f.done_parts or pos >= f.n or not self.params.host_sync:
@@ -350,7 +297,7 @@ class Liger(Strategy):
         step = f.step_of[pos]
         return step == f.step_of[pos - 1] or all(rt.query(ev) for ev, _ in f.steps_done[step - 1])
 
-    def _segment(self, f: _Flight) -> list[Op]:
+    def _segment(self, f: Flight) -> list[Op]:
         """f's next maximal run of same-class ops (not crossing a step boundary with host_sync);
         the first is the pending remainder of a decomposed GEMM if there is one."""
         p = f.pos
@@ -367,7 +314,7 @@ class Liger(Strategy):
                 q += 1
         out = f.ops[p:q]
         if f.done_parts:
-            out[0] = self._next_op(f)
+            out[0] = f.next_op(self.params.decompose_factor)
         return out
 
     def _fill(self, rt, window: list, main_comm: bool, budget: float, prev_main, entry) -> None:
@@ -383,7 +330,7 @@ class Liger(Strategy):
                 if f.comm[pos] == main_comm:
                     break                      # same class as the main segment: next request
                 if f.done_parts:
-                    piece = self._next_op(f)
+                    piece = f.next_op(self.params.decompose_factor)
                     t = self._profiled(rt, piece)
                 else:
                     piece = f.ops[pos]
@@ -413,38 +360,15 @@ class Liger(Strategy):
             if launched:
                 f.tail = self._record_all(rt, f"tail.r{f.req.id}", self.sub)
 
-    def _split(self, rt, f: _Flight, op: Gemm, budget: float):
+    def _split(self, rt, f: Flight, op: Gemm, budget: float):
         """(piece, parts, profiled time) of the largest piece of the pending GEMM that fits."""
         factor = self.params.decompose_factor
         if op.n < factor:
             return None
-        for piece, n, t in self._pieces(rt, op, f.done_parts):
+        for piece, n, t in self.pieces.of(op, f.done_parts):
             if t <= budget:
                 return piece, n, t
         return None
-
-    def _pieces(self, rt, op: Gemm, lo: int) -> list:
-        """[(piece, parts, profiled time)] of op's pieces from part `lo`, largest first (all but
-        the whole rest), remembered per op object."""
-        key = (id(op), lo)
-        hit = self.pieces.get(key)
-        if hit is None or hit[0] is not op:
-            factor = self.params.decompose_factor
-            if len(self.pieces) >= 4096:
-                self.pieces.clear()
-            out = []
-            for n in range(factor - lo - 1, 0, -1):
-                piece = _slice(op, lo, lo + n, factor)
-                out.append((piece, n, self._profiled(rt, piece)))
-            hit = self.pieces[key] = (op, out)
-        return hit[1]
-
-    def _next_op(self, f: _Flight) -> Op:
-        op = f.ops[f.pos]
-        if f.done_parts:
-            factor = self.params.decompose_factor
-            return _slice(op, f.done_parts, factor, factor)
-        return op
 
     def _record_all(self, rt, name: str, streams: list) -> list:
         """A new event recorded on `streams` of every device (one per device, in group order)."""
@@ -464,7 +388,7 @@ class Liger(Strategy):
             hit = self.profiled[id(op)] = (op, rt.profiled_seconds(op))
         return hit[1]
 
-    def _launch(self, rt, f: _Flight, op: Op, streams: list, parts: int) -> None:
+    def _launch(self, rt, f: Flight, op: Op, streams: list, parts: int) -> None:
         """Launch `op` (f's next op, or `parts` parts of it) on `streams` of every device; when it
         completes a step, record the step's event after it.
 
@@ -502,53 +426,6 @@ class Liger(Strategy):
                 events.append((f.tail[0], self.sub))
             f.steps_done.append(events)
             if step == 0:
-                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
+                when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
             if pos >= f.n:
-                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))
-
-
-class _Runs:
-    """The runs [p, q) of `ops` given by `bounds`, as a sequence of op lists sliced on demand
-    (`launch_paced` may stop long before the last)."""
-    __slots__ = ("ops", "bounds")
-
-    def __init__(self, ops: list, bounds: list):
-        self.ops, self.bounds = ops, bounds
-
-    def __len__(self) -> int:
-        return len(self.bounds)
-
-    def __getitem__(self, j: int) -> list:
-        p, q = self.bounds[j]
-        return self.ops[p:q]
-
-    def __iter__(self):
-        ops = self.ops
-        for p, q in self.bounds:
-            yield ops[p:q]
-
-
-def _when_all(rt, events: list, mark) -> None:
-    """Call mark(the event that completed last) once every one of `events` has completed."""
-    if len(events) == 1:
-        mark(events[0])
-        return
-    times: dict = {}
-
-    def seen(ev, t: float) -> None:
-        times[id(ev)] = (t, ev)
-        if len(times) == len(events):
-            mark(max(times.values(), key=lambda pair: pair[0])[1])
-    for ev in events:
-        rt.when(ev, lambda t, ev=ev: seen(ev, t))
-
-
-@lru_cache(maxsize=4096)
-def _slice(op: Gemm, lo: int, hi: int, parts: int) -> Gemm:
-    """Parts [lo, hi) of `parts` equal slices of `op` along its output dimension n.
-
-    Slice boundaries are floor(n * j / parts), so the slices of one GEMM tile n exactly and their
-    flops add up to the original's (as `Gemm.split_n`, named `name[taken/parts]`). Cached: ops are
-    values, and the same piece recurs every layer."""
-    cols = op.n * hi // parts - op.n * lo // parts
-    return replace(op, n=cols, name=f"{op.name}[{hi - lo}/{parts}]")
+                when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import strategies
 from simulator.engine import SimRuntime
 from simulator.errors import SimulationError
 from simulator.hardware import load_hardware

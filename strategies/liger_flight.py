@@ -1,0 +1,152 @@
+"""A request in Liger's window (strategies/liger.py): its flat program, how far it is launched, and
+the tables the host program plans with, computed once (per request, or per step)."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import replace
+from functools import lru_cache, reduce
+from itertools import compress
+from operator import add, ne
+from typing import Callable, Optional
+
+from simulator.ops import Gemm, Op
+
+from .program import request_steps
+
+
+class Flight:
+    """A request in the window: its flat program and how far it has been launched.
+
+    `comm[i]` and `prof[i]` are ops[i]'s class (communication or not) and profiled time;
+    `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
+    __slots__ = ("req", "ops", "step_of", "phases", "comm", "prof", "n", "pos", "done_parts",
+                 "steps_done", "tail", "on_main", "runs")
+
+    def __init__(self, req, ops, step_of, phases, comm, prof):
+        self.req, self.ops, self.step_of, self.phases = req, ops, step_of, phases
+        self.comm, self.prof, self.n = comm, prof, len(ops)
+        self.pos = 0
+        self.done_parts = 0
+        # per finished step: [(event, streams it is recorded on)]; the step is done when all are
+        self.steps_done: list[list] = []
+        self.tail: Optional[list] = None       # per-device events after its last sub-stream op
+        self.on_main = False                   # it has been the head (main-stream ops begun)
+        self.runs: Optional[tuple] = None      # (step, its runs' starts, its runs): step_runs
+
+    @property
+    def launched(self) -> bool:
+        return self.pos >= self.n
+
+    def next_op(self, factor: int) -> Op:
+        """ops[pos], or its pending remainder where `done_parts` of `factor` are launched."""
+        op = self.ops[self.pos]
+        if self.done_parts:
+            return slice_gemm(op, self.done_parts, factor, factor)
+        return op
+
+    @classmethod
+    def build(cls, req, step_program: Callable, profiled: Callable[[Op], float]) -> "Flight":
+        """The request's steps' ops (`step_program(step)`) with their classes and profiled
+        times; a step repeats one layer's op objects, so each distinct one is looked up once."""
+        ops: list[Op] = []
+        step_of: list[int] = []
+        comm: list[bool] = []
+        prof: list[float] = []
+        steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
+        for i, step in enumerate(steps):
+            program = step_program(step)
+            ops.extend(program)
+            step_of.extend([i] * len(program))
+            ids = list(map(id, program))
+            table = dict(zip(ids, program))
+            comm_of = {k: op.comm for k, op in table.items()}
+            prof_of = {k: profiled(op) for k, op in table.items()}
+            comm.extend(map(comm_of.__getitem__, ids))
+            prof.extend(map(prof_of.__getitem__, ids))
+        return cls(req, ops, step_of, [s.phase for s in steps], comm, prof)
+
+    def step_runs(self, step: int) -> tuple[list, list]:
+        """The runs of `step`, maximal same-class: their starts, and (start, end, class, planned
+        time summed in order from 0.0, as the host program sums it) per run; once per step."""
+        if self.runs is not None and self.runs[0] == step:
+            return self.runs[1], self.runs[2]
+        comm_of, prof = self.comm, self.prof
+        p = bisect.bisect_left(self.step_of, step)
+        end = bisect.bisect_right(self.step_of, step)
+        cuts = list(compress(range(p + 1, end), map(ne, comm_of[p:end - 1], comm_of[p + 1:end])))
+        starts = [p] + cuts
+        table = [(a, b, comm_of[a], reduce(add, prof[a:b], 0.0))
+                 for a, b in zip(starts, cuts + [end])]
+        self.runs = (step, starts, table)
+        return starts, table
+
+
+class Pieces:
+    """The pieces of GEMMs split into `factor` parts along n, with their profiled times,
+    remembered per op object and parts done."""
+
+    def __init__(self, factor: int, profiled: Callable[[Op], float]):
+        self.factor, self.profiled = factor, profiled
+        self.cache: dict = {}                  # (id(op), lo) -> (op, pieces)
+
+    def of(self, op: Gemm, lo: int) -> list:
+        """[(piece, parts, profiled time)] of op's pieces from part `lo`, largest first (all but
+        the whole rest)."""
+        hit = self.cache.get((id(op), lo))
+        if hit is None or hit[0] is not op:
+            if len(self.cache) >= 4096:
+                self.cache.clear()
+            factor = self.factor
+            out = []
+            for n in range(factor - lo - 1, 0, -1):
+                piece = slice_gemm(op, lo, lo + n, factor)
+                out.append((piece, n, self.profiled(piece)))
+            hit = self.cache[(id(op), lo)] = (op, out)
+        return hit[1]
+
+
+class Runs:
+    """The runs [p, q) of `ops` given by `bounds`, as a sequence of op lists sliced on demand
+    (`launch_paced` may stop long before the last)."""
+    __slots__ = ("ops", "bounds")
+
+    def __init__(self, ops: list, bounds: list):
+        self.ops, self.bounds = ops, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __getitem__(self, j: int) -> list:
+        p, q = self.bounds[j]
+        return self.ops[p:q]
+
+    def __iter__(self):
+        ops = self.ops
+        for p, q in self.bounds:
+            yield ops[p:q]
+
+
+def when_all(rt, events: list, mark) -> None:
+    """Call mark(the event that completed last) once every one of `events` has completed."""
+    if len(events) == 1:
+        mark(events[0])
+        return
+    times: dict = {}
+
+    def seen(ev, t: float) -> None:
+        times[id(ev)] = (t, ev)
+        if len(times) == len(events):
+            mark(max(times.values(), key=lambda pair: pair[0])[1])
+    for ev in events:
+        rt.when(ev, lambda t, ev=ev: seen(ev, t))
+
+
+@lru_cache(maxsize=4096)
+def slice_gemm(op: Gemm, lo: int, hi: int, parts: int) -> Gemm:
+    """Parts [lo, hi) of `parts` equal slices of `op` along its output dimension n.
+
+    Slice boundaries are floor(n * j / parts), so the slices of one GEMM tile n exactly and their
+    flops add up to the original's (as `Gemm.split_n`, named `name[taken/parts]`). Cached: ops are
+    values, and the same piece recurs every layer."""
+    cols = op.n * hi // parts - op.n * lo // parts
+    return replace(op, n=cols, name=f"{op.name}[{hi - lo}/{parts}]")
