@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import replace
 from functools import lru_cache, reduce
-from itertools import compress
+from itertools import compress, starmap
 from operator import add, ne
 from typing import Callable, Optional
 
@@ -121,9 +121,7 @@ class Runs:
         return self.ops[p:q]
 
     def __iter__(self):
-        ops = self.ops
-        for p, q in self.bounds:
-            yield ops[p:q]
+        return map(self.ops.__getitem__, starmap(slice, self.bounds))
 
 
 def when_all(rt, events: list, mark) -> None:
