@@ -48,6 +48,8 @@ from functools import reduce
 from operator import add
 from typing import Generator, Optional
 
+import numpy as np
+
 from simulator.model import check_tp_degree
 from simulator.ops import Gemm, Op
 
@@ -232,25 +234,29 @@ class Liger(Strategy):
         step = step_of[pos]
         if step_of[pos - 1] != step:
             return None
-        starts, table = f.step_runs(step)
+        starts, ends, comms, _planned, budgets, comm_arr, budget_arr = \
+            f.step_runs(step, self.factors)
         i = bisect.bisect_right(starts, pos) - 1
-        if i + 2 > len(table):                 # fewer than two runs before the step's last
+        last = len(starts) - 1                 # the step's last run: the usual path takes it
+        if last - i < 2:
             return None
-        bounds: Optional[dict] = {} if len(window) > 1 else None
-        runs: list = []
-        for j in range(i, len(table) - 1):     # the step's last run: the usual path takes it
-            p, q, comm, planned = table[j]
-            if p < pos:                        # f stopped inside this run as a filler
-                p, planned = pos, reduce(add, f.prof[pos:q], 0.0)    # as _iteration sums it
-            if bounds is not None:             # would this iteration's fill launch anything?
-                bound = bounds.get(comm)
-                if bound is None:
-                    bound = bounds[comm] = self._fill_bound(rt, window, comm)
-                budget = planned * self.factors[comm]
-                if budget > 0 and bound[1 if runs else 0] <= budget:
-                    break
-            runs.append((p, q))
-        return Runs(f.ops, runs) if len(runs) >= 2 else None
+        stop = last
+        if len(window) > 1:                    # would an iteration's fill launch anything?
+            bound = {c: self._fill_bound(rt, window, c) for c in (False, True)}
+            comm, budget = comms[i], budgets[i]
+            if starts[i] < pos:                # f stopped inside this run as a filler
+                budget = reduce(add, f.prof[pos:ends[i]], 0.0) * self.factors[comm]
+            if budget > 0 and bound[comm][0] <= budget:
+                return None
+            j = i + 1
+            if budgets[j] > 0 and bound[comms[j]][1] <= budgets[j]:
+                return None
+            later = slice(i + 2, last)         # the rest at once
+            least = np.where(comm_arr[later], bound[True][1], bound[False][1])
+            fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
+            if len(fills):
+                stop = i + 2 + int(fills[0])
+        return Runs(f.ops, [(pos, ends[i])] + list(zip(starts[i + 1:stop], ends[i + 1:stop])))
 
     def _fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
         """The least budget with which `_fill` launches something beside a main segment of class

@@ -9,6 +9,8 @@ from itertools import compress, starmap
 from operator import add, ne
 from typing import Callable, Optional
 
+import numpy as np
+
 from simulator.ops import Gemm, Op
 
 from .program import request_steps
@@ -31,7 +33,7 @@ class Flight:
         self.steps_done: list[list] = []
         self.tail: Optional[list] = None       # per-device events after its last sub-stream op
         self.on_main = False                   # it has been the head (main-stream ops begun)
-        self.runs: Optional[tuple] = None      # (step, its runs' starts, its runs): step_runs
+        self.runs: Optional[tuple] = None      # (step, its runs): step_runs
 
     @property
     def launched(self) -> bool:
@@ -65,20 +67,24 @@ class Flight:
             prof.extend(map(prof_of.__getitem__, ids))
         return cls(req, ops, step_of, [s.phase for s in steps], comm, prof)
 
-    def step_runs(self, step: int) -> tuple[list, list]:
-        """The runs of `step`, maximal same-class: their starts, and (start, end, class, planned
-        time summed in order from 0.0, as the host program sums it) per run; once per step."""
+    def step_runs(self, step: int, factors: dict) -> tuple:
+        """The runs of `step`, maximal same-class, once per step: (starts, ends, classes, planned
+        times summed in order from 0.0 as the host program sums them, budgets = planned x
+        factors[class], and the classes and budgets as numpy arrays)."""
         if self.runs is not None and self.runs[0] == step:
-            return self.runs[1], self.runs[2]
+            return self.runs[1]
         comm_of, prof = self.comm, self.prof
         p = bisect.bisect_left(self.step_of, step)
         end = bisect.bisect_right(self.step_of, step)
         cuts = list(compress(range(p + 1, end), map(ne, comm_of[p:end - 1], comm_of[p + 1:end])))
-        starts = [p] + cuts
-        table = [(a, b, comm_of[a], reduce(add, prof[a:b], 0.0))
-                 for a, b in zip(starts, cuts + [end])]
-        self.runs = (step, starts, table)
-        return starts, table
+        starts, ends = [p] + cuts, cuts + [end]
+        comms = [comm_of[a] for a in starts]
+        planned = [reduce(add, prof[a:b], 0.0) for a, b in zip(starts, ends)]
+        budgets = [t * factors[c] for t, c in zip(planned, comms)]
+        table = (starts, ends, comms, planned, budgets, np.array(comms, dtype=bool),
+                 np.array(budgets, dtype=float))
+        self.runs = (step, table)
+        return table
 
 
 class Pieces:
