@@ -55,7 +55,7 @@ from simulator.ops import Gemm, Op
 
 from .base import Params, Strategy
 from .liger_flight import Flight, Pieces, Runs, when_all
-from .program import step_ops
+from .program import step_parts
 
 COMM_BUDGETS = ("remaining", "profiled")
 _NEVER = float("inf")
@@ -165,7 +165,7 @@ class Liger(Strategy):
                 window.pop(0)
 
     def _flight(self, rt, req) -> Flight:
-        return Flight.build(req, lambda step: step_ops(self.model, self.devices, step, self.group),
+        return Flight.build(req, lambda step: step_parts(self.model, self.devices, step, self.group),
                             lambda op: self._profiled(rt, op))
 
     def _iteration(self, rt, window: list, prev) -> Generator:
@@ -242,15 +242,20 @@ class Liger(Strategy):
             return None
         stop = last
         if len(window) > 1:                    # would an iteration's fill launch anything?
-            bound = {c: self._fill_bound(rt, window, c) for c in (False, True)}
+            bound: dict = {}
             comm, budget = comms[i], budgets[i]
             if starts[i] < pos:                # f stopped inside this run as a filler
                 budget = reduce(add, f.prof[pos:ends[i]], 0.0) * self.factors[comm]
+            bound[comm] = self._fill_bound(rt, window, comm)
             if budget > 0 and bound[comm][0] <= budget:
                 return None
-            j = i + 1
-            if budgets[j] > 0 and bound[comms[j]][1] <= budgets[j]:
+            comm, budget = comms[i + 1], budgets[i + 1]
+            if comm not in bound:
+                bound[comm] = self._fill_bound(rt, window, comm)
+            if budget > 0 and bound[comm][1] <= budget:
                 return None
+            if len(bound) < 2:
+                bound[not comm] = self._fill_bound(rt, window, not comm)
             later = slice(i + 2, last)         # the rest at once
             least = np.where(comm_arr[later], bound[True][1], bound[False][1])
             fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))

@@ -47,24 +47,24 @@ class Flight:
         return op
 
     @classmethod
-    def build(cls, req, step_program: Callable, profiled: Callable[[Op], float]) -> "Flight":
-        """The request's steps' ops (`step_program(step)`) with their classes and profiled
-        times; a step repeats one layer's op objects, so each distinct one is looked up once."""
+    def build(cls, req, step_parts: Callable, profiled: Callable[[Op], float]) -> "Flight":
+        """The request's steps' ops with their classes and profiled times. `step_parts(step)`
+        gives a step as (one layer's ops, layers, the head's ops): the step is the layer's op
+        objects `layers` times and then the head's, so each is looked up once."""
         ops: list[Op] = []
         step_of: list[int] = []
         comm: list[bool] = []
         prof: list[float] = []
         steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
         for i, step in enumerate(steps):
-            program = step_program(step)
-            ops.extend(program)
-            step_of.extend([i] * len(program))
-            ids = list(map(id, program))
-            table = dict(zip(ids, program))
-            comm_of = {k: op.comm for k, op in table.items()}
-            prof_of = {k: profiled(op) for k, op in table.items()}
-            comm.extend(map(comm_of.__getitem__, ids))
-            prof.extend(map(prof_of.__getitem__, ids))
+            one, layers, tail = step_parts(step)
+            ops += one * layers
+            ops += tail
+            step_of += [i] * (len(one) * layers + len(tail))
+            comm += [op.comm for op in one] * layers
+            comm += [op.comm for op in tail]
+            prof += [profiled(op) for op in one] * layers
+            prof += [profiled(op) for op in tail]
         return cls(req, ops, step_of, [s.phase for s in steps], comm, prof)
 
     def step_runs(self, step: int, factors: dict) -> tuple:
