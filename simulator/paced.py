@@ -182,20 +182,19 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
     if not len(lens) or lens.min() == 0 or lens.max() > 16:
         return None
     ops = list(chain.from_iterable(runs))
-    entries = list(map(checked.get, map(id, ops)))
-    if None in entries:
+    ids = list(map(id, ops))
+    entries = list(map(checked.get, ids))
+    if None in entries:                           # check each distinct op once
         cost_of, cost_entry = m.op_cost.get, m.cost_entry
-        for i, op in enumerate(ops):
-            if entries[i] is None:
-                hit = checked.get(id(op))
-                if hit is None:
-                    hit = cost_of(id(op))
-                    if hit is None or hit[0] is not op:
-                        hit = cost_entry(op)
-                    if hit[3] == "comm" and tuple(sorted(op.group)) != group:
-                        return None
-                    checked[id(op)] = hit
-                entries[i] = hit
+        for oid, op in dict(zip(ids, ops)).items():
+            if oid not in checked:
+                hit = cost_of(oid)
+                if hit is None or hit[0] is not op:
+                    hit = cost_entry(op)
+                if hit[3] == "comm" and tuple(sorted(op.group)) != group:
+                    return None
+                checked[oid] = hit
+        entries = list(map(checked.__getitem__, ids))
     acc = np.empty(len(ops) + 1)
     acc[0] = free_s
     acc[1:] = np.fromiter(map(itemgetter(4), entries), dtype=float, count=len(ops))
@@ -224,7 +223,7 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
     if not (readys <= starts[:n]).all():          # the host was behind somewhere: the loop
         return None
     comm_ids = {key for key, hit in checked.items() if hit[3] == "comm"}
-    comms = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, map(id, ops[:n])), dtype=bool,
+    comms = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, ids[:n]), dtype=bool,
                                        count=n)).tolist() if comm_ids else []
     seg = _segment(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n].tolist(),
                    ends[1:n + 1].tolist(), acc[1:n + 1].tolist(), comms)
