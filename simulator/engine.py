@@ -24,6 +24,7 @@ Semantics, in short:
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Generator
 
 import simpy
@@ -33,6 +34,7 @@ from .cost import CostModel
 from .errors import DeadlockError, SimulationError
 from .hardware import HardwareProfile
 from . import paced
+from .mirror import record_all as spmd_record_all
 from .machine import Machine
 from .ops import Op
 from .serving import Serving
@@ -111,6 +113,12 @@ class SimRuntime:
         self.mirror_groups = mirror
         if type(self).launch is SimRuntime.launch:     # the hot path: no extra call per launch
             self.launch = self.machine.launch
+        if type(self).launch_seq is SimRuntime.launch_seq:
+            self.launch_seq = self.machine.launch_seq
+        if type(self).record_all is SimRuntime.record_all:
+            self.record_all = partial(spmd_record_all, self.machine)
+        if type(self).wait is SimRuntime.wait:
+            self.wait = self.machine.wait
 
     # ------------------------------------------------------------------------------ runtime verbs
     @property
@@ -166,9 +174,19 @@ class SimRuntime:
     def record(self, event: Event, device: int, stream: int = 0) -> None:
         self.machine.record(event, device, stream)
 
+    def record_all(self, name: str, devices, stream: int = 0) -> list:
+        """Exactly a new event per device, each recorded on (device, stream); a mirrored
+        follower's is its leader's (mirror.record_all)."""
+        return spmd_record_all(self.machine, name, devices, stream)
+
     def profiled_seconds(self, op: Op) -> float:
-        """The op's isolated time, as a profiler would have measured it (the cost model here)."""
-        return self.cost.seconds(op)
+        """The op's isolated time, as a profiler would have measured it (the cost model here;
+        through the machine's cache of ops by identity, which its launch then finds)."""
+        m = self.machine
+        hit = m.op_cost.get(id(op))
+        if hit is None or hit[0] is not op:
+            hit = m.cost_entry(op)
+        return hit[4]
 
     def profiled_slowdown(self, op_class: str, beside_class: str) -> float:
         """How much slower an op of `op_class` runs beside one of `beside_class` on one device, as

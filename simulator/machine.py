@@ -54,6 +54,7 @@ class Machine:
         self.followers: dict = {}              # leader -> the devices that mirror it
         self.last_issued: dict = {}            # (leader, stream) -> its last launched op or event
         self.group_size: dict = {}            # collective group -> members simulated
+        self.group_plans: dict = {}            # devices -> mirror.group_plan(devices)
 
     # ------------------------------------------------------------------------------ host side
     def host_now(self, device: int) -> float:
@@ -95,18 +96,18 @@ class Machine:
 
     def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
         devices = tuple(devices)
+        if len(ops) < 2 or not self.segments:
+            mirror.launch_each(self, ops, devices, stream, request, phase)
+            return
         simulated = devices
         if self.mirrored:
             simulated = tuple(d for d in devices if self.leader_of[d] == d)
             if any(self.leader_of[d] not in devices for d in devices):
                 simulated = ()                  # a follower without its leader: op by op
         seg = segment.plan(self, ops, simulated, devices, stream, request, phase) \
-            if self.segments and simulated else None
+            if simulated else None
         if seg is None:
-            launch = self.launch
-            for op in ops:
-                for d in devices:
-                    launch(op, d, stream, request, phase)
+            mirror.launch_each(self, ops, devices, stream, request, phase)
             return
         for d in devices:
             if d in simulated:
@@ -135,12 +136,14 @@ class Machine:
                     twin.callbacks.append(lambda t, ev=event: self.complete_event(ev, t))
                 return
             self.last_issued[(device, stream)] = event
-        self.enqueue(device, stream, StreamItem(RECORD, None, self.host_now(device), event, -1, "", 0))
+        t, now = self.host_s[device], self.env._now
+        self.enqueue(device, stream, (RECORD, None, t if t > now else now, event, -1, "", 0))
 
     def wait(self, device: int, stream: int, event: Event) -> None:
         if self.mirrored and self.leader_of[device] != device:
             return                              # the leader's wait stands for it
-        self.enqueue(device, stream, StreamItem(WAIT, None, self.host_now(device), event, -1, "", 0))
+        t, now = self.host_s[device], self.env._now
+        self.enqueue(device, stream, (WAIT, None, t if t > now else now, event, -1, "", 0))
 
     # ------------------------------------------------------------------------------ streams
     def enqueue(self, device, stream, item) -> None:

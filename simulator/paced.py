@@ -23,6 +23,8 @@ exactly the state the literal program leaves.
 """
 from __future__ import annotations
 
+from itertools import chain
+from operator import itemgetter
 from typing import Generator
 
 import numpy as np
@@ -105,37 +107,60 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     free_s = t                                    # when the stream reaches the first op
     group = tuple(sorted(devices))
     cost_of, cost_entry = m.op_cost.get, m.cost_entry
+    checked: dict = {}                            # id(op) -> its cost entry, once checked
+    seen = checked.get
     h, w, launch_s = m.host_s[dev], now, m.launch_s
+    fast = _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s,
+                       arrival if until_arrival else None)
+    if fast is not None:
+        return fast
     ops, entries, readys, starts, ends = [], [], [], [], []
-    k = len(runs) - 1
+    readys_append, starts_append, ends_append = readys.append, starts.append, ends.append
+    k = last_run = len(runs) - 1
     for j, run in enumerate(runs):
-        if j == len(runs) - 1 or (until_arrival and arrival <= w):
+        if j == last_run or (until_arrival and arrival <= w):
             k = j
             break
-        last = len(run) - 1
-        for i, op in enumerate(run):
-            if i == last:                         # the waits record: reached when the stream is
-                ready = h if h > w else w
-                if ready > t:
-                    t = t + (ready - t)
-                wait_s = t
-            h = (h if h > w else w) + launch_s
+        if not run:
+            return None
+        hits = list(map(seen, map(id, run)))
+        if None in hits:                          # a distinct op (a layer's recur): check it once
+            for i, op in enumerate(run):
+                hit = seen(id(op))
+                if hit is None:
+                    hit = cost_of(id(op))
+                    if hit is None or hit[0] is not op:
+                        hit = cost_entry(op)
+                    if hit[3] == "comm" and tuple(sorted(op.group)) != group:
+                        return None
+                    checked[id(op)] = hit
+                hits[i] = hit
+        # The machine's float operations, with `max(h, w)` written out once: after a launch the
+        # host clock h is at least the wake-up w, so later maxima are h itself.
+        if w > h:
+            h = w
+        for i in range(len(hits) - 1):
+            h = h + launch_s
             if h > t:
                 t = t + (h - t)
-            hit = cost_of(id(op))
-            if hit is None or hit[0] is not op:
-                hit = cost_entry(op)
-            if hit[3] == "comm" and tuple(sorted(op.group)) != group:
-                return None
-            ops.append(op)
-            entries.append(hit)
-            readys.append(h)
-            starts.append(t)
-            t = t + hit[4]
-            ends.append(t)
-        ready = h if h > w else w                 # the mains record, after the run
-        if ready > t:
-            t = t + (ready - t)
+            readys_append(h)
+            starts_append(t)
+            t = t + hits[i][4]
+            ends_append(t)
+        if h > t:                                 # the waits record, reached when the stream is
+            t = t + (h - t)
+        wait_s = t
+        h = h + launch_s
+        if h > t:
+            t = t + (h - t)
+        readys_append(h)
+        starts_append(t)
+        t = t + hits[-1][4]
+        ends_append(t)
+        ops.extend(run)
+        entries.extend(hits)
+        if h > t:                                 # the mains record, after the run
+            t = t + (h - t)
         if wait_s > w:                            # the host wakes when the waits complete
             w = wait_s
         if h > w:                                 # ... and its own launches are issued
@@ -145,25 +170,92 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     return k, w, h, _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends)
 
 
-def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends) -> Segment:
+def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, arrival):
+    """closed_form's result for the common case, computed with whole-array steps: every op's
+    launch is done by the time the stream reaches it (the host is ahead). Then the stream's times
+    are one running sum from `free_s` (numpy's accumulate adds in order, as the loop does), run
+    j's wake-up is the start of run j-1's last op, and its launches count up from that. The
+    premise is checked on the result, op by op (launch done <= start); None where it fails, or
+    where a run is empty or long, or an op needs a check: the loop then decides, as before."""
+    runs = list(runs)
+    lens = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+    if not len(lens) or lens.min() == 0 or lens.max() > 16:
+        return None
+    ops = list(chain.from_iterable(runs))
+    ids = list(map(id, ops))
+    entries = list(map(checked.get, ids))
+    if None in entries:                           # check each distinct op once
+        cost_of, cost_entry = m.op_cost.get, m.cost_entry
+        for oid, op in dict(zip(ids, ops)).items():
+            if oid not in checked:
+                hit = cost_of(oid)
+                if hit is None or hit[0] is not op:
+                    hit = cost_entry(op)
+                if hit[3] == "comm" and tuple(sorted(op.group)) != group:
+                    return None
+                checked[oid] = hit
+        entries = list(map(checked.__getitem__, ids))
+    acc = np.empty(len(ops) + 1)
+    acc[0] = free_s
+    acc[1:] = np.fromiter(map(itemgetter(4), entries), dtype=float, count=len(ops))
+    ends = np.add.accumulate(acc)                 # t = t + c, op after op
+    starts = ends[:-1]
+    bounds = np.cumsum(lens)
+    wakes = np.empty(len(runs))                   # w_j: now, then run j-1's waits record
+    wakes[0] = now
+    wakes[1:] = starts[bounds[:-1] - 1]
+    k = len(runs) - 1
+    if arrival is not None:                       # the first run at whose wake-up one arrived
+        k = min(k, int(np.searchsorted(wakes, arrival, "left")))
+    if k == 0:
+        return None
+    n = int(bounds[k - 1])
+    base = wakes[:k].copy()                       # each run's launches start at max(h, w)
+    if h > now:
+        base[0] = h
+    counts = lens[:k]
+    readys = np.repeat(base, counts) + launch_s
+    if counts.max() > 1:
+        pos = np.arange(n) - np.repeat(bounds[:k] - counts, counts)
+        for i in range(1, int(counts.max())):
+            later = pos >= i
+            readys[later] = readys[later] + launch_s
+    if not (readys <= starts[:n]).all():          # the host was behind somewhere: the loop
+        return None
+    comm_ids = {key for key, hit in checked.items() if hit[3] == "comm"}
+    comms = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, ids[:n]), dtype=bool,
+                                       count=n)).tolist() if comm_ids else []
+    seg = _segment(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n].tolist(),
+                   ends[1:n + 1].tolist(), acc[1:n + 1].tolist(), comms)
+    return k, float(wakes[k]), float(readys[-1]), seg
+
+
+def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends, secs=None,
+             comms=None) -> Segment:
     """The runs' ops as a segment with its times fixed (the collective counters advance as the
-    launches would)."""
+    launches would). `secs` (each op's isolated seconds) and `comms` (the indices of its
+    collectives) where the caller has them."""
     seqs = [0] * len(ops)
     counters: dict = {}
     comm_s = 0.0
-    for i, (op, hit) in enumerate(zip(ops, entries)):
-        if hit[3] == "comm":
-            key = group_key(op)
-            seq_key = (dev,) + key
-            if key not in counters:
-                counters[key] = m.coll_seq.get(seq_key, 0)
-            seqs[i] = counters[key]
-            counters[key] += 1
-            comm_s += hit[4]
+    keys: dict = {}
+    if comms is None:
+        comms = [i for i, hit in enumerate(entries) if hit[3] == "comm"]
+    for i in comms:
+        op = ops[i]
+        key = keys.get(id(op))
+        if key is None:
+            key = keys[id(op)] = group_key(op)
+        if key not in counters:
+            counters[key] = m.coll_seq.get((dev,) + key, 0)
+        seqs[i] = counters[key]
+        counters[key] += 1
+        comm_s += entries[i][4]
     for key, nxt in counters.items():
         m.coll_seq[(dev,) + key] = nxt
     seg = Segment(ops, (dev,), stream, -1, "", np.asarray(readys), seqs)
-    secs = [h[4] for h in entries]
+    if secs is None:
+        secs = [h[4] for h in entries]
     seg.costs, seg.secs, seg.totals = entries, secs, (sum(secs) - comm_s, comm_s)
     seg.fixed = (free_s, starts, ends)
     return seg

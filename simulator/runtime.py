@@ -69,6 +69,12 @@ class Runtime(Protocol):
     def record(self, event: EventHandle, device: int, stream: int = 0) -> None:
         """The event completes when (device, stream) reaches this point."""
 
+    def record_all(self, name: str, devices: Sequence[int], stream: int = 0) -> list:
+        """Exactly ``evs = [new_event(name) for _ in devices]`` then ``for ev, d in zip(evs,
+        devices): record(ev, d, stream)``; returns evs (an SPMD record). Where a `mirror` promise
+        covers them, the handle of a follower recorded after its leader may be the leader's handle
+        itself: the follower's own event would complete at that very time."""
+
     def wait(self, device: int, stream: int, event: EventHandle) -> None:
         """Later items on (device, stream) start only after `event` has completed."""
 

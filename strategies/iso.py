@@ -184,8 +184,20 @@ class ISO(TP):
 
     def run_program(self, rt, prog: list, group: tuple, request: int, phase: str) -> None:
         """Issue `prog` on every device of `group`, instruction by instruction (as tp launches op
-        by op); events are created per device."""
+        by op); events are created per device (`record_all`, where the streams have one index)."""
         events: dict = {}
+        if len({self._comm[d] for d in group}) == 1:   # one stream index: SPMD verbs, leader first
+            comm = self._comm[group[0]]
+            for verb, kind, x in prog:
+                stream = COMPUTE_STREAM if kind == _COMPUTE else comm
+                if verb == _LAUNCH:
+                    rt.launch_seq((x,), group, stream, request, phase)
+                elif verb == _RECORD:
+                    events[x] = rt.record_all(x, group, stream)
+                else:
+                    for d, ev in zip(group, events[x]):
+                        rt.wait(d, stream, ev)
+            return
         for verb, kind, x in prog:
             for d in group:
                 stream = COMPUTE_STREAM if kind == _COMPUTE else self._comm[d]

@@ -42,17 +42,23 @@ With one request in the window the host program issues the same ops in the same 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import lru_cache
+import bisect
+from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from typing import Generator, Optional
 
+import numpy as np
+
 from simulator.model import check_tp_degree
-from simulator.ops import Gemm, Op, is_comm
+from simulator.ops import Gemm, Op
 
 from .base import Params, Strategy
-from .program import batch_step_ops, request_steps, step_ops
+from .liger_flight import Flight, Pieces, Runs, when_all
+from .program import batch_step_ops, step_parts
 
 COMM_BUDGETS = ("remaining", "profiled")
+_NEVER = float("inf")
 RETIRE = ("head", "any")
 
 
@@ -92,30 +98,6 @@ class LigerParams(Params):
         return None
 
 
-class _Flight:
-    """A request (or, under continuous batching, a step's batch) in the window: its flat program
-    and how far it has been launched. `rid` is the request its ops are launched for (-1 for a
-    batch), `tag` names its events.
-
-    `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
-    __slots__ = ("rid", "tag", "batch", "ops", "step_of", "phases", "pos", "done_parts",
-                 "steps_done", "tail", "on_main")
-
-    def __init__(self, rid, tag, ops, step_of, phases, batch=None):
-        self.rid, self.tag, self.batch = rid, tag, batch
-        self.ops, self.step_of, self.phases = ops, step_of, phases
-        self.pos = 0
-        self.done_parts = 0
-        # per finished step: [(event, streams it is recorded on)]; the step is done when all are
-        self.steps_done: list[list] = []
-        self.tail: Optional[list] = None       # per-device events after its last sub-stream op
-        self.on_main = False                   # it has been the head (main-stream ops begun)
-
-    @property
-    def launched(self) -> bool:
-        return self.pos >= len(self.ops)
-
-
 class Liger(Strategy):
     name = "liger"
     Params = LigerParams
@@ -126,6 +108,9 @@ class Liger(Strategy):
         self.main: list[int] = []
         self.sub: list[int] = []
         self.factors = {True: 1.0, False: 1.0}
+        self.uniform = False                   # every device's main (sub) stream has one index
+        self.profiled: dict = {}               # id(op) -> (op, rt.profiled_seconds(op))
+        self.pieces: Optional[Pieces] = None   # GEMM pieces and their profiled times
         # Test and analysis hook: set to a list to get one dict per host-loop iteration.
         self.plan_log: Optional[list] = None
 
@@ -141,6 +126,9 @@ class Liger(Strategy):
         self.main = [rt.create_stream(d, p.main_priority) for d in self.group]
         self.sub = [rt.create_stream(d, p.sub_priority) for d in self.group]
         rt.mirror(self.group)                  # one host program for all devices, in group order
+        self.uniform = len(set(self.main)) == 1 and len(set(self.sub)) == 1
+        self.profiled = {}
+        self.pieces = Pieces(p.decompose_factor, lambda op: self._profiled(rt, op))
         self.factors = {comm: self._budget_factor(rt, comm) for comm in (True, False)}
 
     def _budget_factor(self, rt, main_comm: bool) -> float:
@@ -156,7 +144,7 @@ class Liger(Strategy):
     # ------------------------------------------------------------------------------ host program
     def host(self, rt) -> Generator:
         return self._serve(rt, rt.try_next_request, rt.next_request, self.params.window,
-                           self._flight)
+                           lambda req: self._flight(rt, req))
 
     def batch_host(self, rt) -> Generator:
         """Continuous batching: the window holds up to `micro_batches` steps over disjoint sets
@@ -164,14 +152,36 @@ class Liger(Strategy):
         as 1/micro_batches of the step budget; a step's ops are a one-step program, interleaved
         as requests' programs are."""
         parts = self.params.micro_batches
+        flight = lambda batch: Flight.of_batch(   # noqa: E731
+            batch, batch_step_ops(self.model, self.devices, batch, self.group),
+            lambda op: self._profiled(rt, op))
         return self._serve(rt, lambda: rt.try_next_batch(parts),
-                           lambda: rt.next_batch(parts=parts), parts, self._batch_flight)
+                           lambda: rt.next_batch(parts=parts), parts, flight)
+
+    def _commit_when(self, rt, batch, ev) -> None:
+        rt.batch_done_when(batch, ev)
+        self._pending.add(batch.id)
+        rt.when(ev, lambda _t: self._ended(batch.id))
+
+    def _ended(self, batch_id: int) -> None:
+        self._pending.discard(batch_id)
+        self._commits += 1
+
+    def _no_commit_pending(self, window: list) -> bool:
+        """Under continuous batching, a step that ends frees requests for a new micro-batch,
+        which the loop takes at its next iteration when the window has room; paced launches
+        check only arrivals, so they are used only where no launched step can end meanwhile,
+        and none has ended since the window was last filled."""
+        return window[0].batch is None or len(window) >= self._size or \
+            (not self._pending and self._commits == self._filled_at)
 
     def _serve(self, rt, take, wait, size: int, flight) -> Generator:
         """The host loop: fill the window (`take`, non-blocking) up to `size`, block in `wait`
         when it is empty, else run one iteration."""
         self._size = size
-        window: list[_Flight] = []
+        self._pending: set = set()             # batches launched whose step has not ended
+        self._commits = self._filled_at = 0    # steps ended: in all, and when last filled
+        window: list[Flight] = []
         prev = None                            # (Wait events, Main events) of the last iteration
         while True:
             self._retire(window)
@@ -180,6 +190,7 @@ class Liger(Strategy):
                 if item is None:
                     break
                 window.append(flight(item))
+            self._filled_at = self._commits
             if not window:
                 item = yield from wait()
                 if item is None:
@@ -195,25 +206,18 @@ class Liger(Strategy):
             while window and window[0].launched:
                 window.pop(0)
 
-    def _flight(self, req) -> _Flight:
-        ops: list[Op] = []
-        step_of: list[int] = []
-        steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
-        for i, step in enumerate(steps):
-            step_program = step_ops(self.model, self.devices, step, self.group)
-            ops.extend(step_program)
-            step_of.extend([i] * len(step_program))
-        return _Flight(req.id, f"r{req.id}", ops, step_of, [s.phase for s in steps])
-
-    def _batch_flight(self, batch) -> _Flight:
-        ops = batch_step_ops(self.model, self.devices, batch, self.group)
-        return _Flight(-1, f"b{batch.id}", ops, [0] * len(ops), [batch.phase], batch)
+    def _flight(self, rt, req) -> Flight:
+        return Flight.build(req, lambda step: step_parts(self.model, self.devices, step, self.group),
+                            lambda op: self._profiled(rt, op))
 
     def _iteration(self, rt, window: list, prev) -> Generator:
         head = window[0]
         if prev is not None:                   # 1. CPU-GPU sync on the previous Wait event
+            last = None
             for ev in prev[0]:
-                yield from rt.synchronize(ev)
+                if ev is not last:             # (record_all may give devices one handle)
+                    yield from rt.synchronize(ev)
+                    last = ev
         if not self._ready(rt, head):          # decode: the head needs its previous token
             for ev, _streams in head.steps_done[head.step_of[head.pos] - 1]:
                 yield from rt.synchronize(ev)
@@ -222,150 +226,222 @@ class Liger(Strategy):
             if head.tail is not None and self.params.handoff_wait:   # its sub-stream ops first
                 for d, ev in zip(self.group, head.tail):
                     rt.wait(d, self.main[d], ev)
-        runs = self._lone_runs(window, head)
+        runs = self._quiet_runs(rt, window, head) if self._no_commit_pending(window) else None
         if runs:
-            # Alone, nothing to fill: these iterations are each a run launched after the previous
-            # run's Wait, which is what launch_paced does (up to an arrival the loop would take).
+            # Nothing to fill: these iterations are each a run launched after the previous run's
+            # Wait, which is what launch_paced does (up to an arrival the loop would take).
             n, waits, mains = yield from rt.launch_paced(
                 runs, self.group, self.main[0], head.rid, head.phases[head.step_of[head.pos]],
                 until_arrival=len(window) < self._size)
-            head.pos += sum(len(run) for run in runs[:n])
+            head.pos = runs.bounds[n - 1][1]
             return waits, mains
         segment = self._segment(head)
-        main_comm = is_comm(segment[0])
+        main_comm = head.comm[head.pos]
         entry = None
         if self.plan_log is not None:
             entry = {"head": head.rid, "main_comm": main_comm, "main": [], "sub": []}
             self.plan_log.append(entry)
-        waits = [rt.new_event(f"wait.{head.tag}") for _ in self.group]
-        mains = [rt.new_event(f"main.{head.tag}") for _ in self.group]
+        rid, tag = head.rid, head.tag
+        factor = self.params.decompose_factor
         planned = 0.0
+        last = len(segment) - 1
         for i, op in enumerate(segment):       # 3. the head's segment on the main stream
-            if i == len(segment) - 1:
-                for d in self.group:
-                    rt.record(waits[d], d, self.main[d])
-            t = rt.profiled_seconds(op)
+            if i == last:
+                waits = self._record_all(rt, f"wait.{tag}", self.main)
+            t = self._profiled(rt, op) if head.done_parts else head.prof[head.pos]
             planned += t
-            self._log(entry, "main", head, op, t, t)
-            self._launch(rt, head, op, self.main, self.params.decompose_factor - head.done_parts)
-        for d in self.group:
-            rt.record(mains[d], d, self.main[d])
+            if entry is not None:
+                self._log(entry, "main", head, op, t, t)
+            self._launch(rt, head, op, self.main, factor - head.done_parts)
+        mains = self._record_all(rt, f"main.{tag}", self.main)
         budget = planned * self.factors[main_comm]         # 4. contention factor
         if entry is not None:
             entry.update(planned_s=planned, budget_s=budget)
-        self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)   # 5.
+        if len(window) > 1:                    # 5.
+            self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)
         return waits, mains
 
-    def _lone_runs(self, window: list, f: _Flight) -> list[list[Op]]:
-        """With f alone in the window, its next iterations launch one same-class run each and fill
-        nothing: the runs from f.pos up to (not including) the run that ends the step, for
-        `launch_paced` (which is exactly those iterations; it stops where a request arrives).
-        Empty where an iteration does more: a decomposed remainder, a step's first run (its
+    def _quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
+        """The head f's next iterations that launch one same-class run each and fill nothing: the
+        runs from f.pos up to the first whose fill would launch something, and not including the
+        run that ends the step, for `launch_paced` (which is exactly those iterations; it stops
+        where a request arrives). Nothing is filled while f is alone, or while the fill
+        (`_fill_bound`) needs more budget than a run gives: the fillers then stay as they are.
+        None where an iteration does more: a decomposed remainder, a step's first run (its
         cross-stream waits), the plan log, or per-device stream numbers."""
-        if len(window) != 1 or not self.params.host_sync or f.done_parts or f.pos == 0 \
-                or self.plan_log is not None or len(set(self.main)) != 1:
-            return []
-        ops, step_of = f.ops, f.step_of
-        step = step_of[f.pos]
-        if step_of[f.pos - 1] != step:
-            return []
-        runs, p = [], f.pos
-        while True:
-            comm = is_comm(ops[p])
-            q = p + 1
-            while q < len(ops) and step_of[q] == step and is_comm(ops[q]) == comm:
-                q += 1
-            if q >= len(ops) or step_of[q] != step:
-                break                          # this run ends the step: the usual path takes it
-            runs.append(ops[p:q])
-            p = q
-        return runs if len(runs) >= 2 else []
+        if not self.params.host_sync or f.done_parts or f.pos == 0 \
+                or self.plan_log is not None or not self.uniform:
+            return None
+        pos, step_of = f.pos, f.step_of
+        step = step_of[pos]
+        if step_of[pos - 1] != step:
+            return None
+        starts, ends, comms, _planned, budgets, comm_arr, budget_arr = \
+            f.step_runs(step, self.factors)
+        i = bisect.bisect_right(starts, pos) - 1
+        last = len(starts) - 1                 # the step's last run: the usual path takes it
+        if last - i < 2:
+            return None
+        stop = last
+        if len(window) > 1:                    # would an iteration's fill launch anything?
+            bound: dict = {}
+            comm, budget = comms[i], budgets[i]
+            if starts[i] < pos:                # f stopped inside this run as a filler
+                budget = reduce(add, f.prof[pos:ends[i]], 0.0) * self.factors[comm]
+            bound[comm] = self._fill_bound(rt, window, comm)
+            if budget > 0 and bound[comm][0] <= budget:
+                return None
+            comm, budget = comms[i + 1], budgets[i + 1]
+            if comm not in bound:
+                bound[comm] = self._fill_bound(rt, window, comm)
+            if budget > 0 and bound[comm][1] <= budget:
+                return None
+            if len(bound) < 2:
+                bound[not comm] = self._fill_bound(rt, window, not comm)
+            later = slice(i + 2, last)         # the rest at once
+            least = np.where(comm_arr[later], bound[True][1], bound[False][1])
+            fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
+            if len(fills):
+                stop = i + 2 + int(fills[0])
+        return Runs(f.ops, [(pos, ends[i])] + list(zip(starts[i + 1:stop], ends[i + 1:stop])))
+
+    def _fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
+        """The least budget with which `_fill` launches something beside a main segment of class
+        `main_comm`, the fillers being as they are now: (in this iteration, in later ones). The
+        first ready filler whose next op has the other class decides: its op or, for a GEMM, its
+        smallest piece fits from that budget on (a collective charged the remaining budget fits
+        any). A filler not ready now (its previous step is not done) may be ready later, so from
+        the next iteration on any budget counts as launching once such a filler comes first."""
+        p = self.params
+        take_rest = not main_comm and p.comm_budget == "remaining"
+        later = None
+        for f in window[1:]:
+            if f.pos >= f.n:
+                continue
+            if not self._ready(rt, f):
+                if later is None:
+                    later = 0.0
+                continue
+            if f.comm[f.pos] == main_comm:
+                continue
+            if take_rest:
+                least = 0.0
+            else:
+                least = self._profiled(rt, f.next_op(self.params.decompose_factor)) if f.done_parts else f.prof[f.pos]
+                op = f.ops[f.pos]
+                if isinstance(op, Gemm) and op.n >= p.decompose_factor:
+                    for _piece, _parts, t in self.pieces.of(op, f.done_parts):
+                        least = min(least, t)
+            return least, least if later is None else later
+        return _NEVER, _NEVER if later is None else later
 
     @staticmethod
-    def _log(entry, where: str, f: _Flight, op: Op, profiled_s: float, charged_s: float) -> None:
+    def _log(entry, where: str, f: Flight, op: Op, profiled_s: float, charged_s: float) -> None:
         if entry is not None:
             entry[where].append({"request": f.rid, "index": f.pos, "op": op,
                                  "original": f.ops[f.pos], "profiled_s": profiled_s,
                                  "charged_s": charged_s})
 
-    def _ready(self, rt, f: _Flight) -> bool:
+    def _ready(self, rt, f: Flight) -> bool:
         """False when f's next op starts a step whose previous step is not done (host_sync)."""
-        if not self.params.host_sync or f.pos == 0 or f.done_parts or f.launched:
+        pos = f.pos
+        if not pos or f.done_parts or pos >= f.n or not self.params.host_sync:
             return True
-        step = f.step_of[f.pos]
-        return step == f.step_of[f.pos - 1] or all(rt.query(ev) for ev, _ in f.steps_done[step - 1])
+        step = f.step_of[pos]
+        return step == f.step_of[pos - 1] or all(rt.query(ev) for ev, _ in f.steps_done[step - 1])
 
-    def _segment(self, f: _Flight) -> list[Op]:
+    def _segment(self, f: Flight) -> list[Op]:
         """f's next maximal run of same-class ops (not crossing a step boundary with host_sync);
         the first is the pending remainder of a decomposed GEMM if there is one."""
-        first = self._next_op(f)
-        comm = is_comm(first)
-        step = f.step_of[f.pos]
-        out = [first]
-        p = f.pos + 1
-        while p < len(f.ops) and is_comm(f.ops[p]) == comm and \
-                (not self.params.host_sync or f.step_of[p] == step):
-            out.append(f.ops[p])
-            p += 1
+        p = f.pos
+        comm, n = f.comm, f.n
+        c = comm[p]
+        q = p + 1
+        if self.params.host_sync:
+            step_of = f.step_of
+            step = step_of[p]
+            while q < n and comm[q] == c and step_of[q] == step:
+                q += 1
+        else:
+            while q < n and comm[q] == c:
+                q += 1
+        out = f.ops[p:q]
+        if f.done_parts:
+            out[0] = f.next_op(self.params.decompose_factor)
         return out
 
     def _fill(self, rt, window: list, main_comm: bool, budget: float, prev_main, entry) -> None:
         """Step 5: opposite-class ops of the other window requests onto the sub stream."""
         p = self.params
+        factor = p.decompose_factor
+        take_rest = not main_comm and p.comm_budget == "remaining"
         waited = prev_main is None
         for f in window[1:]:
             launched = False
-            while budget > 0 and not f.launched and self._ready(rt, f):
-                op = f.ops[f.pos]
-                if is_comm(op) == main_comm:
+            while budget > 0 and f.pos < f.n and self._ready(rt, f):
+                pos = f.pos
+                if f.comm[pos] == main_comm:
                     break                      # same class as the main segment: next request
-                piece = self._next_op(f)
-                parts = p.decompose_factor - f.done_parts
-                t = rt.profiled_seconds(piece)
-                if not main_comm and p.comm_budget == "remaining":
+                if f.done_parts:
+                    piece = f.next_op(self.params.decompose_factor)
+                    t = self._profiled(rt, piece)
+                else:
+                    piece = f.ops[pos]
+                    t = f.prof[pos]
+                parts = factor - f.done_parts
+                if take_rest:
                     charge = budget            # artifact: a collective takes what is left
                 elif t <= budget:
                     charge = t
                 else:
+                    op = f.ops[pos]
                     split = self._split(rt, f, op, budget) if isinstance(op, Gemm) else None
                     if split is None:
                         budget = 0.0           # does not fit and cannot be split: stop filling
                         break
                     piece, parts, charge = split
+                    t = charge
                 if not waited:                 # 2. inter-stream sync, before the first sub op
                     for d in self.group:
                         rt.wait(d, self.sub[d], prev_main[d])
                     waited = True
-                self._log(entry, "sub", f, piece, rt.profiled_seconds(piece), charge)
+                if entry is not None:
+                    self._log(entry, "sub", f, piece, t, charge)
                 self._launch(rt, f, piece, self.sub, parts)
                 budget -= charge
                 launched = True
             if launched:
-                f.tail = [rt.new_event(f"tail.{f.tag}") for _ in self.group]
-                for d in self.group:
-                    rt.record(f.tail[d], d, self.sub[d])
+                f.tail = self._record_all(rt, f"tail.{f.tag}", self.sub)
 
-    def _split(self, rt, f: _Flight, op: Gemm, budget: float):
+    def _split(self, rt, f: Flight, op: Gemm, budget: float):
         """(piece, parts, profiled time) of the largest piece of the pending GEMM that fits."""
         factor = self.params.decompose_factor
-        left = factor - f.done_parts
         if op.n < factor:
             return None
-        for n in range(left - 1, 0, -1):
-            piece = _slice(op, f.done_parts, f.done_parts + n, factor)
-            t = rt.profiled_seconds(piece)
+        for piece, n, t in self.pieces.of(op, f.done_parts):
             if t <= budget:
                 return piece, n, t
         return None
 
-    def _next_op(self, f: _Flight) -> Op:
-        op = f.ops[f.pos]
-        if f.done_parts:
-            factor = self.params.decompose_factor
-            return _slice(op, f.done_parts, factor, factor)
-        return op
+    def _record_all(self, rt, name: str, streams: list) -> list:
+        """A new event recorded on `streams` of every device (one per device, in group order)."""
+        if self.uniform:
+            return rt.record_all(name, self.group, streams[0])
+        events = [rt.new_event(name) for _ in self.group]
+        for d in self.group:
+            rt.record(events[d], d, streams[d])
+        return events
 
-    def _launch(self, rt, f: _Flight, op: Op, streams: list, parts: int) -> None:
+    def _profiled(self, rt, op: Op) -> float:
+        """rt.profiled_seconds(op), remembered per op object (a layer's ops recur every layer)."""
+        hit = self.profiled.get(id(op))
+        if hit is None or hit[0] is not op:
+            if len(self.profiled) >= 4096:
+                self.profiled.clear()
+            hit = self.profiled[id(op)] = (op, rt.profiled_seconds(op))
+        return hit[1]
+
+    def _launch(self, rt, f: Flight, op: Op, streams: list, parts: int) -> None:
         """Launch `op` (f's next op, or `parts` parts of it) on `streams` of every device; when it
         completes a step, record the step's event after it.
 
@@ -374,22 +450,28 @@ class Liger(Strategy):
         its sub-stream ops): that marks the first token and the finish, and gates decode steps.
         Without host_sync the first op of a step still needs the previous step's token (sampled on
         the device): this stream waits for the events of the previous step on other streams."""
-        step = f.step_of[f.pos]
+        pos = f.pos
+        step_of = f.step_of
+        step = step_of[pos]
         phase = f.phases[step]
         rid = f.rid
-        if step and not f.done_parts and f.step_of[f.pos - 1] != step:
+        if step and not f.done_parts and step_of[pos - 1] != step:
             for ev, where in f.steps_done[step - 1]:
                 if where is not streams and not rt.query(ev):
                     for d in self.group:
                         rt.wait(d, streams[d], ev)
-        for d in self.group:
-            rt.launch(op, d, streams[d], rid, phase)
+        if self.uniform:                       # the same launch on every device, leader first
+            rt.launch_seq((op,), self.group, streams[0], rid, phase)
+        else:
+            for d in self.group:
+                rt.launch(op, d, streams[d], rid, phase)
         if f.done_parts + parts < self.params.decompose_factor:
             f.done_parts += parts
             return
-        f.pos += 1
+        pos += 1
+        f.pos = pos
         f.done_parts = 0
-        if f.launched or f.step_of[f.pos] != step:
+        if pos >= f.n or step_of[pos] != step:
             done = rt.new_event(f"{f.tag}.step{step}")
             rt.record(done, self.group[0], streams[self.group[0]])
             events = [(done, streams)]
@@ -397,35 +479,9 @@ class Liger(Strategy):
                 events.append((f.tail[0], self.sub))
             f.steps_done.append(events)
             if f.batch is not None:
-                batch = f.batch
-                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.batch_done_when(batch, ev))
-            elif step == 0:
-                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
-            if f.launched and f.batch is None:
-                _when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))
-
-
-def _when_all(rt, events: list, mark) -> None:
-    """Call mark(the event that completed last) once every one of `events` has completed."""
-    if len(events) == 1:
-        mark(events[0])
-        return
-    times: dict = {}
-
-    def seen(ev, t: float) -> None:
-        times[id(ev)] = (t, ev)
-        if len(times) == len(events):
-            mark(max(times.values(), key=lambda pair: pair[0])[1])
-    for ev in events:
-        rt.when(ev, lambda t, ev=ev: seen(ev, t))
-
-
-@lru_cache(maxsize=4096)
-def _slice(op: Gemm, lo: int, hi: int, parts: int) -> Gemm:
-    """Parts [lo, hi) of `parts` equal slices of `op` along its output dimension n.
-
-    Slice boundaries are floor(n * j / parts), so the slices of one GEMM tile n exactly and their
-    flops add up to the original's (as `Gemm.split_n`, named `name[taken/parts]`). Cached: ops are
-    values, and the same piece recurs every layer."""
-    cols = op.n * hi // parts - op.n * lo // parts
-    return replace(op, n=cols, name=f"{op.name}[{hi - lo}/{parts}]")
+                when_all(rt, [ev for ev, _ in events], lambda ev: self._commit_when(rt, f.batch, ev))
+                return
+            if step == 0:
+                when_all(rt, [ev for ev, _ in events], lambda ev: rt.first_token_when(rid, ev))
+            if pos >= f.n:
+                when_all(rt, [ev for ev, _ in events], lambda ev: rt.finish_when(rid, ev))

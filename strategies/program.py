@@ -101,11 +101,17 @@ def head_ops(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...]) -> l
 def step_ops(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...],
              layers: int | None = None, head: bool = True) -> list[Op]:
     """All ops of one forward step over `layers` layers (default: all), plus the LM head."""
+    one, count, tail = step_parts(model, tp, step, group, layers, head)
+    return one * count + tail
+
+
+def step_parts(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...],
+               layers: int | None = None, head: bool = True) -> tuple[list[Op], int, list[Op]]:
+    """`step_ops` as (one layer's ops, the number of layers, the LM head's ops or []): the step
+    is ``one * count + tail``, the same op objects in every layer."""
     one = layer_ops(model, tp, step, group)
-    ops = one * (model.layers if layers is None else layers)
-    if head:
-        ops = ops + head_ops(model, tp, step, group)
-    return ops
+    tail = head_ops(model, tp, step, group) if head else []
+    return one, model.layers if layers is None else layers, tail
 
 
 # ------------------------------------------------------------------------------ batched steps

@@ -17,7 +17,8 @@ from simulator.model import load_model
 from simulator.ops import Gemm, is_comm
 from simulator.runner import make_strategy
 from simulator.workload import parse_workload
-from strategies.liger import Liger, LigerParams, _slice
+from strategies.liger import Liger, LigerParams
+from strategies.liger_flight import slice_gemm as _slice
 
 ARTIFACT_LAYER = {"preset": "glm-130b", "heads": 128, "kv_heads": 128, "head_dim": 96,
                   "ffn": 49152, "gated_mlp": False, "vocab": 128}

@@ -77,8 +77,8 @@ def test_sim_runtime_implements_the_protocol():
     expected = {"now", "create_stream", "launch", "launch_seq", "new_event", "record", "wait",
                 "query", "synchronize", "wait_any", "when", "profiled_seconds",
                 "profiled_slowdown", "next_request", "try_next_request", "first_token_when",
-                "finish_when", "mirror", "launch_paced", "next_batch", "try_next_batch",
-                "batch_done_when"}
+                "finish_when", "mirror", "launch_paced", "record_all", "next_batch",
+                "try_next_batch", "batch_done_when"}
     assert RUNTIME_VERBS == expected
 
 

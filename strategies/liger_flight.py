@@ -1,0 +1,168 @@
+"""A request in Liger's window (strategies/liger.py): its flat program, how far it is launched, and
+the tables the host program plans with, computed once (per request, or per step)."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import replace
+from functools import lru_cache, reduce
+from itertools import compress, starmap
+from operator import add, ne
+from typing import Callable, Optional
+
+import numpy as np
+
+from simulator.ops import Gemm, Op
+
+from .program import request_steps
+
+
+class Flight:
+    """A request (or, under continuous batching, a step's batch) in the window: its flat program
+    and how far it has been launched. `rid` is the request its ops are launched for (-1 for a
+    batch), `tag` names its events, `batch` is the Batch (None for a request).
+
+    `comm[i]` and `prof[i]` are ops[i]'s class (communication or not) and profiled time;
+    `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
+    __slots__ = ("rid", "tag", "batch", "ops", "step_of", "phases", "comm", "prof", "n", "pos",
+                 "done_parts", "steps_done", "tail", "on_main", "runs")
+
+    def __init__(self, rid, tag, ops, step_of, phases, comm, prof, batch=None):
+        self.rid, self.tag, self.batch = rid, tag, batch
+        self.ops, self.step_of, self.phases = ops, step_of, phases
+        self.comm, self.prof, self.n = comm, prof, len(ops)
+        self.pos = 0
+        self.done_parts = 0
+        # per finished step: [(event, streams it is recorded on)]; the step is done when all are
+        self.steps_done: list[list] = []
+        self.tail: Optional[list] = None       # per-device events after its last sub-stream op
+        self.on_main = False                   # it has been the head (main-stream ops begun)
+        self.runs: Optional[tuple] = None      # (step, its runs): step_runs
+
+    @property
+    def launched(self) -> bool:
+        return self.pos >= self.n
+
+    def next_op(self, factor: int) -> Op:
+        """ops[pos], or its pending remainder where `done_parts` of `factor` are launched."""
+        op = self.ops[self.pos]
+        if self.done_parts:
+            return slice_gemm(op, self.done_parts, factor, factor)
+        return op
+
+    @classmethod
+    def build(cls, req, step_parts: Callable, profiled: Callable[[Op], float]) -> "Flight":
+        """The request's steps' ops with their classes and profiled times. `step_parts(step)`
+        gives a step as (one layer's ops, layers, the head's ops): the step is the layer's op
+        objects `layers` times and then the head's, so each is looked up once."""
+        ops: list[Op] = []
+        step_of: list[int] = []
+        comm: list[bool] = []
+        prof: list[float] = []
+        steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
+        for i, step in enumerate(steps):
+            one, layers, tail = step_parts(step)
+            ops += one * layers
+            ops += tail
+            step_of += [i] * (len(one) * layers + len(tail))
+            comm += [op.comm for op in one] * layers
+            comm += [op.comm for op in tail]
+            prof += [profiled(op) for op in one] * layers
+            prof += [profiled(op) for op in tail]
+        return cls(req.id, f"r{req.id}", ops, step_of, [s.phase for s in steps], comm, prof)
+
+    @classmethod
+    def of_batch(cls, batch, ops: list, profiled: Callable[[Op], float]) -> "Flight":
+        """A continuous-batching step (simulator/batching.py) as a one-step program."""
+        times: dict = {}
+        prof = [times[id(op)] if id(op) in times else times.setdefault(id(op), profiled(op))
+                for op in ops]
+        return cls(-1, f"b{batch.id}", ops, [0] * len(ops), [batch.phase],
+                   [op.comm for op in ops], prof, batch)
+
+    def step_runs(self, step: int, factors: dict) -> tuple:
+        """The runs of `step`, maximal same-class, once per step: (starts, ends, classes, planned
+        times summed in order from 0.0 as the host program sums them, budgets = planned x
+        factors[class], and the classes and budgets as numpy arrays)."""
+        if self.runs is not None and self.runs[0] == step:
+            return self.runs[1]
+        comm_of, prof = self.comm, self.prof
+        p = bisect.bisect_left(self.step_of, step)
+        end = bisect.bisect_right(self.step_of, step)
+        cuts = list(compress(range(p + 1, end), map(ne, comm_of[p:end - 1], comm_of[p + 1:end])))
+        starts, ends = [p] + cuts, cuts + [end]
+        comms = [comm_of[a] for a in starts]
+        planned = [reduce(add, prof[a:b], 0.0) for a, b in zip(starts, ends)]
+        budgets = [t * factors[c] for t, c in zip(planned, comms)]
+        table = (starts, ends, comms, planned, budgets, np.array(comms, dtype=bool),
+                 np.array(budgets, dtype=float))
+        self.runs = (step, table)
+        return table
+
+
+class Pieces:
+    """The pieces of GEMMs split into `factor` parts along n, with their profiled times,
+    remembered per op object and parts done."""
+
+    def __init__(self, factor: int, profiled: Callable[[Op], float]):
+        self.factor, self.profiled = factor, profiled
+        self.cache: dict = {}                  # (id(op), lo) -> (op, pieces)
+
+    def of(self, op: Gemm, lo: int) -> list:
+        """[(piece, parts, profiled time)] of op's pieces from part `lo`, largest first (all but
+        the whole rest)."""
+        hit = self.cache.get((id(op), lo))
+        if hit is None or hit[0] is not op:
+            if len(self.cache) >= 4096:
+                self.cache.clear()
+            factor = self.factor
+            out = []
+            for n in range(factor - lo - 1, 0, -1):
+                piece = slice_gemm(op, lo, lo + n, factor)
+                out.append((piece, n, self.profiled(piece)))
+            hit = self.cache[(id(op), lo)] = (op, out)
+        return hit[1]
+
+
+class Runs:
+    """The runs [p, q) of `ops` given by `bounds`, as a sequence of op lists sliced on demand
+    (`launch_paced` may stop long before the last)."""
+    __slots__ = ("ops", "bounds")
+
+    def __init__(self, ops: list, bounds: list):
+        self.ops, self.bounds = ops, bounds
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __getitem__(self, j: int) -> list:
+        p, q = self.bounds[j]
+        return self.ops[p:q]
+
+    def __iter__(self):
+        return map(self.ops.__getitem__, starmap(slice, self.bounds))
+
+
+def when_all(rt, events: list, mark) -> None:
+    """Call mark(the event that completed last) once every one of `events` has completed."""
+    if len(events) == 1:
+        mark(events[0])
+        return
+    times: dict = {}
+
+    def seen(ev, t: float) -> None:
+        times[id(ev)] = (t, ev)
+        if len(times) == len(events):
+            mark(max(times.values(), key=lambda pair: pair[0])[1])
+    for ev in events:
+        rt.when(ev, lambda t, ev=ev: seen(ev, t))
+
+
+@lru_cache(maxsize=4096)
+def slice_gemm(op: Gemm, lo: int, hi: int, parts: int) -> Gemm:
+    """Parts [lo, hi) of `parts` equal slices of `op` along its output dimension n.
+
+    Slice boundaries are floor(n * j / parts), so the slices of one GEMM tile n exactly and their
+    flops add up to the original's (as `Gemm.split_n`, named `name[taken/parts]`). Cached: ops are
+    values, and the same piece recurs every layer."""
+    cols = op.n * hi // parts - op.n * lo // parts
+    return replace(op, n=cols, name=f"{op.name}[{hi - lo}/{parts}]")
