@@ -42,23 +42,18 @@ With one request in the window the host program issues the same ops in the same 
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
-from functools import reduce
-from operator import add
 from typing import Generator, Optional
-
-import numpy as np
 
 from simulator.model import check_tp_degree
 from simulator.ops import Gemm, Op
 
 from .base import Params, Strategy
 from .liger_flight import Flight, Pieces, Runs, when_all
+from .liger_quiet import quiet_runs
 from .program import batch_step_ops, step_parts
 
 COMM_BUDGETS = ("remaining", "profiled")
-_NEVER = float("inf")
 RETIRE = ("head", "any")
 
 
@@ -241,7 +236,7 @@ class Liger(Strategy):
         if self.plan_log is not None:
             entry = {"head": head.rid, "main_comm": main_comm, "main": [], "sub": []}
             self.plan_log.append(entry)
-        rid, tag = head.rid, head.tag
+        tag = head.tag
         factor = self.params.decompose_factor
         planned = 0.0
         last = len(segment) - 1
@@ -262,78 +257,8 @@ class Liger(Strategy):
         return waits, mains
 
     def _quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
-        """The head f's next iterations that launch one same-class run each and fill nothing: the
-        runs from f.pos up to the first whose fill would launch something, and not including the
-        run that ends the step, for `launch_paced` (which is exactly those iterations; it stops
-        where a request arrives). Nothing is filled while f is alone, or while the fill
-        (`_fill_bound`) needs more budget than a run gives: the fillers then stay as they are.
-        None where an iteration does more: a decomposed remainder, a step's first run (its
-        cross-stream waits), the plan log, or per-device stream numbers."""
-        if not self.params.host_sync or f.done_parts or f.pos == 0 \
-                or self.plan_log is not None or not self.uniform:
-            return None
-        pos, step_of = f.pos, f.step_of
-        step = step_of[pos]
-        if step_of[pos - 1] != step:
-            return None
-        starts, ends, comms, _planned, budgets, comm_arr, budget_arr = \
-            f.step_runs(step, self.factors)
-        i = bisect.bisect_right(starts, pos) - 1
-        last = len(starts) - 1                 # the step's last run: the usual path takes it
-        if last - i < 2:
-            return None
-        stop = last
-        if len(window) > 1:                    # would an iteration's fill launch anything?
-            bound: dict = {}
-            comm, budget = comms[i], budgets[i]
-            if starts[i] < pos:                # f stopped inside this run as a filler
-                budget = reduce(add, f.prof[pos:ends[i]], 0.0) * self.factors[comm]
-            bound[comm] = self._fill_bound(rt, window, comm)
-            if budget > 0 and bound[comm][0] <= budget:
-                return None
-            comm, budget = comms[i + 1], budgets[i + 1]
-            if comm not in bound:
-                bound[comm] = self._fill_bound(rt, window, comm)
-            if budget > 0 and bound[comm][1] <= budget:
-                return None
-            if len(bound) < 2:
-                bound[not comm] = self._fill_bound(rt, window, not comm)
-            later = slice(i + 2, last)         # the rest at once
-            least = np.where(comm_arr[later], bound[True][1], bound[False][1])
-            fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
-            if len(fills):
-                stop = i + 2 + int(fills[0])
-        return Runs(f.ops, [(pos, ends[i])] + list(zip(starts[i + 1:stop], ends[i + 1:stop])))
-
-    def _fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
-        """The least budget with which `_fill` launches something beside a main segment of class
-        `main_comm`, the fillers being as they are now: (in this iteration, in later ones). The
-        first ready filler whose next op has the other class decides: its op or, for a GEMM, its
-        smallest piece fits from that budget on (a collective charged the remaining budget fits
-        any). A filler not ready now (its previous step is not done) may be ready later, so from
-        the next iteration on any budget counts as launching once such a filler comes first."""
-        p = self.params
-        take_rest = not main_comm and p.comm_budget == "remaining"
-        later = None
-        for f in window[1:]:
-            if f.pos >= f.n:
-                continue
-            if not self._ready(rt, f):
-                if later is None:
-                    later = 0.0
-                continue
-            if f.comm[f.pos] == main_comm:
-                continue
-            if take_rest:
-                least = 0.0
-            else:
-                least = self._profiled(rt, f.next_op(self.params.decompose_factor)) if f.done_parts else f.prof[f.pos]
-                op = f.ops[f.pos]
-                if isinstance(op, Gemm) and op.n >= p.decompose_factor:
-                    for _piece, _parts, t in self.pieces.of(op, f.done_parts):
-                        least = min(least, t)
-            return least, least if later is None else later
-        return _NEVER, _NEVER if later is None else later
+        """The head's next iterations that fill nothing, for launch_paced (liger_quiet.py)."""
+        return quiet_runs(self, rt, window, f)
 
     @staticmethod
     def _log(entry, where: str, f: Flight, op: Op, profiled_s: float, charged_s: float) -> None:
