@@ -19,6 +19,9 @@ What is fitted, and how:
   ``t = alpha + S / bandwidth``, the same way.
 * **PCIe ring** (`network/a100_pairwise_nvlink/all_reduce.csv`, n = 4: the ring of two NVLink pairs
   crosses PCIe Gen4 twice, so PCIe sets its bandwidth), for the ``a100-pcie-40gb`` profile, the same way.
+* **H100 NVLink pairs and PCIe Gen5 ring** (`network/h100_pairwise_nvlink/{all_reduce,send_recv}.csv`):
+  n = 2 (one NVLink-bridged pair) for ``h100-nvl-94gb``, n = 4 (the ring of two pairs crosses PCIe
+  Gen5 twice) for ``h100-nvl-94gb`` and ``h100-pcie-80gb``, and the pair's send/recv alpha, the same way.
 * **GEMM and memory efficiency** (`compute/{a100,h100}/Llama-2-{7b,70b}-hf/mlp.csv`): the four
   projection GEMMs of every row (every token count and tensor-parallel degree), shapes from the model
   columns (see `gemm_shape`). ``gemm_efficiency`` and ``memory_efficiency`` minimise the median absolute
@@ -303,12 +306,24 @@ def report_network(data: Path) -> None:
     nbytes = rows["bytes"].to_numpy()
     report_regimes("a100_pairwise_nvlink all_reduce n=4 (a100-pcie-40gb)", nbytes, 1.5,
                    rows["measured_s"].to_numpy(), predict_collectives("a100-pcie-40gb", "all_reduce", 4, nbytes))
+    for n, profiles in ((2, ("h100-nvl-94gb",)), (4, ("h100-nvl-94gb", "h100-pcie-80gb"))):
+        rows = network_rows(data, "h100_pairwise_nvlink", "all_reduce", n)
+        nbytes = rows["bytes"].to_numpy()
+        for profile in profiles:
+            report_regimes(f"h100_pairwise_nvlink all_reduce n={n} ({profile})", nbytes, 2 * (n - 1) / n,
+                           rows["measured_s"].to_numpy(), predict_collectives(profile, "all_reduce", n, nbytes))
     print("\nSend/recv: t = alpha + bytes / bandwidth (relative least squares, both devices in one node)")
     for device, system in NETWORKS.items():
         rows = network_rows(data, system, "send_recv", 2)
         nbytes = rows["bytes"].to_numpy()
         report_alpha_beta(f"{DEVICES[device]} send_recv", nbytes, 1.0, rows["measured_s"].to_numpy(),
                           predict_collectives(DEVICES[device], "send_recv", 2, nbytes))
+    # h100-nvl-94gb takes only the alpha: the fitted bandwidth exceeds the bridges' 300 GB/s per
+    # direction, so its p2p bandwidth is the n = 2 all-reduce busbw (see the profile)
+    rows = network_rows(data, "h100_pairwise_nvlink", "send_recv", 2)
+    nbytes = rows["bytes"].to_numpy()
+    report_alpha_beta("h100_pairwise_nvlink send_recv", nbytes, 1.0, rows["measured_s"].to_numpy(),
+                      predict_collectives("h100-nvl-94gb", "send_recv", 2, nbytes))
 
 
 def report_gemm(data: Path) -> None:

@@ -223,6 +223,38 @@ PRESETS: Mapping[str, ModelSpec] = MappingProxyType({
     "llama-3-8b": ModelSpec("llama-3-8b", 32, 4096, 32, 8, 14336, True, 128256, "bf16"),
     # meta-llama/Meta-Llama-3-70B config.json.
     "llama-3-70b": ModelSpec("llama-3-70b", 80, 8192, 64, 8, 28672, True, 128256, "bf16"),
+    # Llama 3.1 and 3.3 keep the Llama 3 shapes; their config.json adds rope_scaling (rope_type
+    # "llama3", factor 8) for a 131072-token context (max_position_embeddings). parasim models neither:
+    # RoPE costs nothing here whatever its scaling, and no preset limits the context length (attention
+    # and KV-cache costs follow the workload's token counts). Untied embeddings; torch_dtype bfloat16;
+    # head_dim = hidden / heads = 128 in every Llama 3.x config.
+    # meta-llama/Llama-3.1-8B config.json: 32 layers, hidden 4096, 32 heads, 8 KV heads,
+    # intermediate_size 14336, vocab 128256.
+    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 14336, True, 128256, "bf16"),
+    # meta-llama/Llama-3.1-70B config.json: 80 layers, hidden 8192, 64 heads, 8 KV heads,
+    # intermediate_size 28672, vocab 128256.
+    "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 28672, True, 128256, "bf16"),
+    # meta-llama/Llama-3.3-70B-Instruct config.json: the Llama 3.1 70B shape (only the weights differ).
+    "llama-3.3-70b": ModelSpec("llama-3.3-70b", 80, 8192, 64, 8, 28672, True, 128256, "bf16"),
+    # meta-llama/Llama-3.1-405B config.json (the BF16 release): 126 layers, hidden 16384, 128 heads,
+    # 8 KV heads, intermediate_size 53248, vocab 128256. (Meta's FP8 release,
+    # Llama-3.1-405B-Instruct-FP8, duplicates the K/V heads to 16 for 16-way tensor parallelism.)
+    "llama-3.1-405b": ModelSpec("llama-3.1-405b", 126, 16384, 128, 8, 53248, True, 128256, "bf16"),
+    # Qwen2.5 adds biases to the Q, K and V projections (attention_bias; (q + 2 * kv) per layer, about
+    # 0.01% of the parameters), which parasim leaves out like every bias; its RoPE (theta 1e6) and
+    # context length (32768 in config.json, 131072 with YaRN) are not modelled either. Untied
+    # embeddings (tie_word_embeddings false); torch_dtype bfloat16; head_dim = hidden / heads = 128.
+    # Qwen/Qwen2.5-7B config.json: 28 layers, hidden 3584, 28 heads, 4 KV heads,
+    # intermediate_size 18944, vocab 152064.
+    "qwen2.5-7b": ModelSpec("qwen2.5-7b", 28, 3584, 28, 4, 18944, True, 152064, "bf16"),
+    # Qwen/Qwen2.5-72B config.json: 80 layers, hidden 8192, 64 heads, 8 KV heads,
+    # intermediate_size 29568, vocab 152064.
+    "qwen2.5-72b": ModelSpec("qwen2.5-72b", 80, 8192, 64, 8, 29568, True, 152064, "bf16"),
+    # mistralai/Mistral-7B-v0.3 config.json: 32 layers, hidden 4096, 32 heads, 8 KV heads,
+    # intermediate_size 14336, vocab 32768 (v0.1 has the same shape with vocab 32000), torch_dtype
+    # bfloat16, untied embeddings, head_dim 128. v0.1's 4096-token sliding-window attention is not
+    # modelled (v0.3 has none).
+    "mistral-7b": ModelSpec("mistral-7b", 32, 4096, 32, 8, 14336, True, 32768, "bf16"),
 })
 
 _INT_FIELDS = ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")

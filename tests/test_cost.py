@@ -23,6 +23,14 @@ PROFILES = {
     "a800-sxm4-80gb": ("nvswitch", False),
     "h100-sxm5-80gb": ("nvswitch", False),
     "rtx4090": ("pcie_host", True),
+    "h200-sxm-141gb": ("nvswitch", False),
+    "b200-sxm-180gb": ("nvswitch", False),
+    "h20-96gb": ("nvswitch", False),
+    "h100-pcie-80gb": ("pcie_p2p", True),
+    "h100-nvl-94gb": ("nvlink_pairs", False),
+    "l40s-48gb": ("pcie_p2p", True),
+    "l4-24gb": ("pcie_p2p", True),
+    "mi300x-192gb": ("nvlink_mesh", False),
 }
 FITTED_FROM_VIDUR = ("a100-sxm4-80gb", "h100-sxm5-80gb")
 MIB = 2 ** 20
@@ -371,8 +379,44 @@ def test_prefill_attention_with_prefix_counts_all_prefix_keys(a100):
 
 # ------------------------------------------------------------------------------------------ profiles
 
-def test_all_six_profiles_are_built_in():
+def test_all_profiles_are_built_in():
     assert set(PROFILES) <= set(builtin_names())
+    assert len(builtin_names()) >= 14
+
+
+def _numeric_leaves_unsourced(node, path=""):
+    """Dotted paths of numbers in a raw profile that are not the value of a {value, source} mapping,
+    and of {value, source} mappings whose source is not 'KIND: where' with a known KIND."""
+    if isinstance(node, dict):
+        if "value" in node:
+            source = node.get("source")
+            kind, sep, where = source.partition(":") if isinstance(source, str) else ("", "", "")
+            if not (sep and kind in SOURCE_KINDS and where.strip()):
+                yield path
+            for key, child in node.items():
+                if key not in ("value", "source"):
+                    yield from _numeric_leaves_unsourced(child, f"{path}.{key}")
+            return
+        for key, child in node.items():
+            yield from _numeric_leaves_unsourced(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _numeric_leaves_unsourced(child, f"{path}[{i}]")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_every_number_of_every_builtin_profile_names_its_source(name):
+    data = raw(name)
+    assert list(_numeric_leaves_unsourced(data)) == []
+    leaves = dict(_sourced_leaves(data))
+    assert len(leaves) >= 25
+    for path, node in leaves.items():
+        assert isinstance(node["value"], (int, float)) and not isinstance(node["value"], bool), path
+        kind, _, where = node["source"].partition(":")
+        assert kind in ("datasheet", "measured", "fitted", "assumed") and where.strip(), (path, node)
+    assert load_hardware(name).name == name
 
 
 def _sourced_leaves(node, path=""):
@@ -445,6 +489,38 @@ def test_fitted_numbers_name_the_script_that_reproduces_them(name):
             assert "benchmarks/fit_vidur.py" in source, key
 
 
+@pytest.mark.parametrize("name, ratio", [("h200-sxm-141gb", 1.0), ("h20-96gb", 1.0), ("b200-sxm-180gb", 2.0)])
+def test_nvswitch_siblings_scale_the_h100_fit_by_link_bandwidth(name, ratio):
+    """H200 and H20 keep NVLink4 (450 GB/s per direction), B200 has NVLink5 (900): every regime's
+    busbw is the H100 fit's times the ratio, rounded to 0.1 GB/s; alphas are the H100 fit's."""
+    h100, hw = load_hardware("h100-sxm5-80gb"), load_hardware(name)
+    for n in (2, 4, 8):
+        for mine, ref in zip(hw.interconnect.collectives[n].regimes, h100.interconnect.collectives[n].regimes,
+                             strict=True):
+            assert mine.bandwidth_bytes_per_s == pytest.approx(ratio * ref.bandwidth_bytes_per_s, abs=0.051e9)
+            assert mine.alpha_s == ref.alpha_s
+    assert hw.interconnect.p2p.bandwidth_bytes_per_s == pytest.approx(
+        ratio * h100.interconnect.p2p.bandwidth_bytes_per_s, abs=0.051e9)
+
+
+def test_pcie_and_pair_profiles_share_the_h100_pairwise_fit():
+    nvl, pcie = load_hardware("h100-nvl-94gb"), load_hardware("h100-pcie-80gb")
+    assert nvl.interconnect.collectives[4] == pcie.interconnect.collectives[4]
+    # the bridged pair is ~4x faster than a ring that crosses PCIe Gen5
+    assert nvl.interconnect.collectives[2].bandwidth_bytes_per_s > 4 * pcie.interconnect.collectives[2].bandwidth_bytes_per_s
+    for name in ("l40s-48gb", "l4-24gb"):   # Gen4 P2P cards take the a100-pcie-40gb fit
+        assert load_hardware(name).interconnect == load_hardware("a100-pcie-40gb").interconnect
+
+
+def test_new_profiles_dtypes_and_peaks():
+    fp8 = {"h200-sxm-141gb": 1979, "b200-sxm-180gb": 4500, "h20-96gb": 296, "h100-pcie-80gb": 1513,
+           "h100-nvl-94gb": 1671, "l40s-48gb": 733, "l4-24gb": 242.5, "mi300x-192gb": 2614.9}
+    for name, tflops in fp8.items():
+        peaks = load_hardware(name).device.peak_flops
+        assert peaks["fp8"] == pytest.approx(tflops * 1e12)
+        assert peaks["fp16"] == peaks["bf16"] == pytest.approx(tflops / 2 * 1e12, rel=0.015), name  # L40S: 362.05 vs 733/2
+
+
 def test_rtx4090_gemm_peak_is_the_fp32_accumulation_rate():
     assert load_hardware("rtx4090").device.peak_flops["fp16"] == pytest.approx(165e12)
 
@@ -463,10 +539,23 @@ def test_a800_links_are_two_thirds_of_a100():
 
 # nvidia-smi's total memory (MiB) of each profile's card, as its memory_gib source states it
 NVIDIA_SMI_MIB = {"a100-sxm4-80gb": 81920, "a800-sxm4-80gb": 81920, "h100-sxm5-80gb": 81559,
-                  "a100-pcie-40gb": 40960, "v100-sxm2-32gb": 32768, "rtx4090": 24564}
+                  "a100-pcie-40gb": 40960, "v100-sxm2-32gb": 32768, "rtx4090": 24564,
+                  "h200-sxm-141gb": 143771, "b200-sxm-180gb": 183359, "h20-96gb": 97871,
+                  "h100-pcie-80gb": 81559, "h100-nvl-94gb": 95830, "l40s-48gb": 46068,
+                  "l4-24gb": 23034}
 
 
-@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_every_nvidia_profile_has_its_nvidia_smi_total():
+    assert set(NVIDIA_SMI_MIB) == set(PROFILES) - {"mi300x-192gb"}
+
+
+def test_mi300x_memory_is_the_rocm_smi_total_in_gib():
+    node = raw("mi300x-192gb")["device"]["memory_gib"]
+    assert node["source"].startswith("measured: rocm-smi") and "205822885888 B" in node["source"]
+    assert value(node) == math.floor(205822885888 / 2**30 * 100) / 100
+
+
+@pytest.mark.parametrize("name", sorted(NVIDIA_SMI_MIB))
 def test_memory_is_the_nvidia_smi_total_in_gib(name):
     mib = NVIDIA_SMI_MIB[name]
     node = raw(name)["device"]["memory_gib"]

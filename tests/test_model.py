@@ -16,9 +16,42 @@ GIB = 2 ** 30
     ("llama-2-7b", 6.74e9), ("llama-2-13b", 13.0e9), ("llama-2-70b", 68.98e9),
     ("llama-3-8b", 8.03e9), ("llama-3-70b", 70.6e9), ("opt-30b", 30e9), ("opt-66b", 66e9),
     ("glm-130b", 130e9),
+    # published sizes of the Hugging Face releases
+    ("llama-3.1-8b", 8.0e9), ("llama-3.1-70b", 70.6e9), ("llama-3.3-70b", 70.6e9),
+    ("llama-3.1-405b", 405e9), ("qwen2.5-7b", 7.6e9), ("qwen2.5-72b", 72.7e9), ("mistral-7b", 7.2e9),
 ])
 def test_preset_parameter_counts(name, params):
     assert PRESETS[name].total_params() == pytest.approx(params, rel=0.02)
+
+
+NEW_PRESETS = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.3-70b", "llama-3.1-405b", "qwen2.5-7b",
+               "qwen2.5-72b", "mistral-7b")
+
+
+@pytest.mark.parametrize("name", NEW_PRESETS)
+def test_new_presets_load_and_split_by_the_tp_degrees_that_divide_their_heads(name):
+    m = load_model(name)
+    assert m is PRESETS[name] and m.name == name and m.dtype == "bf16" and m.gated_mlp
+    assert m.head_dim == 128 == m.hidden // m.heads          # no explicit head_dim needed
+    ok = valid_tp_degrees(m)
+    for tp in (1, 2, 4, 8, 16):
+        if m.heads % tp == 0 and m.ffn % tp == 0:
+            assert tp in ok
+            check_tp_degree(m, tp, "x.yaml", "strategies[0].tp")
+    assert 1 in ok and 2 in ok and 4 in ok
+    with pytest.raises(ConfigError, match="does not divide heads"):
+        check_tp_degree(m, 3, "x.yaml", "strategies[0].tp")
+
+
+def test_new_preset_shapes():
+    assert PRESETS["qwen2.5-7b"].kv_size == 4 * 128 and 8 not in valid_tp_degrees(PRESETS["qwen2.5-7b"])
+    assert 8 in valid_tp_degrees(PRESETS["qwen2.5-72b"]) and 8 in valid_tp_degrees(PRESETS["llama-3.1-405b"])
+    assert PRESETS["llama-3.1-70b"] == PRESETS["llama-3-70b"].__class__(
+        "llama-3.1-70b", *[getattr(PRESETS["llama-3-70b"], f) for f in
+                          ("layers", "hidden", "heads", "kv_heads", "ffn", "gated_mlp", "vocab", "dtype")])
+    # Mistral-7B-v0.3 (vocab 32768): 7.25e9 with untied embeddings
+    assert PRESETS["mistral-7b"].total_params() == 32 * (4096 * (4096 + 2 * 1024) + 4096 * 4096
+                                                         + 3 * 4096 * 14336 + 2 * 4096) + 2 * 32768 * 4096
 
 
 def test_llama_2_7b_exact_count():
