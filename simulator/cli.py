@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="no progress on stderr (default: a bar on a terminal, else a line about "
                         "every 10 s)")
 
+    se = sub.add_parser("search", help="find the best configuration under latency SLOs")
+    se.add_argument("file")
+    se.add_argument("--out", default=None, help="output folder (default: results/<name>-search)")
+    se.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     st = sub.add_parser("strategies", help="list strategies with their parameters")
     sts = st.add_subparsers(dest="action", required=True, parser_class=_Parser)
     sts.add_parser("list")
@@ -123,6 +127,8 @@ def main(argv=None) -> int:
 def _dispatch(args) -> int:
     if args.command == "run":
         return _run(args)
+    if args.command == "search":
+        return _search(args)
     if args.command == "hardware":
         return _hardware(args)
     if args.command == "models":
@@ -168,6 +174,27 @@ def _run(args) -> int:
         written.append("ops/ (every op row of the timeline point's jobs, gzipped CSV)")
     print(f"\nwrote in {out}/: " + ", ".join(written))
     return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _search(args) -> int:
+    from .search import explain, load_search, run_search
+    if args.jobs < 1:
+        raise ConfigError("argument", "--jobs", f"must be >= 1, got {args.jobs}")
+    spec = load_search(args.file)            # bad input: one line, exit 2, before any probe
+    out = args.out or os.path.join("results", spec.name + "-search")
+    for index, reason in sorted(spec.pruned.items()):
+        job = spec.jobs[index]
+        print(f"pruned: {job.label} {_point_text(job.point)}: {reason}")
+    result = run_search(args.file, out, workers=args.jobs)
+    for line in explain(result):
+        print(line)
+    print(f"\nwrote in {out}/: " + ", ".join(os.path.basename(f) for f in result.written))
+    return EXIT_OK
+
+
+def _point_text(point: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()
+                     if k != "workload.arrival.rate_rps")
 
 
 def _hardware(args) -> int:

@@ -184,9 +184,11 @@ def _strategy_variants(entry: Any, where: str, key: str) -> list[tuple[dict, str
     return variants
 
 
-def load_experiment(path: str, overrides: dict | None = None) -> list[Job]:
-    """Parse an experiment file into jobs. Structural errors raise ConfigError at once."""
-    data = read_yaml(path)
+def load_experiment(path: str, overrides: dict | None = None, data: Any = None) -> list[Job]:
+    """Parse an experiment file into jobs (or `data`, the file's mapping already read and edited,
+    e.g. a search spec without its `search` section). Structural errors raise ConfigError at
+    once."""
+    data = read_yaml(path) if data is None else data
     where = path
     top = Section(data, where)
     for k in top.data:

@@ -274,3 +274,39 @@ def plot_serving(steps: list, file: str) -> bool:
     fig.tight_layout()
     save_png(fig, file)
     return True
+
+
+def plot_pareto(frame: pd.DataFrame, file: str, winner=None) -> bool:
+    """pareto.png of a search: goodput per GPU against p90 end-to-end latency at each
+    configuration's best rate, one colour per strategy, the Pareto front (no other configuration
+    has more goodput per GPU and less latency) joined, the winner ringed. False when no
+    configuration has a best rate."""
+    ok = frame[frame["goodput_per_gpu_rps"].notna() & frame["jct_p90_s"].notna()]
+    if ok.empty:
+        return False
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.subplots()
+    colors = matplotlib.colormaps["tab10"]
+    for i, (label, df) in enumerate(sorted(ok.groupby("strategy"), key=lambda kv: kv[0])):
+        ax.scatter(df["jct_p90_s"], df["goodput_per_gpu_rps"], color=colors(i % 10), label=label,
+                   s=30, zorder=3)
+    pts = ok.sort_values(["jct_p90_s", "goodput_per_gpu_rps"], ascending=[True, False])
+    front, best = [], -math.inf
+    for _, r in pts.iterrows():
+        if r["goodput_per_gpu_rps"] > best:
+            front.append((r["jct_p90_s"], r["goodput_per_gpu_rps"]))
+            best = r["goodput_per_gpu_rps"]
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="#444444", lw=1, ls="--", zorder=2, label="Pareto front")
+    if winner is not None and winner in ok.index:
+        w = ok.loc[winner]
+        ax.scatter([w["jct_p90_s"]], [w["goodput_per_gpu_rps"]], s=160, facecolors="none",
+                   edgecolors="black", lw=1.5, zorder=4, label="winner")
+    ax.set_xlabel("p90 end-to-end latency at the best rate (s)")
+    ax.set_ylabel("goodput per GPU (req/s)")
+    ax.set_title("search: each configuration at the highest rate meeting the SLO")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    save_png(fig, file)
+    return True
