@@ -7,6 +7,7 @@
     parasim models list | show NAME|PATH              model presets, one model with its sizes
     parasim cost --hardware H [--json] OP ARGS        the cost model's answer for one op
     parasim compare DIR [--slo-s X]                   strategy comparisons from a run's summary
+    parasim import-trace TRACE.json [--out DIR]       measured tables from a PyTorch profiler trace
 
 User errors print one line (file: key: what is wrong; what is allowed) and exit with status 2.
 `parasim run`'s exit status: see RUN_EXIT_STATUS.
@@ -108,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="JCT statistic compared (default mean)")
     cmp_.add_argument("--at", choices=("max", "mid"), default="max",
                       help="equal-throughput point: highest common throughput, or mid of the overlap")
+
+    it = sub.add_parser("import-trace", help="measured tables and contention estimates from a "
+                        "PyTorch profiler (Kineto) trace")
+    it.add_argument("trace", help="a trace from torch.profiler's export_chrome_trace (.json or .json.gz)")
+    it.add_argument("--out", help="output folder (default: tables/<trace name>)")
+    it.add_argument("--dtype", action="append", choices=("fp32", "fp16", "bf16", "fp8"),
+                    help="keep only GEMM and attention shapes of this dtype (repeatable; default: "
+                         "every dtype the trace has)")
     return p
 
 
@@ -139,6 +148,8 @@ def _dispatch(args) -> int:
         return EXIT_OK
     if args.command == "cost":
         return _cost(args)
+    if args.command == "import-trace":
+        return _import_trace(args)
     if args.command == "compare":
         from .compare import compare_dir
         if args.slo_s is not None and not 0 < args.slo_s < math.inf:
@@ -195,6 +206,30 @@ def _search(args) -> int:
 def _point_text(point: dict) -> str:
     return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in point.items()
                      if k != "workload.arrival.rate_rps")
+
+
+def _import_trace(args) -> int:
+    from .runner import check_out_dir
+    from .trace_import import import_trace
+    from .trace_import.read import load_trace
+    name = os.path.basename(args.trace)
+    for ext in (".gz", ".json"):
+        name = name[: -len(ext)] if name.endswith(ext) else name
+    out = args.out or os.path.join("tables", name or "trace")
+    trace = load_trace(args.trace)      # a file that is no trace is refused before --out is touched
+    check_out_dir(out)
+    result = import_trace(args.trace, out, tuple(args.dtype or ()), trace=trace)
+    for family, (rows, samples) in result.rows.items():
+        print(f"{family:15s} {rows:5d} shape(s) from {samples} op(s)")
+    for reason, n in result.skipped.most_common():
+        print(f"left out: {n} x {reason}")
+    found = result.contention
+    if not found["overlap_found"]:
+        print("contention: no overlap in the trace to estimate from")
+    for e in found["estimates"]:
+        print(f"contention: {e['pair']} {e['ratio']} ({e['shapes']} shape(s))")
+    print(f"\nwrote in {out}/: " + ", ".join(os.path.basename(f) for f in result.files))
+    return EXIT_OK
 
 
 def _hardware(args) -> int:
