@@ -28,7 +28,8 @@ from . import outputs
 from .errors import ConfigError, SimulationError
 from .experiment import Job, load_experiment
 from .io import atomic_path, write_csv
-from .jobs import Built, build, make_strategy, simulate, torch_fit_problem, validate_jobs  # noqa: F401 (re-exported)
+from .jobs import (Built, build, make_strategy, simulate, torch_fit_problem,  # noqa: F401
+                   validate_jobs)  # (Built, make_strategy: re-exported)
 from .batching import StepRecord
 from .metrics import request_metrics, summarize
 from .progress import Progress
@@ -137,6 +138,8 @@ def _store(out_dir: str, job: Job, res: JobResult) -> None:
 
 def _work(args):
     job, keep, spill, runtime = args
+    if runtime == "sim":
+        return run_job(job, keep, spill)
     return run_job(job, keep, spill, runtime)
 
 

@@ -1,11 +1,13 @@
 """TorchRuntime (simulator/torchrt): the strategies, unchanged, on real torch work on CPU."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -166,7 +168,7 @@ def test_a_wait_on_an_event_really_waits():
 
     def host(rt):
         ev = rt.new_event("after_big")
-        for _ in range(4):
+        for _ in range(6):
             rt.launch(big, 1, 0)
         rt.record(ev, 1, 0)
         rt.wait(0, 1, ev)
@@ -241,4 +243,49 @@ def test_ops_as_work():
 def test_the_simulator_does_not_import_torch():
     code = ("import sys, simulator.engine, simulator.runner, simulator.cli, simulator.torchrt.clock;"
             "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env)
+
+
+def _experiment(tmp_path, model, requests=3):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "name: tiny\n"
+        f"model: {model}\n"
+        "hardware: a100-sxm4-80gb\ndevices: 2\nseed: 0\n"
+        "strategies: [tp, {name: pp, tp: 1}]\n"
+        f"workload: {{requests: {requests}, batch: 1, arrival: {{kind: poisson, rate_rps: 100}}, "
+        "prompt_tokens: 32, output_tokens: 3}\n")
+    return str(path)
+
+
+def test_parasim_run_with_the_torch_runtime(tmp_path, capsys):
+    from simulator.cli import main
+    model = ("{preset: llama-2-7b, layers: 2, hidden: 256, heads: 4, kv_heads: 4, ffn: 512, "
+             "vocab: 1000}")
+    out = tmp_path / "out"
+    assert main(["run", _experiment(tmp_path, model), "--runtime", "torch", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "runtime: torch" in printed and "pp[tp=1]" in printed
+    import pandas as pd
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["requests"]) == [3, 3] and (summary["jct_mean_s"] > 0).all()
+    assert not (out / ".cache").exists() or not list((out / ".cache").iterdir())
+
+
+def test_a_model_too_big_for_this_machine_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """llama-2-13b fits two simulated A100s but not half of a 16 GiB machine."""
+    from simulator import jobs
+    from simulator.cli import main
+    from simulator.experiment import load_experiment
+    monkeypatch.setattr(jobs, "host_memory_bytes", lambda: 16 * 2**30)
+    path = _experiment(tmp_path, "llama-2-13b")
+    built = jobs.build(load_experiment(path)[0])
+    problem = jobs.torch_fit_problem(built)
+    assert problem.startswith("model: llama-2-13b needs") and "--runtime torch" in problem
+    assert jobs.torch_fit_problem(built, memory_bytes=2**50) is None
+    assert main(["run", path, "--runtime", "torch", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no point can run with --runtime torch" in err

@@ -18,7 +18,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from typing import Callable, Generator, Optional
+from typing import Callable, Generator
 
 
 class Deadline:

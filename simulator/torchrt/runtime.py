@@ -27,7 +27,8 @@ from simulator.trace import KEEP_ALL, Trace, TraceRecorder
 
 from .clock import RealClock
 from .comm import Comm
-from .device import OP, RECORD, WAIT, Completer, Item, Stream, TorchEvent, cuda_events, op_row
+from .cuda import CudaParts
+from .device import OP, RECORD, WAIT, Completer, Item, Stream, TorchEvent, op_row
 from .work import Work
 
 _INFO_ENTRIES = 100_000
@@ -47,7 +48,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-class TorchRuntime:
+class TorchRuntime(CudaParts):
     """`devices` devices of `device_type` ("cpu": worker threads on this machine; "cuda": GPUs
     0..devices-1) as a Runtime; `hardware` only answers profiled_* and classifies ops.
     `stall_s`: a run whose devices make no progress for this long is reported as a deadlock."""
@@ -120,32 +121,6 @@ class TorchRuntime:
             fn()
             end = xfer = clock.now
         stream.rows.append(op_row(stream, item, start, end, xfer))
-
-    def _run_op_cuda(self, stream: Stream, item: Item) -> None:   # pragma: no cover - needs CUDA
-        op, s = item.op, self.cuda_stream(stream)
-        with torch.cuda.stream(s):
-            if is_comm(op):
-                _note, run, _skey = self.comm.prepare(op, stream.device, stream.index)
-            else:
-                run = stream.work.prepare(op)
-            a, b = cuda_events()
-            a.record(s)
-            run()
-            b.record(s)
-        self._timed.append((stream, item, a, b))
-
-    def cuda_stream(self, stream: Stream):                          # pragma: no cover
-        s = self._cuda_streams.get((stream.device, stream.index))
-        if s is None:
-            lo, hi = torch.cuda.Stream.priority_range()
-            prio = max(hi, min(lo, stream.priority))
-            s = torch.cuda.Stream(device=stream.device, priority=prio)
-            self._cuda_streams[(stream.device, stream.index)] = s
-        return s
-
-    def cuda_time(self, device: int, ev) -> float:                  # pragma: no cover
-        base, t = self._base[device]
-        return t + base.elapsed_time(ev) / 1e3
 
     def reach(self, ev: TorchEvent, stream: Stream) -> None:
         """Stream thread: `stream` got to `ev`'s record."""
@@ -354,23 +329,6 @@ class TorchRuntime:
         stuck.append(f"host: {self.serving.host_state}")
         raise DeadlockError(f"no progress for {self.stall_s:g} s at t={self.clock.now:.3f}s: "
                             + "; ".join(stuck))
-
-    def _start_cuda(self) -> None:                                 # pragma: no cover
-        for d in range(self.devices):
-            base = torch.cuda.Event(enable_timing=True)
-            base.record(torch.cuda.current_stream(d))
-            base.synchronize()
-            self._base[d] = (base, self.clock.now)
-        for sts in self.streams:
-            for st in sts:
-                if (st.device, st.index) not in self._completers:
-                    self._completers[(st.device, st.index)] = Completer(self, st)
-
-    def _cuda_rows(self) -> None:                                  # pragma: no cover
-        torch.cuda.synchronize()
-        for stream, item, a, b in self._timed:
-            t0, t1 = self.cuda_time(stream.device, a), self.cuda_time(stream.device, b)
-            stream.rows.append(op_row(stream, item, t0, t1, t0))
 
     def close(self) -> None:
         """Stop the stream threads and restore torch's thread count."""
