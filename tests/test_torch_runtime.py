@@ -289,3 +289,15 @@ def test_a_model_too_big_for_this_machine_is_refused_in_one_line(tmp_path, capsy
     assert main(["run", path, "--runtime", "torch", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no point can run with --runtime torch" in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs two CUDA devices")
+@pytest.mark.parametrize("name", ["tp", "iso"])
+def test_the_cuda_path_runs_a_strategy(name):          # pragma: no cover - needs CUDA
+    strategy = make_strategy(SPECS[name], TINY, 2, "test", "strategy")
+    trace = TorchRuntime(HW, 2, device_type="cuda", stall_s=60).run(strategy,
+                                                                   open_loop(_requests()))
+    assert all(r.finish_s is not None for r in trace.requests)
+    assert all(0 <= r.start_s <= r.end_s for r in trace.rows)
