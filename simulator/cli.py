@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="validate the experiment and every point, list the points and which are "
                         "infeasible and why; simulate and write nothing")
+    r.add_argument("--runtime", choices=("sim", "torch"), default="sim",
+                   help="sim: simulate (default); torch: run the strategies for real on this "
+                        "machine's CPU with torch (pip install parasim[torch]; tiny models only, "
+                        "see docs/torch_runtime.md)")
     r.add_argument("--no-progress", action="store_true",
                    help="no progress on stderr (default: a bar on a terminal, else a line about "
                         "every 10 s)")
@@ -169,13 +173,23 @@ def _run(args) -> int:
     from .runner import check_out_dir, execute, plan_run
     if args.jobs < 1:
         raise ConfigError("argument", "--jobs", f"must be >= 1, got {args.jobs}")
-    plan = plan_run(args.file)                 # bad input: ConfigError (exit 2) before anything runs
+    if args.runtime == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ConfigError("argument", "--runtime", "torch is not installed; pip install "
+                              "'parasim[torch]' or use --runtime sim") from None
+    plan = plan_run(args.file, args.runtime)   # bad input: ConfigError (exit 2) before anything runs
     out = args.out or os.path.join("results", plan.jobs[0].experiment if plan.jobs else "run")
     check_out_dir(out)
     if args.dry_run:
         print_plan(plan)
         return EXIT_OK
-    report = execute(args.file, out, workers=args.jobs, progress=not args.no_progress, plan=plan)
+    report = execute(args.file, out, workers=args.jobs, progress=not args.no_progress, plan=plan,
+                     runtime=args.runtime)
+    if args.runtime == "torch":
+        print("runtime: torch (measured on this machine's CPU; times are real seconds, not a "
+              "simulation of the hardware profile)")
     print_summary(report.summary)
     print_problems(report, out, sys.stderr)
     for note in report.written.notes:

@@ -23,7 +23,7 @@ from .errors import ConfigError, PointError
 from .experiment import Job
 from .hardware import HardwareProfile, load_hardware
 from .metrics import Slo, parse_slo
-from .model import ModelSpec, check_fits, load_model
+from .model import ModelSpec, check_fits, load_model, memory_per_device
 from .schema import check_value
 from .trace import Trace
 from .workload import Workload, parse_workload
@@ -129,15 +129,48 @@ def _max_context(workload: Workload, seed: int) -> int:
 
 
 def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
-             spill_path: str | None = None) -> Trace:
+             spill_path: str | None = None, runtime: str = "sim") -> Trace:
     """Run one built job in a fresh SimRuntime, keeping `keep_ops` full op rows (KEEP_ALL: all)
     from `keep_from_s` on, and writing every row to `spill_path` if given; metrics come from the
-    recorder's totals either way."""
-    rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
-                    spill_path=spill_path)
+    recorder's totals either way. `runtime` "torch": run it for real on TorchRuntime (CPU; the
+    first `keep_ops` rows are kept, nothing is spilled)."""
+    if runtime == "torch":
+        from .torchrt.runtime import TorchRuntime       # imports torch: only when asked for
+        rt = TorchRuntime(built.hardware, built.devices, keep_ops=keep_ops)
+    else:
+        rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
+                        spill_path=spill_path)
     source = built.workload.source(np.random.default_rng(built.seed))
     scheduler = Scheduler(built.serving, built.kv_blocks) if built.serving.continuous else None
     return rt.run(built.strategy, source, scheduler)
+
+
+HOST_MEMORY_FRACTION = 0.5     # of this machine's RAM a TorchRuntime run may plan to use
+
+
+def host_memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):       # pragma: no cover - not POSIX
+        return float("inf")
+
+
+def torch_fit_problem(built: Built, memory_bytes: float | None = None) -> Optional[str]:
+    """Why `built` cannot run on TorchRuntime on this machine (``KEY: reason``), or None: all
+    its devices' memory (simulator.model.memory_per_device, as the device check counts it) must
+    fit in HOST_MEMORY_FRACTION of the RAM, since every device lives in this process."""
+    ram = host_memory_bytes() if memory_bytes is None else memory_bytes
+    tp, pp = built.strategy.parallel_layout()
+    batch = built.workload.batch * built.strategy.resident_requests()
+    context = _max_context(built.workload, built.seed)
+    need = memory_per_device(built.model, tp, pp, batch, context,
+                             built.strategy.stage_layers()).total_bytes * built.devices
+    if need <= HOST_MEMORY_FRACTION * ram:
+        return None
+    return (f"model: {built.model.name} needs {need / 2**30:.1f} GiB over {built.devices} devices "
+            f"but --runtime torch runs them all in this process, allowed "
+            f"{HOST_MEMORY_FRACTION * ram / 2**30:.1f} GiB ({HOST_MEMORY_FRACTION:.0%} of the RAM); "
+            "use a smaller model (e.g. fewer layers, a smaller hidden size)")
 
 
 def validate_jobs(jobs: list[Job]) -> list[Optional[str]]:

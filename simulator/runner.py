@@ -28,7 +28,8 @@ from . import outputs
 from .errors import ConfigError, SimulationError
 from .experiment import Job, load_experiment
 from .io import atomic_path, write_csv
-from .jobs import Built, build, make_strategy, simulate, validate_jobs  # noqa: F401 (re-exported)
+from .jobs import (Built, build, make_strategy, simulate, torch_fit_problem,  # noqa: F401
+                   validate_jobs)  # (Built, make_strategy: re-exported)
 from .batching import StepRecord
 from .metrics import request_metrics, summarize
 from .progress import Progress
@@ -66,14 +67,17 @@ def _base_row(job: Job) -> dict:
     return base
 
 
-def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None) -> JobResult:
+def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None,
+            runtime: str = "sim") -> JobResult:
     """Simulate one job; `keep_trace`: keep op rows for the timeline and trace.json;
-    `spill_path`: write every op row there (outputs.trace: full)."""
+    `spill_path`: write every op row there (outputs.trace: full); `runtime` "torch": run it for
+    real on TorchRuntime (its first TRACE_ROWS rows are kept, never a re-run's middle)."""
     base = _base_row(job)
     try:
         built = build(job)
-        trace = simulate(built, TRACE_ROWS if keep_trace else 0, spill_path=spill_path)
-        if keep_trace and not trace.complete:
+        trace = simulate(built, TRACE_ROWS if keep_trace else 0, spill_path=spill_path,
+                         runtime=runtime)
+        if keep_trace and not trace.complete and runtime == "sim":
             trace = _middle_rows(job, trace)
     except (ConfigError, SimulationError) as exc:
         return JobResult(job.index, {**base, "error": str(exc)}, None, None, str(exc), STATUS_FAILED)
@@ -133,8 +137,10 @@ def _store(out_dir: str, job: Job, res: JobResult) -> None:
 
 
 def _work(args):
-    job, keep, spill = args
-    return run_job(job, keep, spill)
+    job, keep, spill, runtime = args
+    if runtime == "sim":
+        return run_job(job, keep, spill)
+    return run_job(job, keep, spill, runtime)
 
 
 def ops_file(out_dir: str, job: Job) -> str:
@@ -167,12 +173,23 @@ class RunReport:
     written: outputs.WrittenOutputs = field(default_factory=outputs.WrittenOutputs)
 
 
-def plan_run(path: str) -> RunPlan:
-    """Load and validate the experiment at `path` and every job of it, without simulating."""
+def plan_run(path: str, runtime: str = "sim") -> RunPlan:
+    """Load and validate the experiment at `path` and every job of it, without simulating.
+    With `runtime` "torch" a point that does not fit this machine is infeasible too."""
     jobs = load_experiment(path)
     options = outputs.validate_outputs(path)
     errors = validate_jobs(jobs)
     infeasible = {job.index: err for job, err in zip(jobs, errors) if err}
+    if runtime == "torch":
+        for job in jobs:
+            if job.index not in infeasible:
+                problem = torch_fit_problem(build(job))
+                if problem:
+                    infeasible[job.index] = problem
+        if jobs and len(infeasible) == len(jobs):
+            first = infeasible[jobs[0].index]
+            raise ConfigError(jobs[0].where, "", f"no point can run with --runtime torch; first: "
+                              f"{first}")
     timeline = outputs.choose_timeline_point(path, jobs, infeasible, options)
     return RunPlan(path, jobs, infeasible, options, timeline)
 
@@ -226,11 +243,17 @@ def run_experiment(path: str, out_dir: str, workers: int = 1, progress: bool = T
 
 
 def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
-            traced: Optional[set] = None, plan: Optional[RunPlan] = None) -> RunReport:
+            traced: Optional[set] = None, plan: Optional[RunPlan] = None,
+            runtime: str = "sim") -> RunReport:
     """Validate (`plan_run`, `check_out_dir`), run the feasible jobs (from the cache where it has
     them) and write every result file atomically. `traced`: job indices whose traces feed
-    timeline.png and trace.json (default: the plan's timeline point)."""
-    plan = plan or plan_run(path)
+    timeline.png and trace.json (default: the plan's timeline point). `runtime` "torch": run
+    them for real on TorchRuntime, one at a time, never from or into the cache (a measurement
+    is not a pure function of its configuration)."""
+    plan = plan or plan_run(path, runtime)
+    measured = runtime == "torch"
+    if measured:
+        workers = 1
     check_out_dir(out_dir)
     jobs = plan.jobs
     traced = set(plan.timeline.indices) if traced is None else traced
@@ -242,7 +265,7 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
             results[job.index] = JobResult(job.index, {**_base_row(job), "error": err}, None, None,
                                            err, STATUS_INFEASIBLE)
             continue
-        hit = None if job.index in traced else _cached(out_dir, job)
+        hit = None if job.index in traced or measured else _cached(out_dir, job)
         if hit is not None:
             results[job.index] = hit
         else:
@@ -251,7 +274,7 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
     bar.update(len(plan.feasible) - len(todo), "cached")
     full = plan.options.trace == "full"
     args = [(job, job.index in traced, ops_file(out_dir, job) if full and job.index in traced
-             else None) for job in todo]
+             and not measured else None, runtime) for job in todo]
     try:
         if workers > 1 and len(todo) > 1:
             run_in_pool(_work, args, workers,
@@ -259,7 +282,7 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
                         on_wait=bar.tick)
         else:
             for a in args:
-                _finish_one(out_dir, a[0], _work(a), results, bar)
+                _finish_one(out_dir, a[0], _work(a), results, bar, store=not measured)
     finally:
         bar.close()
     ordered = [results[i] for i in range(len(jobs))]
@@ -280,9 +303,9 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
     return RunReport(plan, summary, failed, written)
 
 
-def _finish_one(out_dir, job, res, results, bar):
+def _finish_one(out_dir, job, res, results, bar, store: bool = True):
     results[job.index] = res
-    if res.error is None:
+    if res.error is None and store:
         _store(out_dir, job, res)
     bar.update(1, job.label)
 

@@ -258,7 +258,7 @@ def _probe(out_dir: str, jobs: list, workers: int) -> dict:
         rows[res.index] = _with_offered(res)
         if res.error is None:
             _store(out_dir, by_index[res.index], res)
-    args = [(j, False, None) for j in todo]
+    args = [(j, False, None, "sim") for j in todo]
     if workers > 1 and len(todo) > 1:
         run_in_pool(_work, args, workers, on_result=done, on_wait=lambda: None)
     else:
