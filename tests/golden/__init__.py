@@ -108,7 +108,14 @@ class ReductionError(ValueError):
 
 
 def shipped_names() -> list[str]:
-    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if not _is_search(p))
+
+
+def _is_search(path) -> bool:
+    """A search spec (`parasim search`, a `search:` section) is not an experiment to pin."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return isinstance(data, dict) and "search" in data
 
 
 def shipped_config(name: str) -> dict:
