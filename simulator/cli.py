@@ -8,6 +8,8 @@
     parasim cost --hardware H [--json] OP ARGS        the cost model's answer for one op
     parasim compare DIR [--slo-s X]                   strategy comparisons from a run's summary
     parasim import-trace TRACE.json [--out DIR]       measured tables from a PyTorch profiler trace
+    parasim calibrate --device cpu --out PROFILE.yaml  a hardware profile measured on this machine
+    parasim validate FILE.yaml --device cpu           measured (torch) vs simulated, per strategy
 
 User errors print one line (file: key: what is wrong; what is allowed) and exit with status 2.
 `parasim run`'s exit status: see RUN_EXIT_STATUS.
@@ -121,6 +123,23 @@ def _parser() -> argparse.ArgumentParser:
     it.add_argument("--dtype", action="append", choices=("fp32", "fp16", "bf16", "fp8"),
                     help="keep only GEMM and attention shapes of this dtype (repeatable; default: "
                          "every dtype the trace has)")
+    ca = sub.add_parser("calibrate", help="measure this machine (through TorchRuntime's work) into "
+                        "a hardware profile and measured tables")
+    ca.add_argument("--device", choices=("cpu", "cuda"), required=True)
+    ca.add_argument("--devices", type=int, default=2, help="simulated devices (default 2)")
+    ca.add_argument("--model", default=None, help="model preset or config.json whose shapes to "
+                    "measure (default: the validate-cpu experiment's small llama)")
+    ca.add_argument("--out", required=True, help="the profile YAML to write (tables beside it)")
+    ca.add_argument("--reps", type=int, default=7, help="timed calls per shape (median; default 7)")
+    va = sub.add_parser("validate", help="run each strategy on TorchRuntime and in the simulator "
+                        "with a calibrated profile; validation.csv and validation_trace.json")
+    va.add_argument("file")
+    va.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    va.add_argument("--profile", default=None, help="a calibrated profile (default: calibrate "
+                    "first, into the output folder)")
+    va.add_argument("--out", default=None, help="output folder (default: results/<name>-validate)")
+    va.add_argument("--repeat", type=int, default=2, help="measured runs per strategy (default 2; "
+                    "their spread is the noise)")
     return p
 
 
@@ -154,6 +173,9 @@ def _dispatch(args) -> int:
         return _cost(args)
     if args.command == "import-trace":
         return _import_trace(args)
+    if args.command in ("calibrate", "validate"):
+        from .calibrate.cli import calibrate_command, validate_command
+        return (calibrate_command if args.command == "calibrate" else validate_command)(args)
     if args.command == "compare":
         from .compare import compare_dir
         if args.slo_s is not None and not 0 < args.slo_s < math.inf:

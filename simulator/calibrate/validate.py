@@ -1,0 +1,130 @@
+"""`parasim validate`: each strategy of an experiment measured on TorchRuntime and predicted by the
+simulator with a calibrated profile, on the same requests (the experiment's seed).
+
+Writes OUT/validation.csv (one row per strategy: measured and predicted mean JCT and throughput,
+their relative errors, the measured run-to-run noise, busy seconds per op class per device) and
+OUT/validation_trace.json (Perfetto / chrome://tracing: for each strategy a "measured" and a
+"predicted" process per device, side by side). Without a profile it first calibrates into
+OUT/calibrated.yaml (the model's shapes plus every op a simulated run of the experiment costs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, replace
+from types import SimpleNamespace
+
+import pandas as pd
+
+from simulator.errors import ConfigError
+from simulator.io import write_csv, write_text
+from simulator.jobs import build
+from simulator.outputs import OutputOptions, _ops_frame, chrome_trace
+from simulator.runner import plan_run, run_job
+
+CLASSES = ("compute", "memory", "comm")
+
+
+@dataclass
+class Validation:
+    frame: pd.DataFrame
+    files: list
+    profile: str
+
+
+def rel(pred: float, meas: float) -> float:
+    return (pred - meas) / meas if meas else float("nan")
+
+
+def busy_per_class(trace, devices: int) -> dict:
+    """Seconds each op class kept a device busy (sum of op spans), averaged over devices."""
+    out = {c: 0.0 for c in CLASSES}
+    for r in trace.rows:
+        out[r.op_class] = out.get(r.op_class, 0.0) + (r.end_s - r.start_s)
+    return {c: v / max(1, devices) for c, v in out.items()}
+
+
+def plan_validation(path: str):
+    """The experiment's feasible jobs on this machine (ConfigError, one line, if none fits)."""
+    plan = plan_run(path, "torch")
+    jobs = plan.feasible
+    if not jobs:                                        # pragma: no cover - plan_run raises
+        raise ConfigError(path, "", "no point of the experiment can run on this machine")
+    return plan, jobs
+
+
+def calibrate_for(jobs, out_dir: str, reps: int, grid, log) -> str:
+    """Calibrate for the experiment: its model's shapes plus every op its simulated runs cost."""
+    from .profile import calibrate
+    from .shapes import experiment_shapes, model_shapes
+    builts = [build(j) for j in jobs]
+    model, devices = builts[0].model, max(b.devices for b in builts)
+    shapes = experiment_shapes(builts, model_shapes(model, devices, grid))
+    log(f"calibrate: {shapes.sizes()} shapes for {model.name} on {devices} devices")
+    path = os.path.join(out_dir, "calibrated.yaml")
+    calibrate(model, devices, path, shapes, reps=reps, log=log)
+    return path
+
+
+def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 2,
+             reps: int = 5, grid=None, log=print, plan=None) -> Validation:
+    """Measure and predict every feasible strategy of the experiment at `path` (module doc).
+    `repeat`: measured runs per strategy (their spread is the noise)."""
+    from .shapes import Grid
+    plan, jobs = plan or plan_validation(path)
+    os.makedirs(out_dir, exist_ok=True)
+    files = []
+    if profile is None:
+        profile = calibrate_for(jobs, out_dir, reps, grid or Grid(), log)
+        files.append(profile)
+    profile = os.path.abspath(profile)
+    rows, traced = [], []
+    for job in jobs:
+        sim_job = replace(job, config={**job.config, "hardware": profile})
+        predicted = run_job(sim_job, keep_trace=True)
+        if predicted.error:
+            raise ConfigError(profile, "", f"{job.label}: the simulator cannot run it with this "
+                              f"profile: {predicted.error}")
+        runs = []
+        for i in range(repeat):
+            res = run_job(job, keep_trace=True, runtime="torch")
+            if res.error:
+                raise ConfigError(path, job.strategy_key, f"the measured run failed: {res.error}")
+            runs.append(res)
+        jcts = [r.row["jct_mean_s"] for r in runs]
+        thr = [r.row["throughput_rps"] for r in runs]
+        meas_jct, meas_thr = statistics.mean(jcts), statistics.mean(thr)
+        devices = job.config["devices"]
+        mb = busy_per_class(runs[0].trace, devices)
+        pb = busy_per_class(predicted.trace, devices)
+        row = {"strategy": job.label, "measured_jct_mean_s": meas_jct,
+               "predicted_jct_mean_s": predicted.row["jct_mean_s"],
+               "jct_rel_error": rel(predicted.row["jct_mean_s"], meas_jct),
+               "measured_jct_noise": (max(jcts) - min(jcts)) / meas_jct if meas_jct else 0.0,
+               "measured_throughput_rps": meas_thr,
+               "predicted_throughput_rps": predicted.row["throughput_rps"],
+               "throughput_rel_error": rel(predicted.row["throughput_rps"], meas_thr),
+               "measured_runs": repeat,
+               "measured_jct_runs_s": " ".join(f"{j:.6g}" for j in jcts)}
+        for c in CLASSES:
+            row[f"measured_busy_{c}_s"] = mb[c]
+            row[f"predicted_busy_{c}_s"] = pb[c]
+        rows.append(row)
+        log(f"validate: {job.label}: JCT measured {meas_jct * 1e3:.1f} ms "
+            f"(runs {', '.join(f'{j * 1e3:.1f}' for j in jcts)}), predicted "
+            f"{predicted.row['jct_mean_s'] * 1e3:.1f} ms ({row['jct_rel_error']:+.1%})")
+        label = job.label
+        traced.append((SimpleNamespace(label=f"{label} measured", point=job.point),
+                       _ops_frame(runs[0].trace)))
+        traced.append((SimpleNamespace(label=f"{label} predicted", point=job.point),
+                       _ops_frame(predicted.trace)))
+    frame = pd.DataFrame(rows)
+    csv_path = os.path.join(out_dir, "validation.csv")
+    write_csv(csv_path, frame)
+    trace_path = os.path.join(out_dir, "validation_trace.json")
+    doc = chrome_trace(traced, OutputOptions(trace_max_events=200_000))
+    doc["otherData"]["profile"] = profile
+    write_text(trace_path, json.dumps(doc, separators=(",", ":"), allow_nan=False))
+    files += [csv_path, trace_path]
+    return Validation(frame, files, profile)
