@@ -272,6 +272,10 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
             slowdown[(a, b)] = r.number(slow, key, min=1.0, min_open=False) if slow.has(key) else 1.0
     slow.done()
     share = r.number(con, "low_priority_share", max=1.0)
+    if share >= 1.0:
+        raise con.section("low_priority_share").error(
+            "value", f"must be < 1, got {share}: a higher-priority op beside a lower-priority one "
+            "of its class would get none of the resource")
     con.done()
     contention = ContentionSpec(model, MappingProxyType(slowdown), share)
     tables = _tables(r, top, base_dir)

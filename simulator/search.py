@@ -334,7 +334,7 @@ def explain(result: SearchResult) -> list[str]:
         return ["no configuration meets the SLO at any probed rate; see search.csv"]
     w = f.loc[result.winner]
     lines.append(f"winner: {_describe(w)}: {w['goodput_per_gpu_rps']:.3g} req/s per GPU meeting "
-                 f"the SLO (best rate {w['best_rate_rps']:.3g} req/s on {int(w['devices'])} GPUs; "
+                 f"the SLO (best rate {w['best_rate_rps']:.3g} req/s; "
                  f"p90 TTFT {w['ttft_p90_s']:.3g} s, TPOT {w['tpot_p90_s']:.3g} s)")
     if result.runner_up is not None:
         r = f.loc[result.runner_up]
@@ -354,7 +354,8 @@ def explain(result: SearchResult) -> list[str]:
 def _describe(row) -> str:
     extra = [f"{k.split('.')[-1]}={row[k]}" for k in row.index
              if k not in COLUMNS and not (isinstance(row[k], float) and math.isnan(row[k]))]
-    return row["strategy"] + (f" ({', '.join(extra)})" if extra else "")
+    extra.insert(0, f"{int(row['devices'])} GPUs")
+    return row["strategy"] + f" ({', '.join(extra)})"
 
 
 def _binding(row, slo: dict) -> str:

@@ -570,3 +570,16 @@ def test_bigger_collective_is_never_faster():
         times = [cm.seconds(Collective("all_reduce", 2.0 ** e, (0, 1, 2, 3))) for e in range(10, 30)]
         assert all(b > a for a, b in zip(times, times[1:])), name
         assert math.isfinite(times[-1])
+
+
+@pytest.mark.parametrize("share", [1.0, 0.0])
+def test_a_low_priority_share_that_starves_a_stream_is_refused(tmp_path, share):
+    """1.0 would give a higher-priority op beside a lower-priority one no resource (a division by
+    zero later), 0.0 the lower-priority op none: both are refused at load, naming the key."""
+    data = raw("a100-sxm4-80gb")
+    data["contention"]["low_priority_share"]["value"] = share
+    path = tmp_path / "hw.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as exc:
+        load_hardware(str(path))
+    assert exc.value.key == "contention.low_priority_share.value"
