@@ -38,7 +38,7 @@ from simulator.ops import Attention, Collective, Elementwise, Gemm, SendRecv
 from simulator.torchrt.runtime import cpu_count
 
 from . import bench
-from .shapes import Grid, ShapeSet
+from .shapes import ShapeSet
 
 TABLE_FAMILIES = ("gemm", "attention", "elementwise", "all_reduce", "all_gather",
                   "reduce_scatter", "all_to_all", "send_recv")
