@@ -4,6 +4,7 @@ line. Skipped without Ray: ``pip install -e '.[ray]'`` to run them (docs/cluster
 from __future__ import annotations
 
 import functools
+import gzip
 import os
 import socket
 import subprocess
@@ -159,3 +160,42 @@ def test_a_bad_address_is_one_line(tmp_path, capsys, monkeypatch, how):
     assert err.startswith(f"parasim: error: argument: {key}: ")
     assert ("no Ray head answers at" in err) if how != "malformed" else "not a Ray address" in err
     assert not (tmp_path / "o" / "summary.csv").exists()
+
+
+def test_a_node_with_other_code_simulates_nothing(tmp_path, local_ray, monkeypatch):
+    """The driver's fingerprint differs from the workers': every job is recorded as failed."""
+    monkeypatch.setattr("simulator.ray_backend.code_fingerprint", lambda: "0" * 64)
+    path = write(tmp_path, dict(EXP, devices=2, strategies=["tp"]))
+    assert main(["run", path, "--out", str(tmp_path / "o"), "--no-progress", "--backend",
+                 "ray"]) == 1
+    errors = pd.read_csv(tmp_path / "o" / "summary.csv")["error"].fillna("")
+    assert errors.str.contains(r"runs other parasim code \(fingerprint").all(), errors
+    assert not (tmp_path / "o" / ".cache").exists()          # a failed job is never cached
+
+
+def _note(folder: str, real, args):
+    """Run the job, leaving a file that says which process ran it and whether it spilled."""
+    open(os.path.join(folder, f"{args[0].index}-{os.getpid()}-{args[2] is not None}"), "w").close()
+    return real(args)
+
+
+def test_full_op_traces_are_written_by_the_driver(tmp_path, local_ray, monkeypatch):
+    """outputs.trace: full: the timeline point's jobs run here (their op rows go to OUT/ops)."""
+    path = write(tmp_path, dict(EXP, outputs={"trace": "full"}))
+    assert main(["run", path, "--out", str(tmp_path / "local"), "--no-progress"]) == 0
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    monkeypatch.setattr(runner, "_work", functools.partial(_note, str(notes), runner._work))
+    assert main(["run", path, "--out", str(tmp_path / "ray"), "--no-progress",
+                 "--backend", "ray"]) == 0
+    ran = [name.split("-") for name in os.listdir(notes)]
+    assert len(ran) == 6 and {spill for _, _, spill in ran} == {"True", "False"}
+    assert all((pid == str(os.getpid())) == (spill == "True") for _, pid, spill in ran)
+    ops = sorted(os.listdir(tmp_path / "ray" / "ops"))
+    assert ops and ops == sorted(os.listdir(tmp_path / "local" / "ops"))
+    for name in ("summary.csv", "trace.json"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    for name in ops:                          # gzip headers hold the time they were written
+        ray_rows, local_rows = (gzip.decompress((tmp_path / d / "ops" / name).read_bytes())
+                                for d in ("ray", "local"))
+        assert ray_rows == local_rows
