@@ -125,7 +125,8 @@ def test_a_lost_task_is_retried_once(tmp_path, local_ray, monkeypatch):
 
 
 def test_a_task_lost_twice_is_recorded_as_failed(tmp_path, local_ray, monkeypatch, capsys):
-    path = write(tmp_path, dict(EXP, outputs={"timeline_point": {"workload.arrival.rate_rps": 6.0}}))
+    timeline = {"timeline_point": {"workload.arrival.rate_rps": 6.0}}    # not job 0's point
+    path = write(tmp_path, dict(EXP, outputs=timeline))
     monkeypatch.setattr(runner, "_work", functools.partial(_crash, "", runner._work))
     code = main(["run", path, "--out", str(tmp_path / "ray"), "--no-progress", "--backend", "ray"])
     assert code == 1                                      # as for a point failing to simulate
