@@ -2,6 +2,7 @@
 
     parasim run FILE.yaml [--out DIR] [--jobs N]     run an experiment, write DIR/summary.csv ...
     parasim run FILE.yaml --dry-run                   validate every point, simulate nothing
+    parasim run|search FILE.yaml --backend ray [--ray-address HOST:PORT]   jobs as Ray tasks
     parasim strategies list                           strategies with parameters and defaults
     parasim hardware list | show NAME|PATH            built-in profiles, one profile with sources
     parasim models list | show NAME|PATH              model presets, one model with its sizes
@@ -69,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("file")
     se.add_argument("--out", default=None, help="output folder (default: results/<name>-search)")
     se.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    for command in (r, se):
+        _backend_arguments(command)
     st = sub.add_parser("strategies", help="list strategies with their parameters")
     sts = st.add_subparsers(dest="action", required=True, parser_class=_Parser)
     sts.add_parser("list")
@@ -143,6 +146,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _backend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: this machine, --jobs worker processes (default); ray: each job a "
+                        "Ray task (pip install -e '.[ray]'; see docs/cluster.md)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --backend ray: the Ray head, HOST:PORT (default: RAY_ADDRESS, else "
+                        "a local Ray started for the run, --jobs CPUs if more than 1)")
+
+
+def _check_backend(args) -> None:
+    """Before anything is validated or run: --jobs, and Ray installed where it is asked for."""
+    if args.jobs < 1:
+        raise ConfigError("argument", "--jobs", f"must be >= 1, got {args.jobs}")
+    if args.ray_address is not None and args.backend != "ray":
+        raise ConfigError("argument", "--ray-address", "needs --backend ray")
+    if args.backend == "ray":
+        if getattr(args, "runtime", "sim") == "torch":
+            raise ConfigError("argument", "--backend", "--runtime torch measures this machine; "
+                              "it runs with --backend local only")
+        from .ray_backend import import_ray
+        import_ray()
+
+
 def main(argv=None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -193,8 +219,7 @@ def _dispatch(args) -> int:
 def _run(args) -> int:
     from .console import print_plan, print_problems, print_summary
     from .runner import check_out_dir, execute, plan_run
-    if args.jobs < 1:
-        raise ConfigError("argument", "--jobs", f"must be >= 1, got {args.jobs}")
+    _check_backend(args)
     if args.runtime == "torch":
         try:
             import torch  # noqa: F401
@@ -208,7 +233,7 @@ def _run(args) -> int:
         print_plan(plan)
         return EXIT_OK
     report = execute(args.file, out, workers=args.jobs, progress=not args.no_progress, plan=plan,
-                     runtime=args.runtime)
+                     runtime=args.runtime, backend=args.backend, ray_address=args.ray_address)
     if args.runtime == "torch":
         print("runtime: torch (measured on this machine's CPU; times are real seconds, not a "
               "simulation of the hardware profile)")
@@ -225,14 +250,14 @@ def _run(args) -> int:
 
 def _search(args) -> int:
     from .search import explain, load_search, run_search
-    if args.jobs < 1:
-        raise ConfigError("argument", "--jobs", f"must be >= 1, got {args.jobs}")
+    _check_backend(args)
     spec = load_search(args.file)            # bad input: one line, exit 2, before any probe
     out = args.out or os.path.join("results", spec.name + "-search")
     for index, reason in sorted(spec.pruned.items()):
         job = spec.jobs[index]
         print(f"pruned: {job.label} {_point_text(job.point)}: {reason}")
-    result = run_search(args.file, out, workers=args.jobs)
+    result = run_search(args.file, out, workers=args.jobs, backend=args.backend,
+                        ray_address=args.ray_address)
     for line in explain(result):
         print(line)
     print(f"\nwrote in {out}/: " + ", ".join(os.path.basename(f) for f in result.written))

@@ -5,7 +5,8 @@ experiment, a bad ``outputs`` mapping, a sweep with no feasible point or an outp
 cannot be written raises `ConfigError` before anything is simulated or written. Infeasible jobs
 (a `PointError` at validation: a model that does not fit, a TP degree that does not divide the
 heads) are skipped and recorded with ``infeasible: KEY: reason`` in the ``error`` column. Feasible
-jobs run serially or in worker processes (`simulator.workers`); every finished job is cached under
+jobs run serially, in worker processes (`simulator.workers`) or as Ray tasks
+(`simulator.ray_backend`, ``--backend ray``); every finished job is cached under
 ``OUT/.cache`` by the hash of its configuration, so a re-run (or a run interrupted and started
 again) skips what is done. Results do not depend on the number of workers: each job is a pure
 function of its configuration and seed. A feasible job that fails while simulating (a deadlock, an
@@ -34,7 +35,7 @@ from .batching import StepRecord
 from .metrics import request_metrics, summarize
 from .progress import Progress
 from .trace import Trace
-from .workers import run_in_pool
+from .workers import open_backend
 
 SUMMARY_COLUMNS = ["experiment", "strategy", "model", "hardware", "devices", "requests",
                    "jct_mean_s", "jct_p50_s", "jct_p90_s", "jct_p99_s", "throughput_rps"]
@@ -143,6 +144,14 @@ def _work(args):
     return run_job(job, keep, spill, runtime)
 
 
+def lost_job(args, message: str) -> JobResult:
+    """The result of a job its backend could not run (Ray lost its task twice): failed, with
+    the reason in the error column, like a point failing while simulating."""
+    job = args[0]
+    return JobResult(job.index, {**_base_row(job), "error": message}, None, None, message,
+                     STATUS_FAILED)
+
+
 def ops_file(out_dir: str, job: Job) -> str:
     """Where outputs.trace: full puts a traced job's op rows."""
     return os.path.join(out_dir, "ops", re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", job.label) + ".csv.gz")
@@ -244,16 +253,22 @@ def run_experiment(path: str, out_dir: str, workers: int = 1, progress: bool = T
 
 def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
             traced: Optional[set] = None, plan: Optional[RunPlan] = None,
-            runtime: str = "sim") -> RunReport:
+            runtime: str = "sim", backend: str = "local",
+            ray_address: Optional[str] = None) -> RunReport:
     """Validate (`plan_run`, `check_out_dir`), run the feasible jobs (from the cache where it has
     them) and write every result file atomically. `traced`: job indices whose traces feed
     timeline.png and trace.json (default: the plan's timeline point). `runtime` "torch": run
     them for real on TorchRuntime, one at a time, never from or into the cache (a measurement
-    is not a pure function of its configuration)."""
+    is not a pure function of its configuration). `backend` "ray": the jobs run as Ray tasks
+    (at `ray_address`; see `simulator.ray_backend`), except those writing op rows to OUT/ops
+    (outputs.trace: full), which run here: a remote node would write them on its own disk."""
     plan = plan or plan_run(path, runtime)
     measured = runtime == "torch"
     if measured:
         workers = 1
+        if backend != "local":
+            raise ConfigError("argument", "--backend", "--runtime torch measures this machine; "
+                              "it runs with --backend local only")
     check_out_dir(out_dir)
     jobs = plan.jobs
     traced = set(plan.timeline.indices) if traced is None else traced
@@ -275,14 +290,16 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
     full = plan.options.trace == "full"
     args = [(job, job.index in traced, ops_file(out_dir, job) if full and job.index in traced
              and not measured else None, runtime) for job in todo]
+    here = [a for a in args if a[2] is not None] if backend != "local" else []
+    there = [a for a in args if backend == "local" or a[2] is None]
+
+    def finish(res: JobResult) -> None:
+        _finish_one(out_dir, jobs[res.index], res, results, bar, store=not measured)
     try:
-        if workers > 1 and len(todo) > 1:
-            run_in_pool(_work, args, workers,
-                        on_result=lambda res: _finish_one(out_dir, jobs[res.index], res, results, bar),
-                        on_wait=bar.tick)
-        else:
-            for a in args:
-                _finish_one(out_dir, a[0], _work(a), results, bar, store=not measured)
+        with open_backend(backend, workers, ray_address) as pool:
+            pool.run(_work, there, on_result=finish, on_wait=bar.tick, lost=lost_job)
+        for a in here:
+            finish(_work(a))
     finally:
         bar.close()
     ordered = [results[i] for i in range(len(jobs))]

@@ -17,8 +17,8 @@ measured throughput keeps up with it (at least `keep_up` of the rate: a finite r
 burst it could not sustain; SLO latencies grow with load, so the bound is crossed once; give
 enough requests that a burst of them outlasts the batch): a configuration that misses at `low_rps`
 has no rate; one that meets at `high_rps` is reported at that bound. Probes of all configurations
-run round by round in worker processes through the run cache (OUT/.cache), so a killed search
-resumes where it stopped.
+run round by round in worker processes or as Ray tasks (``--backend ray``) through the run cache
+(OUT/.cache), so a killed search resumes where it stopped.
 
 The winner has the highest goodput per GPU (requests meeting the SLO per second, over the devices
 it uses) at its best rate. Outputs: `search.csv` (every configuration: status, best rate, goodput,
@@ -211,13 +211,25 @@ class SearchResult:
     written: list = field(default_factory=list)
 
 
-def run_search(path: str, out_dir: str, workers: int = 1, progress=print) -> SearchResult:
+def run_search(path: str, out_dir: str, workers: int = 1, progress=print, backend: str = "local",
+               ray_address: Optional[str] = None) -> SearchResult:
+    """Search the spec at `path` into `out_dir`; probes run on `backend` (`open_backend`)."""
     from .runner import check_out_dir
+    from .workers import open_backend
     spec = load_search(path)
     check_out_dir(out_dir)
+    with open_backend(backend, workers, ray_address) as pool:
+        configs = _bisect(spec, out_dir, pool, progress)
+    frame = _frame(spec, configs)
+    result = SearchResult(spec, frame)
+    _rank(result)
+    result.written = _write(result, out_dir)
+    return result
+
+
+def _bisect(spec: SearchSpec, out_dir: str, pool, progress) -> dict:
     configs = {j.index: Config(j) for j in spec.jobs if j.index not in spec.pruned}
-    probe_index = len(spec.jobs)
-    rnd = 0
+    probe_index, rnd = len(spec.jobs), 0
     while True:
         todo = []
         for c in configs.values():
@@ -231,20 +243,16 @@ def run_search(path: str, out_dir: str, workers: int = 1, progress=print) -> Sea
             break
         rnd += 1
         progress(f"round {rnd}: {len(todo)} probe(s) of {sum(c.status == 'searching' for c in configs.values())} configuration(s)")
-        rows = _probe(out_dir, [j for _, _, j in todo], workers)
+        rows = _probe(out_dir, [j for _, _, j in todo], pool)
         for (c, rate, job) in todo:
             record(c, rate, rows[job.index], spec.slo, spec.load)
-    frame = _frame(spec, configs)
-    result = SearchResult(spec, frame)
-    _rank(result)
-    result.written = _write(result, out_dir)
-    return result
+    return configs
 
 
-def _probe(out_dir: str, jobs: list, workers: int) -> dict:
-    """Summary rows of `jobs` (by job index), from the cache where it has them."""
-    from .runner import _cached, _store, _work
-    from .workers import run_in_pool
+def _probe(out_dir: str, jobs: list, pool) -> dict:
+    """Summary rows of `jobs` (by job index), from the cache where it has them, the others run
+    on `pool` (a `simulator.workers.open_backend` backend)."""
+    from .runner import _cached, _store, _work, lost_job
     rows, todo = {}, []
     for job in jobs:
         hit = _cached(out_dir, job)
@@ -258,12 +266,8 @@ def _probe(out_dir: str, jobs: list, workers: int) -> dict:
         rows[res.index] = _with_offered(res)
         if res.error is None:
             _store(out_dir, by_index[res.index], res)
-    args = [(j, False, None, "sim") for j in todo]
-    if workers > 1 and len(todo) > 1:
-        run_in_pool(_work, args, workers, on_result=done, on_wait=lambda: None)
-    else:
-        for a in args:
-            done(_work(a))
+    pool.run(_work, [(j, False, None, "sim") for j in todo], on_result=done,
+             on_wait=lambda: None, lost=lost_job)
     return rows
 
 

@@ -9,6 +9,9 @@ therefore, in the pool's initializer:
 - everywhere, exits at once if its parent is already gone, and starts a daemon thread that checks
   every `PARENT_POLL_S` seconds whether its parent process id changed (a dead parent's children
   are re-parented) and exits if so: the portable fallback, and a second guard on Linux.
+
+`open_backend` chooses where a run's jobs go: here (`LocalBackend`: serial, or this pool) or on
+Ray (``--backend ray``, `simulator.ray_backend`). Both call back in completion order.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 PARENT_POLL_S = 1.0
 PR_SET_PDEATHSIG = 1          # from <linux/prctl.h>
@@ -65,3 +68,39 @@ def run_in_pool(work: Callable, items: Iterable, workers: int, on_result: Callab
             for fut in pending:
                 fut.cancel()
             raise
+
+
+BACKENDS = ("local", "ray")
+
+
+class LocalBackend:
+    """Jobs in this process (one worker) or in `workers` forked processes (`run_in_pool`)."""
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+
+    def __enter__(self) -> "LocalBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def run(self, work: Callable, items: list, on_result: Callable, on_wait: Callable[[], None],
+            lost: Optional[Callable] = None) -> None:
+        """``on_result(work(item))`` for every item, in completion order. `lost` (what Ray calls
+        for a task it lost twice) has nothing to do here: a local worker that dies ends the run."""
+        if self.workers > 1 and len(items) > 1:
+            run_in_pool(work, items, self.workers, on_result=on_result, on_wait=on_wait)
+        else:
+            for item in items:
+                on_result(work(item))
+
+
+def open_backend(name: str = "local", workers: int = 1, address: Optional[str] = None):
+    """The backend a run's or a search's jobs go to, as a context manager with ``run``: `local`
+    (`LocalBackend`) or `ray` (`simulator.ray_backend.RayBackend`, which imports Ray; without
+    it, a one-line ConfigError). `address`: a Ray head (else RAY_ADDRESS, else a local Ray)."""
+    if name == "ray":
+        from .ray_backend import RayBackend
+        return RayBackend(address, workers)
+    return LocalBackend(workers)
