@@ -34,9 +34,10 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
     step = step_of[pos]
     if step_of[pos - 1] != step:
         return None
-    starts, ends, comms, _planned, budgets, comm_arr, budget_arr = \
+    base, (starts, ends, comms, _planned, budgets, comm_arr, budget_arr) = \
         f.step_runs(step, self.factors)
-    i = bisect.bisect_right(starts, pos) - 1
+    rel = pos - base                       # positions in the step
+    i = bisect.bisect_right(starts, rel) - 1
     last = len(starts) - 1                 # the step's last run: the usual path takes it
     if last - i < 2:
         return None
@@ -44,8 +45,8 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
     if len(window) > 1:                    # would an iteration's fill launch anything?
         bound: dict = {}
         comm, budget = comms[i], budgets[i]
-        if starts[i] < pos:                # f stopped inside this run as a filler
-            budget = reduce(add, f.prof[pos:ends[i]], 0.0) * self.factors[comm]
+        if starts[i] < rel:                # f stopped inside this run as a filler
+            budget = reduce(add, f.prof[pos:base + ends[i]], 0.0) * self.factors[comm]
         bound[comm] = fill_bound(self, rt, window, comm)
         if budget > 0 and bound[comm][0] <= budget:
             return None
@@ -61,7 +62,8 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
         if len(fills):
             stop = i + 2 + int(fills[0])
-    return Runs(f.ops, [(pos, ends[i])] + list(zip(starts[i + 1:stop], ends[i + 1:stop])))
+    return Runs(f.ops[base:base + ends[-1]], [(rel, ends[i])]
+                + list(zip(starts[i + 1:stop], ends[i + 1:stop])), base)
 
 def fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
     """The least budget with which `_fill` launches something beside a main segment of class
