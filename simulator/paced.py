@@ -24,7 +24,7 @@ exactly the state the literal program leaves.
 from __future__ import annotations
 
 from itertools import chain
-from operator import itemgetter
+from operator import is_, itemgetter
 from typing import Generator
 
 import numpy as np
@@ -177,34 +177,50 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
     j's wake-up is the start of run j-1's last op, and its launches count up from that. The
     premise is checked on the result, op by op (launch done <= start); None where it fails, or
     where a run is empty or long, or an op needs a check: the loop then decides, as before."""
-    runs = list(runs)
-    lens = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+    flat = getattr(runs, "flat", None)
+    if flat is not None:                          # the runs as one list and cut points
+        program, cuts = flat()
+        ops = program[cuts[0]:cuts[-1]]
+        cuts = np.array(cuts)
+        lens = cuts[1:] - cuts[:-1]
+        bounds = cuts[1:] - cuts[0]
+    else:
+        runs = list(runs)
+        lens = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+        ops = list(chain.from_iterable(runs))
+        bounds = None
     if not len(lens) or lens.min() == 0 or lens.max() > 16:
         return None
-    ops = list(chain.from_iterable(runs))
     ids = list(map(id, ops))
-    entries = list(map(checked.get, ids))
-    if None in entries:                           # check each distinct op once
+    known = m.paced_checked.get(group)
+    if known is None:
+        known = m.paced_checked[group] = {}
+    entries = list(map(known.get, ids))
+    if None in entries or not all(map(is_, map(itemgetter(0), entries), ops)):
         cost_of, cost_entry = m.op_cost.get, m.cost_entry
-        for oid, op in dict(zip(ids, ops)).items():
-            if oid not in checked:
+        if len(known) >= 4096:                    # bounded, as the machine's cost cache
+            known.clear()
+        for oid, op in dict(zip(ids, ops)).items():   # check each distinct op once
+            hit = known.get(oid)
+            if hit is None or hit[0] is not op:
                 hit = cost_of(oid)
                 if hit is None or hit[0] is not op:
                     hit = cost_entry(op)
                 if hit[3] == "comm" and tuple(sorted(op.group)) != group:
                     return None
-                checked[oid] = hit
-        entries = list(map(checked.__getitem__, ids))
+                known[oid] = hit
+        entries = list(map(known.__getitem__, ids))
     acc = np.empty(len(ops) + 1)
     acc[0] = free_s
     acc[1:] = np.fromiter(map(itemgetter(4), entries), dtype=float, count=len(ops))
     ends = np.add.accumulate(acc)                 # t = t + c, op after op
     starts = ends[:-1]
-    bounds = np.cumsum(lens)
-    wakes = np.empty(len(runs))                   # w_j: now, then run j-1's waits record
+    if bounds is None:
+        bounds = np.cumsum(lens)
+    wakes = np.empty(len(lens))                   # w_j: now, then run j-1's waits record
     wakes[0] = now
     wakes[1:] = starts[bounds[:-1] - 1]
-    k = len(runs) - 1
+    k = len(lens) - 1
     if arrival is not None:                       # the first run at whose wake-up one arrived
         k = min(k, int(np.searchsorted(wakes, arrival, "left")))
     if k == 0:
@@ -222,7 +238,7 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
             readys[later] = readys[later] + launch_s
     if not (readys <= starts[:n]).all():          # the host was behind somewhere: the loop
         return None
-    comm_ids = {key for key, hit in checked.items() if hit[3] == "comm"}
+    comm_ids = {key for key, hit in dict(zip(ids, entries)).items() if hit[3] == "comm"}
     comms = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, ids[:n]), dtype=bool,
                                        count=n)).tolist() if comm_ids else []
     seg = _segment(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n].tolist(),

@@ -227,7 +227,7 @@ class Liger(Strategy):
             n, waits, mains = yield from rt.launch_paced(
                 runs, self.group, self.main[0], head.rid, head.phases[head.step_of[head.pos]],
                 until_arrival=len(window) < self._size)
-            head.pos = runs.base + runs.bounds[n - 1][1]
+            head.pos = runs.base + runs.cuts[n]
             return waits, mains
         segment = self._segment(head)
         main_comm = head.comm[head.pos]

@@ -170,23 +170,26 @@ class Pieces:
 
 
 class Runs:
-    """The runs [p, q) of `ops` given by `bounds`, as a sequence of op lists sliced on demand
-    (`launch_paced` may stop long before the last); `ops` starts at position `base` of the
-    program the bounds are relative to."""
-    __slots__ = ("ops", "bounds", "base")
+    """Runs of `ops` cut at `cuts` (run j is ops[cuts[j]:cuts[j+1]]), as a sequence of op lists
+    sliced on demand (`launch_paced` may stop long before the last); `ops` starts at position
+    `base` of the program. `flat()` hands the runtime the ops and cuts themselves."""
+    __slots__ = ("ops", "cuts", "base")
 
-    def __init__(self, ops: list, bounds: list, base: int = 0):
-        self.ops, self.bounds, self.base = ops, bounds, base
+    def __init__(self, ops: list, cuts: list, base: int = 0):
+        self.ops, self.cuts, self.base = ops, cuts, base
 
     def __len__(self) -> int:
-        return len(self.bounds)
+        return len(self.cuts) - 1
 
     def __getitem__(self, j: int) -> list:
-        p, q = self.bounds[j]
-        return self.ops[p:q]
+        return self.ops[self.cuts[j]:self.cuts[j + 1]]
 
     def __iter__(self):
-        return map(self.ops.__getitem__, starmap(slice, self.bounds))
+        cuts = self.cuts
+        return map(self.ops.__getitem__, map(slice, cuts[:-1], cuts[1:]))
+
+    def flat(self) -> tuple[list, list]:
+        return self.ops, self.cuts
 
 
 def when_all(rt, events: list, mark) -> None:

@@ -62,8 +62,7 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
         if len(fills):
             stop = i + 2 + int(fills[0])
-    return Runs(f.ops[base:base + ends[-1]], [(rel, ends[i])]
-                + list(zip(starts[i + 1:stop], ends[i + 1:stop])), base)
+    return Runs(f.ops[base:base + ends[-1]], [rel] + ends[i:stop], base)
 
 def fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
     """The least budget with which `_fill` launches something beside a main segment of class

@@ -12,11 +12,30 @@ TABLE = {"a": (1.0, "compute"), "b": (0.25, "compute"), "c": (2.0, "compute"),
          "ar": (0.5, "comm"), "x": (1.0, "compute")}
 
 
-def program(results, until_arrival=True):
+class Flat(list):
+    """Runs that also offer `flat()` (the ops in one list and the cut points), as Liger's Runs
+    do; `wrong` = (i, d) moves cut i by d (a deliberately wrong flat form)."""
+
+    def __init__(self, runs, wrong=(0, 0)):
+        super().__init__(runs)
+        self.wrong = wrong
+
+    def flat(self):
+        ops, cuts = [], [0]
+        for run in self:
+            ops += run
+            cuts.append(len(ops))
+        cuts[self.wrong[0]] += self.wrong[1]
+        return ops, cuts
+
+
+def program(results, until_arrival=True, flat=None):
     def host(rt):
         rt.mirror((0, 1))
         runs = [[op("a"), op("b")], [ar("ar", (0, 1))], [op("c"), op("b"), op("a")],
                 [ar("ar", (0, 1))], [op("b")], [op("a"), op("c")]]
+        if flat is not None:
+            runs = Flat(runs, flat)
         n, waits, mains = yield from rt.launch_paced(runs, (0, 1), 0, 0, "decode",
                                                      until_arrival=until_arrival)
         results.append((n, rt.now, [e.name for e in waits]))
@@ -36,11 +55,11 @@ def program(results, until_arrival=True):
     return host
 
 
-def run(segments, arrival_s, launch_s, until_arrival=True):
+def run(segments, arrival_s, launch_s, until_arrival=True, flat=None):
     results = []
     rt = SimRuntime(profile(), 2, cost=StubCost(TABLE), launch_overhead_s=launch_s,
                     segments=segments)
-    trace = rt.run(Program(program(results, until_arrival)),
+    trace = rt.run(Program(program(results, until_arrival, flat)),
                    open_loop([Request(7, arrival_s, 16, 1)]))
     rows = sorted((r.device, r.stream, r.start_s, r.end_s, r.name, r.request) for r in trace.records())
     return rt, rows, results, trace
@@ -112,3 +131,26 @@ def test_a_wrong_whole_array_pass_is_caught(monkeypatch):
     monkeypatch.undo()
     _, loop, loop_res, _ = run(True, 50.0, 0.0)
     assert (fast, fast_res) != (loop, loop_res)
+
+
+@pytest.mark.parametrize("launch_s", [0.0, 0.3, 0.9], ids=["no launch cost", "hidden", "partly hidden"])
+@pytest.mark.parametrize("arrival_s", [0.9, 2.6, 50.0])
+@pytest.mark.parametrize("until_arrival", [True, False])
+def test_runs_offering_flat_give_the_host_program(arrival_s, launch_s, until_arrival):
+    """Runs with `flat()` (Liger's, read as one op list and cut points by the whole-array pass)
+    give the plain lists' result, and the op-level program's."""
+    _, flat, flat_res, flat_trace = run(True, arrival_s, launch_s, until_arrival, flat=(0, 0))
+    _, plain, plain_res, plain_trace = run(True, arrival_s, launch_s, until_arrival)
+    _, slow, slow_res, _ = run(False, arrival_s, launch_s, until_arrival, flat=(0, 0))
+    assert flat == plain == slow and flat_res == plain_res == slow_res
+    assert flat_trace.requests == plain_trace.requests
+
+
+@pytest.mark.parametrize("wrong, arrival_s", [((1, -1), 0.9), ((0, 1), 50.0)],
+                         ids=["an op moved to the next run", "the first op left out"])
+def test_a_wrong_flat_form_is_caught(wrong, arrival_s):
+    """The comparison above can fail: cut points that move an op between runs (the host stops
+    for the arrival after a different run) or leave one out are seen."""
+    _, bad, bad_res, _ = run(True, arrival_s, 0.0, flat=wrong)
+    _, plain, plain_res, _ = run(True, arrival_s, 0.0)
+    assert (bad, bad_res) != (plain, plain_res)
