@@ -34,25 +34,26 @@ from .streams import RECORD, SEGMENT, StreamItem, group_key
 
 
 def literal(rt, runs, devices, stream, request, phase, until_arrival, first: int = 0) -> Generator:
-    """The host program itself, from run `first` (whose host wake-up is now)."""
+    """The host program itself, from run `first` (whose host wake-up is now), with its per-device
+    loops as the SPMD verbs they are (`record_all`, one-op `launch_seq`); a handle that
+    `record_all` gives several devices is synchronised on once (it is one event)."""
     waits = mains = None
     for j in range(first, len(runs)):
         run = runs[j]
         if j > first:
             if until_arrival and rt.serving.waiting():
                 return j, waits, mains
+            last = None
             for ev in waits:
-                yield from rt.synchronize(ev)
-        waits = [rt.new_event(f"wait.r{request}") for _ in devices]
-        mains = [rt.new_event(f"main.r{request}") for _ in devices]
+                if ev is not last:
+                    yield from rt.synchronize(ev)
+                    last = ev
+        end = len(run) - 1
         for i, op in enumerate(run):
-            if i == len(run) - 1:
-                for ev, d in zip(waits, devices):
-                    rt.record(ev, d, stream)
-            for d in devices:
-                rt.launch(op, d, stream, request, phase)
-        for ev, d in zip(mains, devices):
-            rt.record(ev, d, stream)
+            if i == end:
+                waits = rt.record_all(f"wait.r{request}", devices, stream)
+            rt.launch_seq((op,), devices, stream, request, phase)
+        mains = rt.record_all(f"main.r{request}", devices, stream)
     return len(runs), waits, mains
 
 
