@@ -56,6 +56,7 @@ class Machine:
         self.group_size: dict = {}            # collective group -> members simulated
         self.group_plans: dict = {}            # devices -> mirror.group_plan(devices)
         self.paced_checked: dict = {}          # group -> {id(op): cost entry}: paced.py
+        self.paced_programs: dict = {}         # (id(program), group) -> its tables: paced.py
 
     # ------------------------------------------------------------------------------ host side
     def host_now(self, device: int) -> float:

@@ -24,7 +24,8 @@ exactly the state the literal program leaves.
 from __future__ import annotations
 
 from itertools import chain
-from operator import is_, itemgetter
+from functools import reduce
+from operator import add, is_, itemgetter
 from typing import Generator
 
 import numpy as np
@@ -171,27 +172,9 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     return k, w, h, _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends)
 
 
-def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, arrival):
-    """closed_form's result for the common case, computed with whole-array steps: every op's
-    launch is done by the time the stream reaches it (the host is ahead). Then the stream's times
-    are one running sum from `free_s` (numpy's accumulate adds in order, as the loop does), run
-    j's wake-up is the start of run j-1's last op, and its launches count up from that. The
-    premise is checked on the result, op by op (launch done <= start); None where it fails, or
-    where a run is empty or long, or an op needs a check: the loop then decides, as before."""
-    flat = getattr(runs, "flat", None)
-    if flat is not None:                          # the runs as one list and cut points
-        program, cuts = flat()
-        ops = program[cuts[0]:cuts[-1]]
-        cuts = np.array(cuts)
-        lens = cuts[1:] - cuts[:-1]
-        bounds = cuts[1:] - cuts[0]
-    else:
-        runs = list(runs)
-        lens = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
-        ops = list(chain.from_iterable(runs))
-        bounds = None
-    if not len(lens) or lens.min() == 0 or lens.max() > 16:
-        return None
+def _entries(m, ops, group):
+    """(ids, the machine's cost entry of each op), each distinct op checked once per group (kept
+    across calls, by identity); None where a collective's group is not `group`."""
     ids = list(map(id, ops))
     known = m.paced_checked.get(group)
     if known is None:
@@ -211,9 +194,68 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
                     return None
                 known[oid] = hit
         entries = list(map(known.__getitem__, ids))
+    return ids, entries
+
+
+def _program(m, program: list, group: tuple):
+    """(cost entries, isolated seconds as an array, indices of the collectives) of a program
+    that runs offering flat() cut (a list they promise not to change), once per program and
+    group; None where a collective's group is not `group`."""
+    key = (id(program), group)
+    hit = m.paced_programs.get(key)
+    if hit is not None and hit[0] is program and hit[1] == len(program):
+        return hit[2]
+    got = _entries(m, program, group)
+    if got is None:
+        return None
+    ids, entries = got
+    secs = np.fromiter(map(itemgetter(4), entries), dtype=float, count=len(entries))
+    comm_ids = {oid for oid, hit in dict(zip(ids, entries)).items() if hit[3] == "comm"}
+    comm_at = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, ids), dtype=bool,
+                                         count=len(ids)))
+    if len(m.paced_programs) >= 256:              # bounded: programs are kept alive here
+        m.paced_programs.clear()
+    m.paced_programs[key] = (program, len(program), (entries, secs, comm_at))
+    return entries, secs, comm_at
+
+
+def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, arrival):
+    """closed_form's result for the common case, computed with whole-array steps: every op's
+    launch is done by the time the stream reaches it (the host is ahead). Then the stream's times
+    are one running sum from `free_s` (numpy's accumulate adds in order, as the loop does), run
+    j's wake-up is the start of run j-1's last op, and its launches count up from that. The
+    premise is checked on the result, op by op (launch done <= start); None where it fails, or
+    where a run is empty or long, or an op needs a check: the loop then decides, as before."""
+    flat = getattr(runs, "flat", None)
+    comm_at = None
+    if flat is not None:                          # the runs as one list and cut points
+        program, cuts = flat()
+        table = _program(m, program, group)
+        if table is None:
+            return None
+        entries_of, secs_of, comm_at = table
+        first, last = cuts[0], cuts[-1]
+        ops, entries, secs = program[first:last], entries_of[first:last], secs_of[first:last]
+        cuts = np.array(cuts)
+        lens = cuts[1:] - cuts[:-1]
+        bounds = cuts[1:] - first
+        if lens.min() == 0 or lens.max() > 16:
+            return None
+    else:
+        runs = list(runs)
+        lens = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+        if not len(lens) or lens.min() == 0 or lens.max() > 16:
+            return None
+        ops = list(chain.from_iterable(runs))
+        bounds = None
+        got = _entries(m, ops, group)
+        if got is None:
+            return None
+        entries = got[1]
+        secs = np.fromiter(map(itemgetter(4), entries), dtype=float, count=len(ops))
     acc = np.empty(len(ops) + 1)
     acc[0] = free_s
-    acc[1:] = np.fromiter(map(itemgetter(4), entries), dtype=float, count=len(ops))
+    acc[1:] = secs
     ends = np.add.accumulate(acc)                 # t = t + c, op after op
     starts = ends[:-1]
     if bounds is None:
@@ -239,9 +281,11 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
             readys[later] = readys[later] + launch_s
     if not (readys <= starts[:n]).all():          # the host was behind somewhere: the loop
         return None
-    comm_ids = {key for key, hit in dict(zip(ids, entries)).items() if hit[3] == "comm"}
-    comms = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, ids[:n]), dtype=bool,
-                                       count=n)).tolist() if comm_ids else []
+    if comm_at is not None:                       # the program's collectives among these
+        lo, hi = np.searchsorted(comm_at, (first, first + n))
+        comms = (comm_at[lo:hi] - first).tolist()
+    else:
+        comms = [i for i, hit in enumerate(entries[:n]) if hit[3] == "comm"]
     seg = _segment(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n].tolist(),
                    ends[1:n + 1].tolist(), acc[1:n + 1].tolist(), comms)
     return k, float(wakes[k]), float(readys[-1]), seg
@@ -252,24 +296,31 @@ def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends, secs=No
     """The runs' ops as a segment with its times fixed (the collective counters advance as the
     launches would). `secs` (each op's isolated seconds) and `comms` (the indices of its
     collectives) where the caller has them."""
-    seqs = [0] * len(ops)
-    counters: dict = {}
-    comm_s = 0.0
-    keys: dict = {}
     if comms is None:
         comms = [i for i, hit in enumerate(entries) if hit[3] == "comm"]
-    for i in comms:
-        op = ops[i]
-        key = keys.get(id(op))
-        if key is None:
-            key = keys[id(op)] = group_key(op)
-        if key not in counters:
-            counters[key] = m.coll_seq.get((dev,) + key, 0)
-        seqs[i] = counters[key]
-        counters[key] += 1
-        comm_s += entries[i][4]
-    for key, nxt in counters.items():
-        m.coll_seq[(dev,) + key] = nxt
+    seqs, comm_s = [0] * len(ops), 0.0
+    if comms:
+        pick = itemgetter(*comms) if len(comms) > 1 else (lambda xs: (xs[comms[0]],))
+        comm_ops = pick(ops)
+        comm_s = reduce(add, map(itemgetter(4), pick(entries)), 0.0)   # in order, as launched
+        keys = {oid: group_key(op) for oid, op in dict(zip(map(id, comm_ops), comm_ops)).items()}
+        of_op = list(map(keys.__getitem__, map(id, comm_ops)))
+        counters: dict = {}
+        if len(keys) == 1 or len(set(of_op)) == 1:    # one group: numbered in turn
+            key = of_op[0]
+            first = counters[key] = m.coll_seq.get((dev,) + key, 0)
+            numbers = np.zeros(len(ops), dtype=np.int64)
+            numbers[comms] = np.arange(first, first + len(comms))
+            seqs = numbers.tolist()
+            counters[key] += len(comms)
+        else:
+            for i, key in zip(comms, of_op):
+                if key not in counters:
+                    counters[key] = m.coll_seq.get((dev,) + key, 0)
+                seqs[i] = counters[key]
+                counters[key] += 1
+        for key, nxt in counters.items():
+            m.coll_seq[(dev,) + key] = nxt
     seg = Segment(ops, (dev,), stream, -1, "", np.asarray(readys), seqs)
     if secs is None:
         secs = [h[4] for h in entries]

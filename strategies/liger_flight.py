@@ -115,18 +115,24 @@ class StepTables:
     """StepEntry per distinct Step (a frozen value: batch, tokens, keys, phase), shared by the
     requests in flight: equal steps (decode steps at the same KV length) get the same op objects,
     classes, profiled times and runs. `step_parts(step)` gives (one layer's ops, layers, the
-    head's ops). Bounded: cleared when it holds `limit` steps."""
+    head's ops). Equal ops of different steps are one object too (ops are values: a decode step
+    differs from the next only in its attention), so that caches by identity find them. Bounded:
+    cleared when it holds `limit` steps."""
 
     def __init__(self, step_parts: Callable, profiled: Callable[[Op], float], limit: int = 4096):
         self.step_parts, self.profiled, self.limit = step_parts, profiled, limit
         self.entries: dict = {}
+        self.ops: dict = {}                    # op -> the one object of that value
 
     def of(self, step) -> StepEntry:
         entry = self.entries.get(step)
         if entry is None:
             if len(self.entries) >= self.limit:
                 self.entries.clear()
+                self.ops.clear()
             one, layers, tail = self.step_parts(step)
+            same = self.ops.setdefault
+            one, tail = [same(op, op) for op in one], [same(op, op) for op in tail]
             entry = self.entries[step] = StepEntry(one, layers, tail, self.profiled)
         return entry
 

@@ -62,7 +62,8 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
         if len(fills):
             stop = i + 2 + int(fills[0])
-    return Runs(f.ops[base:base + ends[-1]], [rel] + ends[i:stop], base)
+    program = f.ops if f.tables is None else f.tables[step].ops   # the step's ops, kept as is
+    return Runs(program, [rel] + ends[i:stop], base)
 
 def fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
     """The least budget with which `_fill` launches something beside a main segment of class
