@@ -213,7 +213,7 @@ def _program(m, program: list, group: tuple):
     comm_ids = {oid for oid, hit in dict(zip(ids, entries)).items() if hit[3] == "comm"}
     comm_at = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, ids), dtype=bool,
                                          count=len(ids)))
-    if len(m.paced_programs) >= 256:              # bounded: programs are kept alive here
+    if len(m.paced_programs) >= 4096:             # bounded: programs are kept alive here
         m.paced_programs.clear()
     m.paced_programs[key] = (program, len(program), (entries, secs, comm_at))
     return entries, secs, comm_at
