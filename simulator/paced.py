@@ -23,6 +23,7 @@ exactly the state the literal program leaves.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from itertools import chain
 from functools import reduce
 from operator import add, is_, itemgetter
@@ -198,9 +199,10 @@ def _entries(m, ops, group):
 
 
 def _program(m, program: list, group: tuple):
-    """(cost entries, isolated seconds as an array, indices of the collectives) of a program
-    that runs offering flat() cut (a list they promise not to change), once per program and
-    group; None where a collective's group is not `group`."""
+    """(cost entries, isolated seconds as an array, indices of the collectives, (each one's
+    group as a number, the group keys by number)) of a program that runs offering flat() cut (a list they
+    promise not to change), once per program and group; None where a collective's group is not
+    `group`."""
     key = (id(program), group)
     hit = m.paced_programs.get(key)
     if hit is not None and hit[0] is program and hit[1] == len(program):
@@ -213,10 +215,15 @@ def _program(m, program: list, group: tuple):
     comm_ids = {oid for oid, hit in dict(zip(ids, entries)).items() if hit[3] == "comm"}
     comm_at = np.flatnonzero(np.fromiter(map(comm_ids.__contains__, ids), dtype=bool,
                                          count=len(ids)))
+    keys: dict = {}                               # group key -> its number
+    numbers = {oid: keys.setdefault(group_key(hit[0]), len(keys))
+               for oid, hit in dict(zip(ids, entries)).items() if oid in comm_ids}
+    groups = (np.fromiter(map(numbers.__getitem__, map(ids.__getitem__, comm_at.tolist())),
+                          dtype=np.int64, count=len(comm_at)), list(keys))
     if len(m.paced_programs) >= 4096:             # bounded: programs are kept alive here
         m.paced_programs.clear()
-    m.paced_programs[key] = (program, len(program), (entries, secs, comm_at))
-    return entries, secs, comm_at
+    m.paced_programs[key] = (program, len(program), (entries, secs, comm_at, groups))
+    return entries, secs, comm_at, groups
 
 
 def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, arrival):
@@ -233,7 +240,7 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
         table = _program(m, program, group)
         if table is None:
             return None
-        entries_of, secs_of, comm_at = table
+        entries_of, secs_of, comm_at, groups = table
         first, last = cuts[0], cuts[-1]
         ops, entries, secs = program[first:last], entries_of[first:last], secs_of[first:last]
         cuts = np.array(cuts)
@@ -283,12 +290,68 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
         return None
     if comm_at is not None:                       # the program's collectives among these
         lo, hi = np.searchsorted(comm_at, (first, first + n))
-        comms = (comm_at[lo:hi] - first).tolist()
+        comms, of = comm_at[lo:hi] - first, groups[0][lo:hi]
+        if not len(comms) or of.min() == of.max():   # one group's (the usual case)
+            seg = _numbered(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n],
+                            ends[1:n + 1], acc[1:n + 1], comms,
+                            groups[1][int(of[0])] if len(comms) else None)
+            return k, float(wakes[k]), float(readys[-1]), seg
+        comms = comms.tolist()
     else:
         comms = [i for i, hit in enumerate(entries[:n]) if hit[3] == "comm"]
     seg = _segment(m, dev, stream, ops[:n], entries[:n], readys, free_s, starts[:n].tolist(),
                    ends[1:n + 1].tolist(), acc[1:n + 1].tolist(), comms)
     return k, float(wakes[k]), float(readys[-1]), seg
+
+
+class _Floats:
+    """A float array read as the list of Python floats it holds (each converted when read): a
+    paced segment's times and seconds, which its usual path reads at two places only."""
+    __slots__ = ("a",)
+
+    def __init__(self, a):
+        self.a = a
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, k: int) -> float:
+        return float(self.a[k])
+
+    def __iter__(self):
+        return iter(self.a.tolist())
+
+
+class _Seqs:
+    """A segment's collective sequence numbers where its collectives are one group's: the i-th
+    (op comms[i]) has first + i, any other op 0 (the list `_segment` would build)."""
+    __slots__ = ("comms", "first", "n")
+
+    def __init__(self, comms: list, first: int, n: int):
+        self.comms, self.first, self.n = comms, first, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> int:
+        i = bisect_left(self.comms, k)
+        return self.first + i if i < len(self.comms) and self.comms[i] == k else 0
+
+
+def _numbered(m, dev, stream, ops, entries, readys, free_s, starts, ends, secs, comms, key):
+    """`_segment` for the whole-array pass, where the collectives (indices `comms`, an array)
+    are all of group `key`: the same segment, its times, seconds and sequence numbers read from
+    the arrays when asked; the totals summed in order as `_segment` sums them."""
+    first = 0
+    if len(comms):
+        first = m.coll_seq.get((dev,) + key, 0)
+        m.coll_seq[(dev,) + key] = first + len(comms)
+    comm_s = float(np.add.accumulate(secs[comms])[-1]) if len(comms) else 0.0
+    total = float(np.add.accumulate(secs)[-1])    # sum(secs): in order, from the first
+    seg = Segment(ops, (dev,), stream, -1, "", readys, _Seqs(comms.tolist(), first, len(ops)))
+    seg.costs, seg.secs, seg.totals = entries, _Floats(secs), (total - comm_s, comm_s)
+    seg.fixed = (free_s, _Floats(starts), _Floats(ends))
+    return seg
 
 
 def _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends, secs=None,

@@ -198,10 +198,67 @@ def test_a_wrong_program_table_is_caught(monkeypatch):
     table = paced._program
 
     def off(m, program, group):
-        entries, secs, comm_at = table(m, program, group)
-        return entries, secs + 1e-9, comm_at
+        entries, secs, comm_at, groups = table(m, program, group)
+        return entries, secs + 1e-9, comm_at, groups
     monkeypatch.setattr(paced, "_program", off)
     _, fast, fast_res = run_twice(True, _runs)
     monkeypatch.undo()
     _, slow, slow_res = run_twice(False, _runs)
     assert (fast, fast_res) != (slow, slow_res)
+
+
+def _both(numbered):
+    """A paced segment built by `_segment` from lists and by `_numbered` from arrays, over the
+    same ops (collectives of one group among them), each on a fresh machine."""
+    import numpy as np
+
+    from simulator import paced
+    ops = [op("a"), ar("ar", (0, 1)), op("b"), op("c"), ar("ar", (0, 1)), op("b"), ar("ar", (0, 1))]
+    segs = []
+    for lists in (True, False):
+        rt = SimRuntime(profile(), 2, cost=StubCost(TABLE))
+        m = rt.machine
+        key = (0,) + paced.group_key(ops[1])
+        m.coll_seq[key] = 5                        # collectives launched before
+        entries = [m.cost_entry(o) for o in ops]
+        secs = np.array([e[4] for e in entries])
+        starts = np.add.accumulate(np.concatenate(([0.5], secs)))
+        readys = np.arange(len(ops)) * 0.1
+        comms = np.array([1, 4, 6])
+        if lists:
+            seg = paced._segment(m, 0, 0, ops, entries, readys, 0.5, starts[:-1].tolist(),
+                                 starts[1:].tolist(), secs.tolist(), comms.tolist())
+        else:
+            seg = numbered(m, 0, 0, ops, entries, readys, 0.5, starts[:-1], starts[1:], secs,
+                           comms, paced.group_key(ops[1]))
+        segs.append((seg, m.coll_seq[key]))
+    return segs
+
+
+def _read(seg):
+    n = len(seg.ops)
+    return ([seg.seqs[k] for k in range(n)], [seg.fixed[1][k] for k in range(n)],
+            [seg.fixed[2][k] for k in range(n)], list(seg.secs), seg.totals, seg.fixed[0],
+            [type(seg.fixed[2][k]) for k in range(n)], len(seg.seqs), len(seg.fixed[2]))
+
+
+def test_the_array_segment_reads_as_the_list_segment():
+    """`_numbered` (the whole-array pass's segment: times, seconds and collective numbers read
+    from arrays when asked) gives what `_segment` gives, value for value and type for type, and
+    advances the collective counter alike."""
+    from simulator import paced
+    (lists, after_lists), (arrays, after_arrays) = _both(paced._numbered)
+    assert _read(arrays) == _read(lists)
+    assert lists.seqs == [0, 5, 0, 0, 6, 0, 7] and after_lists == after_arrays == 8
+
+
+def test_a_wrong_array_segment_is_caught():
+    """The comparison above can fail: collective numbers counted from one too many are seen."""
+    from simulator import paced
+
+    def off(m, *args):
+        seg = paced._numbered(m, *args)
+        seg.seqs.first += 1
+        return seg
+    (lists, _), (arrays, _) = _both(off)
+    assert _read(arrays) != _read(lists)
