@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import lru_cache, reduce
-from itertools import compress, starmap
+from itertools import compress
 from operator import add, ne
 from typing import Callable, Optional
 
