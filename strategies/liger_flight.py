@@ -198,6 +198,13 @@ class Runs:
         return self.ops, self.cuts
 
 
+class OnceRuns(Runs):
+    """Runs of a program paced once (a continuous-batching step): without flat(), so that the
+    runtime keeps nothing of it."""
+    __slots__ = ()
+    flat = None
+
+
 def when_all(rt, events: list, mark) -> None:
     """Call mark(the event that completed last) once every one of `events` has completed."""
     if len(events) == 1:

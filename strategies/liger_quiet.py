@@ -14,7 +14,7 @@ import numpy as np
 
 from simulator.ops import Gemm
 
-from .liger_flight import Flight, Runs
+from .liger_flight import Flight, OnceRuns, Runs
 
 _NEVER = float("inf")
 
@@ -62,8 +62,9 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
         if len(fills):
             stop = i + 2 + int(fills[0])
-    program = f.ops if f.tables is None else f.tables[step].ops   # the step's ops, kept as is
-    return Runs(program, [rel] + ends[i:stop], base)
+    if f.tables is None:                   # a batch's one step: met once
+        return OnceRuns(f.ops, [rel] + ends[i:stop], base)
+    return Runs(f.tables[step].ops, [rel] + ends[i:stop], base)   # the step's ops, kept as is
 
 def fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
     """The least budget with which `_fill` launches something beside a main segment of class
