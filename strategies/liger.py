@@ -126,7 +126,7 @@ class Liger(Strategy):
         self.profiled = {}
         self.pieces = Pieces(p.decompose_factor, lambda op: self._profiled(rt, op))
         self.factors = {comm: self._budget_factor(rt, comm) for comm in (True, False)}
-        self.tables = StepTables(lambda step: step_parts(self.model, self.devices, step, self.group),
+        self.tables = StepTables(lambda s: step_parts(self.model, self.devices, s, self.group),
                                  lambda op: self._profiled(rt, op))
 
     def _budget_factor(self, rt, main_comm: bool) -> float:
@@ -220,6 +220,7 @@ class Liger(Strategy):
             if head.tail is not None and self.params.handoff_wait:   # its sub-stream ops first
                 for d, ev in zip(self.group, head.tail):
                     rt.wait(d, self.main[d], ev)
+        self.fill_idle = False                 # _quiet_runs: this iteration's fill launches nothing
         runs = self._quiet_runs(rt, window, head) if self._no_commit_pending(window) else None
         if runs:
             # Nothing to fill: these iterations are each a run launched after the previous run's
@@ -251,7 +252,7 @@ class Liger(Strategy):
         budget = planned * self.factors[main_comm]         # 4. contention factor
         if entry is not None:
             entry.update(planned_s=planned, budget_s=budget)
-        if len(window) > 1:                    # 5.
+        if len(window) > 1 and not self.fill_idle:   # 5.
             self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)
         return waits, mains
 

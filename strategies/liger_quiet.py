@@ -26,7 +26,9 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
     where a request arrives). Nothing is filled while f is alone, or while the fill
     (`_fill_bound`) needs more budget than a run gives: the fillers then stay as they are.
     None where an iteration does more: a decomposed remainder, a step's first run (its
-    cross-stream waits), the plan log, or per-device stream numbers."""
+    cross-stream waits), the plan log, or per-device stream numbers. Where only the next run
+    would fill, this one fills nothing: `self.fill_idle` says so, and its iteration skips
+    `_fill` (which would find nothing to launch and issue nothing)."""
     if not self.params.host_sync or f.done_parts or f.pos == 0 \
             or self.plan_log is not None or not self.uniform:
         return None
@@ -54,6 +56,7 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         if comm not in bound:
             bound[comm] = fill_bound(self, rt, window, comm)
         if budget > 0 and bound[comm][1] <= budget:
+            self.fill_idle = True          # this run fills nothing, the next may: skip its _fill
             return None
         if len(bound) < 2:
             bound[not comm] = fill_bound(self, rt, window, not comm)
