@@ -23,15 +23,14 @@ exactly the state the literal program leaves.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
-from itertools import chain
 from functools import reduce
+from itertools import chain
 from operator import add, is_, itemgetter
 from typing import Generator
 
 import numpy as np
 
-from .segment import Segment, delay_to
+from .segment import FloatView, OneGroupSeqs, Segment, delay_to
 from .streams import RECORD, SEGMENT, StreamItem, group_key
 
 
@@ -67,8 +66,10 @@ def launch_paced(rt, runs, devices, stream, request, phase, until_arrival) -> Ge
     k, wake_s, host_s, seg = plan
     m = rt.machine
     if seg is not None:
-        seg.request, seg.phase = request, phase
-        m.enqueue(seg.devices[0], stream, StreamItem(SEGMENT, seg, 0.0, None, request, phase, 0))
+        for part in seg if type(seg) is tuple else (seg,):
+            part.request, part.phase = request, phase
+            m.enqueue(part.devices[0], stream,
+                      StreamItem(SEGMENT, part, 0.0, None, request, phase, 0))
         for d in devices:
             m.host_s[d] = host_s
         m.segment_counts["paced_runs"] = m.segment_counts.get("paced_runs", 0) + k
@@ -113,10 +114,11 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     checked: dict = {}                            # id(op) -> its cost entry, once checked
     seen = checked.get
     h, w, launch_s = m.host_s[dev], now, m.launch_s
-    fast = _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s,
-                       arrival if until_arrival else None)
-    if fast is not None:
-        return fast
+    if (h if h > now else now) + launch_s <= free_s:   # else the host is behind at once
+        fast = _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s,
+                           arrival if until_arrival else None)
+        if fast is not None:
+            return fast
     ops, entries, readys, starts, ends = [], [], [], [], []
     readys_append, starts_append, ends_append = readys.append, starts.append, ends.append
     k = last_run = len(runs) - 1
@@ -168,6 +170,12 @@ def closed_form(rt, runs, devices, stream, until_arrival):
             w = wait_s
         if h > w:                                 # ... and its own launches are issued
             w = w + (h - w)
+        if j == 0 and last_run > 1 and t == ends[-1] and "comm" not in {e[3] for e in hits}:
+            rest = _host_ahead(m, dev, stream, _after_first(runs), checked, group, t, h, w,
+                               launch_s, arrival if until_arrival else None)
+            if rest is not None:                  # the host behind for the first run only
+                first = _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends)
+                return rest[0] + 1, rest[1], rest[2], (first, rest[3])
     if k == 0:
         return None
     return k, w, h, _segment(m, dev, stream, ops, entries, readys, free_s, starts, ends)
@@ -224,6 +232,24 @@ def _program(m, program: list, group: tuple):
         m.paced_programs.clear()
     m.paced_programs[key] = (program, len(program), (entries, secs, comm_at, groups))
     return entries, secs, comm_at, groups
+
+
+def _after_first(runs):
+    """runs[1:], offering flat() where `runs` do."""
+    if getattr(runs, "flat", None) is None:
+        return list(runs)[1:]
+    program, cuts = runs.flat()
+    return _Cut(program, cuts[1:])
+
+
+class _Cut:
+    __slots__ = ("program", "cuts")
+
+    def __init__(self, program, cuts):
+        self.program, self.cuts = program, cuts
+
+    def flat(self):
+        return self.program, self.cuts
 
 
 def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, arrival):
@@ -304,40 +330,6 @@ def _host_ahead(m, dev, stream, runs, checked, group, free_s, h, now, launch_s, 
     return k, float(wakes[k]), float(readys[-1]), seg
 
 
-class _Floats:
-    """A float array read as the list of Python floats it holds (each converted when read): a
-    paced segment's times and seconds, which its usual path reads at two places only."""
-    __slots__ = ("a",)
-
-    def __init__(self, a):
-        self.a = a
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    def __getitem__(self, k: int) -> float:
-        return float(self.a[k])
-
-    def __iter__(self):
-        return iter(self.a.tolist())
-
-
-class _Seqs:
-    """A segment's collective sequence numbers where its collectives are one group's: the i-th
-    (op comms[i]) has first + i, any other op 0 (the list `_segment` would build)."""
-    __slots__ = ("comms", "first", "n")
-
-    def __init__(self, comms: list, first: int, n: int):
-        self.comms, self.first, self.n = comms, first, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, k: int) -> int:
-        i = bisect_left(self.comms, k)
-        return self.first + i if i < len(self.comms) and self.comms[i] == k else 0
-
-
 def _numbered(m, dev, stream, ops, entries, readys, free_s, starts, ends, secs, comms, key):
     """`_segment` for the whole-array pass, where the collectives (indices `comms`, an array)
     are all of group `key`: the same segment, its times, seconds and sequence numbers read from
@@ -348,9 +340,9 @@ def _numbered(m, dev, stream, ops, entries, readys, free_s, starts, ends, secs, 
         m.coll_seq[(dev,) + key] = first + len(comms)
     comm_s = float(np.add.accumulate(secs[comms])[-1]) if len(comms) else 0.0
     total = float(np.add.accumulate(secs)[-1])    # sum(secs): in order, from the first
-    seg = Segment(ops, (dev,), stream, -1, "", readys, _Seqs(comms.tolist(), first, len(ops)))
-    seg.costs, seg.secs, seg.totals = entries, _Floats(secs), (total - comm_s, comm_s)
-    seg.fixed = (free_s, _Floats(starts), _Floats(ends))
+    seg = Segment(ops, (dev,), stream, -1, "", readys, OneGroupSeqs(comms.tolist(), first, len(ops)))
+    seg.costs, seg.secs, seg.totals = entries, FloatView(secs), (total - comm_s, comm_s)
+    seg.fixed = (free_s, FloatView(starts), FloatView(ends))
     return seg
 
 

@@ -25,16 +25,19 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
     run that ends the step, for `launch_paced` (which is exactly those iterations; it stops
     where a request arrives). Nothing is filled while f is alone, or while the fill
     (`_fill_bound`) needs more budget than a run gives: the fillers then stay as they are.
-    None where an iteration does more: a decomposed remainder, a step's first run (its
-    cross-stream waits), the plan log, or per-device stream numbers. Where only the next run
+    A step's first run counts too: with host_sync the head has synchronised on its previous
+    step's events before this (`_iteration`), so `_launch` issues no cross-stream wait there
+    (checked: None if one of them has not completed). None where an iteration does more: a
+    decomposed remainder, the plan log, or per-device stream numbers. Where only the next run
     would fill, this one fills nothing: `self.fill_idle` says so, and its iteration skips
     `_fill` (which would find nothing to launch and issue nothing)."""
-    if not self.params.host_sync or f.done_parts or f.pos == 0 \
-            or self.plan_log is not None or not self.uniform:
+    if not self.params.host_sync or f.done_parts or self.plan_log is not None \
+            or not self.uniform:
         return None
     pos, step_of = f.pos, f.step_of
     step = step_of[pos]
-    if step_of[pos - 1] != step:
+    if pos and step_of[pos - 1] != step and not all(
+            rt.query(ev) for ev, _where in f.steps_done[step - 1]):
         return None
     base, (starts, ends, comms, _planned, budgets, comm_arr, budget_arr) = \
         f.step_runs(step, self.factors)

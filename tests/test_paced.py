@@ -262,3 +262,31 @@ def test_a_wrong_array_segment_is_caught():
         return seg
     (lists, _), (arrays, _) = _both(off)
     assert _read(arrays) != _read(lists)
+
+
+@pytest.mark.parametrize("flat", [None, (0, 0)], ids=["lists", "flat"])
+@pytest.mark.parametrize("arrival_s", [2.6, 50.0])
+@pytest.mark.parametrize("launch_s", [0.1, 0.24])
+def test_a_host_behind_for_the_first_run_only_gives_the_host_program(launch_s, arrival_s, flat):
+    """With the stream idle the host is behind for the first run (its ops wait for their
+    launches) and ahead after it: the loop takes that run and the whole-array pass the rest, as
+    two segments, and the op-level program's trace comes out."""
+    rt, fast, fast_res, _ = run(True, arrival_s, launch_s, flat=flat)
+    _, slow, slow_res, _ = run(False, arrival_s, launch_s, flat=flat)
+    assert rt.segment_counts["run"] == 2 and rt.segment_counts.get("paced_runs", 0) >= 3
+    assert fast == slow and fast_res == slow_res
+
+
+def test_a_wrong_rest_after_the_first_run_is_caught(monkeypatch):
+    """The comparison above can fail: a rest that leaves out an op is seen."""
+    from simulator import paced
+
+    def short(runs):
+        rest = [list(r) for r in runs][1:]
+        rest[1] = rest[1][1:]
+        return rest
+    monkeypatch.setattr(paced, "_after_first", short)
+    _, fast, fast_res, _ = run(True, 50.0, 0.1)
+    monkeypatch.undo()
+    _, slow, slow_res, _ = run(False, 50.0, 0.1)
+    assert (fast, fast_res) != (slow, slow_res)
