@@ -55,6 +55,8 @@ class Machine:
         self.last_issued: dict = {}            # (leader, stream) -> its last launched op or event
         self.group_size: dict = {}            # collective group -> members simulated
         self.group_plans: dict = {}            # devices -> mirror.group_plan(devices)
+        self.paced_checked: dict = {}          # group -> {id(op): cost entry}: paced.py
+        self.paced_programs: dict = {}         # (id(program), group) -> its tables: paced.py
 
     # ------------------------------------------------------------------------------ host side
     def host_now(self, device: int) -> float:

@@ -53,9 +53,11 @@ class Runtime(Protocol):
                      request: int = -1, phase: str = "", until_arrival: bool = True) -> Generator:
         """Exactly this host program: for each run, except the first, stop if `until_arrival`
         and a request is waiting, then synchronize on the previous run's `waits`; record `waits`
-        (one event per device) before the run's last op, launch the run on every device, record
-        `mains` after it. Returns (runs launched, the last run's waits, its mains). A simulator may
-        compute it in one pass."""
+        (``record_all``) before the run's last op, launch the run on every device (op-major), record
+        `mains` (``record_all``) after it. Returns (runs launched, the last run's waits, its mains).
+        A simulator may compute it in one pass. `runs` may also offer ``flat() -> (ops, cuts)``:
+        run j is ``ops[cuts[j]:cuts[j + 1]]`` (the same runs, as one list and cut points), and
+        `ops` is not changed afterwards, so that a runtime may keep what it derived from it."""
 
     def mirror(self, group: Sequence[int]) -> None:
         """A promise, made before launching to `group`: every device of it gets the same launches,

@@ -59,6 +59,40 @@ class Segment:
         self.fixed = None            # (time the stream reaches it, starts, ends) planned ahead
 
 
+class FloatView:
+    """A float array read as the list of Python floats it holds (each converted when read): a
+    paced segment's times and seconds (paced.py), which its usual path reads at two places."""
+    __slots__ = ("a",)
+
+    def __init__(self, a):
+        self.a = a
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, k: int) -> float:
+        return float(self.a[k])
+
+    def __iter__(self):
+        return iter(self.a.tolist())
+
+
+class OneGroupSeqs:
+    """A segment's collective sequence numbers where its collectives are one group's: the i-th
+    (op comms[i]) has first + i, any other op 0 (the list paced._segment would build)."""
+    __slots__ = ("comms", "first", "n")
+
+    def __init__(self, comms: list, first: int, n: int):
+        self.comms, self.first, self.n = comms, first, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int) -> int:
+        i = bisect.bisect_left(self.comms, k)
+        return self.first + i if i < len(self.comms) and self.comms[i] == k else 0
+
+
 def plan(m, ops, devices, group_devices, stream, request, phase):
     """The Segment for this launch on Machine `m`, or None where the closed form may not hold
     (then the caller launches the ops one by one). `devices` are the ones simulated,

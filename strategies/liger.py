@@ -49,7 +49,7 @@ from simulator.model import check_tp_degree
 from simulator.ops import Gemm, Op
 
 from .base import Params, Strategy
-from .liger_flight import Flight, Pieces, Runs, when_all
+from .liger_flight import Flight, Pieces, Runs, StepTables, when_all
 from .liger_quiet import quiet_runs
 from .program import batch_step_ops, step_parts
 
@@ -106,6 +106,7 @@ class Liger(Strategy):
         self.uniform = False                   # every device's main (sub) stream has one index
         self.profiled: dict = {}               # id(op) -> (op, rt.profiled_seconds(op))
         self.pieces: Optional[Pieces] = None   # GEMM pieces and their profiled times
+        self.tables: Optional[StepTables] = None   # per distinct step: ops, times, runs
         # Test and analysis hook: set to a list to get one dict per host-loop iteration.
         self.plan_log: Optional[list] = None
 
@@ -125,6 +126,8 @@ class Liger(Strategy):
         self.profiled = {}
         self.pieces = Pieces(p.decompose_factor, lambda op: self._profiled(rt, op))
         self.factors = {comm: self._budget_factor(rt, comm) for comm in (True, False)}
+        self.tables = StepTables(lambda s: step_parts(self.model, self.devices, s, self.group),
+                                 lambda op: self._profiled(rt, op))
 
     def _budget_factor(self, rt, main_comm: bool) -> float:
         """The artifact's constant, or with 'profile' the ratio of the main segment's slowdown to
@@ -139,7 +142,7 @@ class Liger(Strategy):
     # ------------------------------------------------------------------------------ host program
     def host(self, rt) -> Generator:
         return self._serve(rt, rt.try_next_request, rt.next_request, self.params.window,
-                           lambda req: self._flight(rt, req))
+                           lambda req: Flight.build(req, self.tables))
 
     def batch_host(self, rt) -> Generator:
         """Continuous batching: the window holds up to `micro_batches` steps over disjoint sets
@@ -201,10 +204,6 @@ class Liger(Strategy):
             while window and window[0].launched:
                 window.pop(0)
 
-    def _flight(self, rt, req) -> Flight:
-        return Flight.build(req, lambda step: step_parts(self.model, self.devices, step, self.group),
-                            lambda op: self._profiled(rt, op))
-
     def _iteration(self, rt, window: list, prev) -> Generator:
         head = window[0]
         if prev is not None:                   # 1. CPU-GPU sync on the previous Wait event
@@ -221,6 +220,7 @@ class Liger(Strategy):
             if head.tail is not None and self.params.handoff_wait:   # its sub-stream ops first
                 for d, ev in zip(self.group, head.tail):
                     rt.wait(d, self.main[d], ev)
+        self.fill_idle = False                 # _quiet_runs: this iteration's fill launches nothing
         runs = self._quiet_runs(rt, window, head) if self._no_commit_pending(window) else None
         if runs:
             # Nothing to fill: these iterations are each a run launched after the previous run's
@@ -228,7 +228,7 @@ class Liger(Strategy):
             n, waits, mains = yield from rt.launch_paced(
                 runs, self.group, self.main[0], head.rid, head.phases[head.step_of[head.pos]],
                 until_arrival=len(window) < self._size)
-            head.pos = runs.bounds[n - 1][1]
+            head.pos = runs.base + runs.cuts[n]
             return waits, mains
         segment = self._segment(head)
         main_comm = head.comm[head.pos]
@@ -252,7 +252,7 @@ class Liger(Strategy):
         budget = planned * self.factors[main_comm]         # 4. contention factor
         if entry is not None:
             entry.update(planned_s=planned, budget_s=budget)
-        if len(window) > 1:                    # 5.
+        if len(window) > 1 and not self.fill_idle:   # 5.
             self._fill(rt, window, main_comm, budget, prev[1] if prev else None, entry)
         return waits, mains
 

@@ -2,10 +2,9 @@
 the tables the host program plans with, computed once (per request, or per step)."""
 from __future__ import annotations
 
-import bisect
 from dataclasses import replace
 from functools import lru_cache, reduce
-from itertools import compress, starmap
+from itertools import compress
 from operator import add, ne
 from typing import Callable, Optional
 
@@ -24,7 +23,7 @@ class Flight:
     `comm[i]` and `prof[i]` are ops[i]'s class (communication or not) and profiled time;
     `done_parts` counts the 1/factor parts of ops[pos] already launched (0: untouched)."""
     __slots__ = ("rid", "tag", "batch", "ops", "step_of", "phases", "comm", "prof", "n", "pos",
-                 "done_parts", "steps_done", "tail", "on_main", "runs")
+                 "done_parts", "steps_done", "tail", "on_main", "runs", "tables")
 
     def __init__(self, rid, tag, ops, step_of, phases, comm, prof, batch=None):
         self.rid, self.tag, self.batch = rid, tag, batch
@@ -36,7 +35,8 @@ class Flight:
         self.steps_done: list[list] = []
         self.tail: Optional[list] = None       # per-device events after its last sub-stream op
         self.on_main = False                   # it has been the head (main-stream ops begun)
-        self.runs: Optional[tuple] = None      # (step, its runs): step_runs
+        self.runs = None                       # step_runs: steps' starts, or a batch's runs
+        self.tables: Optional[list] = None     # per step its StepEntry (None for a batch)
 
     @property
     def launched(self) -> bool:
@@ -50,25 +50,25 @@ class Flight:
         return op
 
     @classmethod
-    def build(cls, req, step_parts: Callable, profiled: Callable[[Op], float]) -> "Flight":
-        """The request's steps' ops with their classes and profiled times. `step_parts(step)`
-        gives a step as (one layer's ops, layers, the head's ops): the step is the layer's op
-        objects `layers` times and then the head's, so each is looked up once."""
+    def build(cls, req, tables: "StepTables") -> "Flight":
+        """The request's steps' ops with their classes and profiled times, each step's from
+        `tables` (the same lists for equal steps)."""
         ops: list[Op] = []
         step_of: list[int] = []
         comm: list[bool] = []
         prof: list[float] = []
         steps = request_steps(req.batch, req.prompt_tokens, req.output_tokens)
+        entries = []
         for i, step in enumerate(steps):
-            one, layers, tail = step_parts(step)
-            ops += one * layers
-            ops += tail
-            step_of += [i] * (len(one) * layers + len(tail))
-            comm += [op.comm for op in one] * layers
-            comm += [op.comm for op in tail]
-            prof += [profiled(op) for op in one] * layers
-            prof += [profiled(op) for op in tail]
-        return cls(req.id, f"r{req.id}", ops, step_of, [s.phase for s in steps], comm, prof)
+            entry = tables.of(step)
+            entries.append(entry)
+            ops += entry.ops
+            step_of += [i] * len(entry.ops)
+            comm += entry.comm
+            prof += entry.prof
+        f = cls(req.id, f"r{req.id}", ops, step_of, [s.phase for s in steps], comm, prof)
+        f.tables = entries
+        return f
 
     @classmethod
     def of_batch(cls, batch, ops: list, profiled: Callable[[Op], float]) -> "Flight":
@@ -80,23 +80,75 @@ class Flight:
                    [op.comm for op in ops], prof, batch)
 
     def step_runs(self, step: int, factors: dict) -> tuple:
-        """The runs of `step`, maximal same-class, once per step: (starts, ends, classes, planned
-        times summed in order from 0.0 as the host program sums them, budgets = planned x
-        factors[class], and the classes and budgets as numpy arrays)."""
-        if self.runs is not None and self.runs[0] == step:
-            return self.runs[1]
-        comm_of, prof = self.comm, self.prof
-        p = bisect.bisect_left(self.step_of, step)
-        end = bisect.bisect_right(self.step_of, step)
-        cuts = list(compress(range(p + 1, end), map(ne, comm_of[p:end - 1], comm_of[p + 1:end])))
-        starts, ends = [p] + cuts, cuts + [end]
-        comms = [comm_of[a] for a in starts]
-        planned = [reduce(add, prof[a:b], 0.0) for a, b in zip(starts, ends)]
-        budgets = [t * factors[c] for t, c in zip(planned, comms)]
-        table = (starts, ends, comms, planned, budgets, np.array(comms, dtype=bool),
-                 np.array(budgets, dtype=float))
-        self.runs = (step, table)
-        return table
+        """(where `step` starts in the program, its runs relative to that): the runs of a step
+        from its StepTables entry (computed once per distinct step), or for a batch once."""
+        if self.tables is not None:
+            start = self.runs
+            if start is None:
+                start = self.runs = [0]
+                for entry in self.tables[:-1]:
+                    start.append(start[-1] + len(entry.ops))
+            return start[step], self.tables[step].step_runs(factors)
+        if self.runs is None:
+            self.runs = run_table(self.comm, self.prof, factors)
+        return 0, self.runs
+
+
+class StepEntry:
+    """One distinct step: its ops (one layer's op objects `layers` times, then the head's), their
+    classes and profiled times, and its runs (`run_table`, once asked for)."""
+    __slots__ = ("ops", "comm", "prof", "runs")
+
+    def __init__(self, one: list, layers: int, tail: list, profiled: Callable[[Op], float]):
+        self.ops = one * layers + tail
+        self.comm = [op.comm for op in one] * layers + [op.comm for op in tail]
+        self.prof = [profiled(op) for op in one] * layers + [profiled(op) for op in tail]
+        self.runs: Optional[tuple] = None
+
+    def step_runs(self, factors: dict) -> tuple:
+        if self.runs is None:
+            self.runs = run_table(self.comm, self.prof, factors)
+        return self.runs
+
+
+class StepTables:
+    """StepEntry per distinct Step (a frozen value: batch, tokens, keys, phase), shared by the
+    requests in flight: equal steps (decode steps at the same KV length) get the same op objects,
+    classes, profiled times and runs. `step_parts(step)` gives (one layer's ops, layers, the
+    head's ops). Equal ops of different steps are one object too (ops are values: a decode step
+    differs from the next only in its attention), so that caches by identity find them. Bounded:
+    cleared when it holds `limit` steps."""
+
+    def __init__(self, step_parts: Callable, profiled: Callable[[Op], float], limit: int = 4096):
+        self.step_parts, self.profiled, self.limit = step_parts, profiled, limit
+        self.entries: dict = {}
+        self.ops: dict = {}                    # op -> the one object of that value
+
+    def of(self, step) -> StepEntry:
+        entry = self.entries.get(step)
+        if entry is None:
+            if len(self.entries) >= self.limit:
+                self.entries.clear()
+                self.ops.clear()
+            one, layers, tail = self.step_parts(step)
+            same = self.ops.setdefault
+            one, tail = [same(op, op) for op in one], [same(op, op) for op in tail]
+            entry = self.entries[step] = StepEntry(one, layers, tail, self.profiled)
+        return entry
+
+
+def run_table(comm_of: list, prof: list, factors: dict) -> tuple:
+    """A step's runs, maximal same-class, from its classes and profiled times: (starts, ends,
+    classes, planned times summed in order from 0.0 as the host program sums them, budgets =
+    planned x factors[class], and the classes and budgets as numpy arrays)."""
+    end = len(comm_of)
+    cuts = list(compress(range(1, end), map(ne, comm_of[:end - 1], comm_of[1:end])))
+    starts, ends = [0] + cuts, cuts + [end]
+    comms = [comm_of[a] for a in starts]
+    planned = [reduce(add, prof[a:b], 0.0) for a, b in zip(starts, ends)]
+    budgets = [t * factors[c] for t, c in zip(planned, comms)]
+    return (starts, ends, comms, planned, budgets, np.array(comms, dtype=bool),
+            np.array(budgets, dtype=float))
 
 
 class Pieces:
@@ -124,22 +176,33 @@ class Pieces:
 
 
 class Runs:
-    """The runs [p, q) of `ops` given by `bounds`, as a sequence of op lists sliced on demand
-    (`launch_paced` may stop long before the last)."""
-    __slots__ = ("ops", "bounds")
+    """Runs of `ops` cut at `cuts` (run j is ops[cuts[j]:cuts[j+1]]), as a sequence of op lists
+    sliced on demand (`launch_paced` may stop long before the last); `ops` starts at position
+    `base` of the program. `flat()` hands the runtime the ops and cuts themselves."""
+    __slots__ = ("ops", "cuts", "base")
 
-    def __init__(self, ops: list, bounds: list):
-        self.ops, self.bounds = ops, bounds
+    def __init__(self, ops: list, cuts: list, base: int = 0):
+        self.ops, self.cuts, self.base = ops, cuts, base
 
     def __len__(self) -> int:
-        return len(self.bounds)
+        return len(self.cuts) - 1
 
     def __getitem__(self, j: int) -> list:
-        p, q = self.bounds[j]
-        return self.ops[p:q]
+        return self.ops[self.cuts[j]:self.cuts[j + 1]]
 
     def __iter__(self):
-        return map(self.ops.__getitem__, starmap(slice, self.bounds))
+        cuts = self.cuts
+        return map(self.ops.__getitem__, map(slice, cuts[:-1], cuts[1:]))
+
+    def flat(self) -> tuple[list, list]:
+        return self.ops, self.cuts
+
+
+class OnceRuns(Runs):
+    """Runs of a program paced once (a continuous-batching step): without flat(), so that the
+    runtime keeps nothing of it."""
+    __slots__ = ()
+    flat = None
 
 
 def when_all(rt, events: list, mark) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from simulator.ops import Gemm
 
-from .liger_flight import Flight, Runs
+from .liger_flight import Flight, OnceRuns, Runs
 
 _NEVER = float("inf")
 
@@ -25,18 +25,24 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
     run that ends the step, for `launch_paced` (which is exactly those iterations; it stops
     where a request arrives). Nothing is filled while f is alone, or while the fill
     (`_fill_bound`) needs more budget than a run gives: the fillers then stay as they are.
-    None where an iteration does more: a decomposed remainder, a step's first run (its
-    cross-stream waits), the plan log, or per-device stream numbers."""
-    if not self.params.host_sync or f.done_parts or f.pos == 0 \
-            or self.plan_log is not None or not self.uniform:
+    A step's first run counts too: with host_sync the head has synchronised on its previous
+    step's events before this (`_iteration`), so `_launch` issues no cross-stream wait there
+    (checked: None if one of them has not completed). None where an iteration does more: a
+    decomposed remainder, the plan log, or per-device stream numbers. Where only the next run
+    would fill, this one fills nothing: `self.fill_idle` says so, and its iteration skips
+    `_fill` (which would find nothing to launch and issue nothing)."""
+    if not self.params.host_sync or f.done_parts or self.plan_log is not None \
+            or not self.uniform:
         return None
     pos, step_of = f.pos, f.step_of
     step = step_of[pos]
-    if step_of[pos - 1] != step:
+    if pos and step_of[pos - 1] != step and not all(
+            rt.query(ev) for ev, _where in f.steps_done[step - 1]):
         return None
-    starts, ends, comms, _planned, budgets, comm_arr, budget_arr = \
+    base, (starts, ends, comms, _planned, budgets, comm_arr, budget_arr) = \
         f.step_runs(step, self.factors)
-    i = bisect.bisect_right(starts, pos) - 1
+    rel = pos - base                       # positions in the step
+    i = bisect.bisect_right(starts, rel) - 1
     last = len(starts) - 1                 # the step's last run: the usual path takes it
     if last - i < 2:
         return None
@@ -44,8 +50,8 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
     if len(window) > 1:                    # would an iteration's fill launch anything?
         bound: dict = {}
         comm, budget = comms[i], budgets[i]
-        if starts[i] < pos:                # f stopped inside this run as a filler
-            budget = reduce(add, f.prof[pos:ends[i]], 0.0) * self.factors[comm]
+        if starts[i] < rel:                # f stopped inside this run as a filler
+            budget = reduce(add, f.prof[pos:base + ends[i]], 0.0) * self.factors[comm]
         bound[comm] = fill_bound(self, rt, window, comm)
         if budget > 0 and bound[comm][0] <= budget:
             return None
@@ -53,6 +59,7 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         if comm not in bound:
             bound[comm] = fill_bound(self, rt, window, comm)
         if budget > 0 and bound[comm][1] <= budget:
+            self.fill_idle = True          # this run fills nothing, the next may: skip its _fill
             return None
         if len(bound) < 2:
             bound[not comm] = fill_bound(self, rt, window, not comm)
@@ -61,7 +68,9 @@ def quiet_runs(self, rt, window: list, f: Flight) -> Optional[Runs]:
         fills = np.flatnonzero((budget_arr[later] > 0) & (least <= budget_arr[later]))
         if len(fills):
             stop = i + 2 + int(fills[0])
-    return Runs(f.ops, [(pos, ends[i])] + list(zip(starts[i + 1:stop], ends[i + 1:stop])))
+    if f.tables is None:                   # a batch's one step: met once
+        return OnceRuns(f.ops, [rel] + ends[i:stop], base)
+    return Runs(f.tables[step].ops, [rel] + ends[i:stop], base)   # the step's ops, kept as is
 
 def fill_bound(self, rt, window: list, main_comm: bool) -> tuple[float, float]:
     """The least budget with which `_fill` launches something beside a main segment of class

@@ -171,3 +171,50 @@ def test_one_op_launch_seq_still_checks_a_follower_issued_before_its_leader():
 
     with pytest.raises(SimulationError, match="mirrors device 0"):
         _run(host, devices=2)
+
+
+def test_an_iteration_before_a_filling_one_skips_its_fill(monkeypatch):
+    """Where only the next run would fill, quiet_runs says this one fills nothing (`fill_idle`)
+    and its iteration skips `_fill`: taken on the busy case (the equality tests above cover it),
+    and a Liger that skips every fill after a None from quiet_runs gives a different trace."""
+    import strategies.liger as liger
+
+    seen = []
+    quiet = liger.quiet_runs
+
+    def spy(self, rt, window, f):
+        got = quiet(self, rt, window, f)
+        seen.append(self.fill_idle)
+        return got
+    monkeypatch.setattr(liger, "quiet_runs", spy)
+    run(Liger, {"window": 4}, "llama-7b", "a100-sxm4-80gb", segments=False, mirror=False)
+    assert sum(seen) >= 5
+
+    def careless(self, rt, window, f):
+        got = quiet(self, rt, window, f)
+        self.fill_idle = got is None
+        return got
+    params = {"window": 3}
+    _, plain = run(PlainLiger, params, "artifact", "a100-pcie-40gb", segments=False, mirror=False)
+    monkeypatch.setattr(liger, "quiet_runs", careless)
+    _, wrong = run(Liger, params, "artifact", "a100-pcie-40gb", segments=False, mirror=False)
+    assert rows(wrong) != rows(plain)
+
+
+def test_quiet_runs_start_at_a_steps_first_run(monkeypatch):
+    """A step's first run goes to launch_paced with the rest (the head has synchronised on its
+    previous step, so no cross-stream wait is due there): taken in the busy case, whose traces
+    the equality tests above compare with the plain loop's."""
+    import strategies.liger as liger
+
+    starts = []
+    quiet = liger.quiet_runs
+
+    def spy(self, rt, window, f):
+        got = quiet(self, rt, window, f)
+        if got is not None and got.cuts[0] == 0:
+            starts.append(f.pos)
+        return got
+    monkeypatch.setattr(liger, "quiet_runs", spy)
+    run(Liger, {"window": 4}, "llama-7b", "a100-sxm4-80gb")
+    assert len(starts) > 10 and 0 in starts

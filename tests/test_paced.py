@@ -12,11 +12,29 @@ TABLE = {"a": (1.0, "compute"), "b": (0.25, "compute"), "c": (2.0, "compute"),
          "ar": (0.5, "comm"), "x": (1.0, "compute")}
 
 
-def program(results, until_arrival=True):
+class Flat(list):
+    """Runs that also offer `flat()` (the ops in one list and the cut points), as Liger's Runs
+    do; `wrong` = (i, d) moves cut i by d (a deliberately wrong flat form)."""
+
+    def __init__(self, runs, wrong=(0, 0)):
+        super().__init__(runs)
+        self.ops, self.cuts = [], [0]          # one program list, as Liger's step's
+        for run in self:
+            self.ops += run
+            self.cuts.append(len(self.ops))
+        self.cuts[wrong[0]] += wrong[1]
+
+    def flat(self):
+        return self.ops, self.cuts
+
+
+def program(results, until_arrival=True, flat=None):
     def host(rt):
         rt.mirror((0, 1))
         runs = [[op("a"), op("b")], [ar("ar", (0, 1))], [op("c"), op("b"), op("a")],
                 [ar("ar", (0, 1))], [op("b")], [op("a"), op("c")]]
+        if flat is not None:
+            runs = Flat(runs, flat)
         n, waits, mains = yield from rt.launch_paced(runs, (0, 1), 0, 0, "decode",
                                                      until_arrival=until_arrival)
         results.append((n, rt.now, [e.name for e in waits]))
@@ -36,11 +54,11 @@ def program(results, until_arrival=True):
     return host
 
 
-def run(segments, arrival_s, launch_s, until_arrival=True):
+def run(segments, arrival_s, launch_s, until_arrival=True, flat=None):
     results = []
     rt = SimRuntime(profile(), 2, cost=StubCost(TABLE), launch_overhead_s=launch_s,
                     segments=segments)
-    trace = rt.run(Program(program(results, until_arrival)),
+    trace = rt.run(Program(program(results, until_arrival, flat)),
                    open_loop([Request(7, arrival_s, 16, 1)]))
     rows = sorted((r.device, r.stream, r.start_s, r.end_s, r.name, r.request) for r in trace.records())
     return rt, rows, results, trace
@@ -112,3 +130,163 @@ def test_a_wrong_whole_array_pass_is_caught(monkeypatch):
     monkeypatch.undo()
     _, loop, loop_res, _ = run(True, 50.0, 0.0)
     assert (fast, fast_res) != (loop, loop_res)
+
+
+@pytest.mark.parametrize("launch_s", [0.0, 0.3, 0.9], ids=["no launch cost", "hidden", "partly hidden"])
+@pytest.mark.parametrize("arrival_s", [0.9, 2.6, 50.0])
+@pytest.mark.parametrize("until_arrival", [True, False])
+def test_runs_offering_flat_give_the_host_program(arrival_s, launch_s, until_arrival):
+    """Runs with `flat()` (Liger's, read as one op list and cut points by the whole-array pass)
+    give the plain lists' result, and the op-level program's."""
+    _, flat, flat_res, flat_trace = run(True, arrival_s, launch_s, until_arrival, flat=(0, 0))
+    _, plain, plain_res, plain_trace = run(True, arrival_s, launch_s, until_arrival)
+    _, slow, slow_res, _ = run(False, arrival_s, launch_s, until_arrival, flat=(0, 0))
+    assert flat == plain == slow and flat_res == plain_res == slow_res
+    assert flat_trace.requests == plain_trace.requests
+
+
+@pytest.mark.parametrize("wrong, arrival_s", [((1, -1), 0.9), ((0, 1), 50.0)],
+                         ids=["an op moved to the next run", "the first op left out"])
+def test_a_wrong_flat_form_is_caught(wrong, arrival_s):
+    """The comparison above can fail: cut points that move an op between runs (the host stops
+    for the arrival after a different run) or leave one out are seen."""
+    _, bad, bad_res, _ = run(True, arrival_s, 0.0, flat=wrong)
+    _, plain, plain_res, _ = run(True, arrival_s, 0.0)
+    assert (bad, bad_res) != (plain, plain_res)
+
+
+def twice(results, runs_of):
+    """A host that paces the same runs (one program list) twice, the second after the first's
+    last Main event."""
+    def host(rt):
+        rt.mirror((0, 1))
+        runs = runs_of()
+        for _ in range(2):
+            n, waits, mains = yield from rt.launch_paced(runs, (0, 1), 0, 0, "decode",
+                                                         until_arrival=False)
+            results.append((n, rt.now))
+            yield from rt.synchronize(mains[0])
+    return host
+
+
+def run_twice(segments, runs_of):
+    results = []
+    rt = SimRuntime(profile(), 2, cost=StubCost(TABLE), launch_overhead_s=0.0, segments=segments)
+    trace = rt.run(Program(twice(results, runs_of)), open_loop([]))
+    rows = sorted((r.device, r.stream, r.start_s, r.end_s, r.name) for r in trace.records())
+    return rt, rows, results
+
+
+def _runs():
+    return Flat([[op("a"), op("b")], [ar("ar", (0, 1))], [op("c"), op("b"), op("a")],
+                 [ar("ar", (0, 1))], [op("b")], [op("a"), op("c")]])
+
+
+def test_a_program_paced_again_reuses_its_table_exactly():
+    """Runs offering flat() over one program list: its table (costs, collectives) is built once
+    and found again; both passes give the op-level program's trace."""
+    rt, fast, fast_res = run_twice(True, _runs)
+    _, slow, slow_res = run_twice(False, _runs)
+    assert fast == slow and fast_res == slow_res
+    assert rt.machine.segment_counts.get("paced_runs", 0) == 10
+    assert len(rt.machine.paced_programs) == 1
+
+
+def test_a_wrong_program_table_is_caught(monkeypatch):
+    """The comparison above can fail: a table whose seconds are a nanosecond off is seen."""
+    from simulator import paced
+    table = paced._program
+
+    def off(m, program, group):
+        entries, secs, comm_at, groups = table(m, program, group)
+        return entries, secs + 1e-9, comm_at, groups
+    monkeypatch.setattr(paced, "_program", off)
+    _, fast, fast_res = run_twice(True, _runs)
+    monkeypatch.undo()
+    _, slow, slow_res = run_twice(False, _runs)
+    assert (fast, fast_res) != (slow, slow_res)
+
+
+def _both(numbered):
+    """A paced segment built by `_segment` from lists and by `_numbered` from arrays, over the
+    same ops (collectives of one group among them), each on a fresh machine."""
+    import numpy as np
+
+    from simulator import paced
+    ops = [op("a"), ar("ar", (0, 1)), op("b"), op("c"), ar("ar", (0, 1)), op("b"), ar("ar", (0, 1))]
+    segs = []
+    for lists in (True, False):
+        rt = SimRuntime(profile(), 2, cost=StubCost(TABLE))
+        m = rt.machine
+        key = (0,) + paced.group_key(ops[1])
+        m.coll_seq[key] = 5                        # collectives launched before
+        entries = [m.cost_entry(o) for o in ops]
+        secs = np.array([e[4] for e in entries])
+        starts = np.add.accumulate(np.concatenate(([0.5], secs)))
+        readys = np.arange(len(ops)) * 0.1
+        comms = np.array([1, 4, 6])
+        if lists:
+            seg = paced._segment(m, 0, 0, ops, entries, readys, 0.5, starts[:-1].tolist(),
+                                 starts[1:].tolist(), secs.tolist(), comms.tolist())
+        else:
+            seg = numbered(m, 0, 0, ops, entries, readys, 0.5, starts[:-1], starts[1:], secs,
+                           comms, paced.group_key(ops[1]))
+        segs.append((seg, m.coll_seq[key]))
+    return segs
+
+
+def _read(seg):
+    n = len(seg.ops)
+    return ([seg.seqs[k] for k in range(n)], [seg.fixed[1][k] for k in range(n)],
+            [seg.fixed[2][k] for k in range(n)], list(seg.secs), seg.totals, seg.fixed[0],
+            [type(seg.fixed[2][k]) for k in range(n)], len(seg.seqs), len(seg.fixed[2]))
+
+
+def test_the_array_segment_reads_as_the_list_segment():
+    """`_numbered` (the whole-array pass's segment: times, seconds and collective numbers read
+    from arrays when asked) gives what `_segment` gives, value for value and type for type, and
+    advances the collective counter alike."""
+    from simulator import paced
+    (lists, after_lists), (arrays, after_arrays) = _both(paced._numbered)
+    assert _read(arrays) == _read(lists)
+    assert lists.seqs == [0, 5, 0, 0, 6, 0, 7] and after_lists == after_arrays == 8
+
+
+def test_a_wrong_array_segment_is_caught():
+    """The comparison above can fail: collective numbers counted from one too many are seen."""
+    from simulator import paced
+
+    def off(m, *args):
+        seg = paced._numbered(m, *args)
+        seg.seqs.first += 1
+        return seg
+    (lists, _), (arrays, _) = _both(off)
+    assert _read(arrays) != _read(lists)
+
+
+@pytest.mark.parametrize("flat", [None, (0, 0)], ids=["lists", "flat"])
+@pytest.mark.parametrize("arrival_s", [2.6, 50.0])
+@pytest.mark.parametrize("launch_s", [0.1, 0.24])
+def test_a_host_behind_for_the_first_run_only_gives_the_host_program(launch_s, arrival_s, flat):
+    """With the stream idle the host is behind for the first run (its ops wait for their
+    launches) and ahead after it: the loop takes that run and the whole-array pass the rest, as
+    two segments, and the op-level program's trace comes out."""
+    rt, fast, fast_res, _ = run(True, arrival_s, launch_s, flat=flat)
+    _, slow, slow_res, _ = run(False, arrival_s, launch_s, flat=flat)
+    assert rt.segment_counts["run"] == 2 and rt.segment_counts.get("paced_runs", 0) >= 3
+    assert fast == slow and fast_res == slow_res
+
+
+def test_a_wrong_rest_after_the_first_run_is_caught(monkeypatch):
+    """The comparison above can fail: a rest that leaves out an op is seen."""
+    from simulator import paced
+
+    def short(runs):
+        rest = [list(r) for r in runs][1:]
+        rest[1] = rest[1][1:]
+        return rest
+    monkeypatch.setattr(paced, "_after_first", short)
+    _, fast, fast_res, _ = run(True, 50.0, 0.1)
+    monkeypatch.undo()
+    _, slow, slow_res, _ = run(False, 50.0, 0.1)
+    assert (fast, fast_res) != (slow, slow_res)
