@@ -37,7 +37,7 @@ from . import paced
 from .mirror import record_all as spmd_record_all
 from .machine import Machine
 from .ops import Op
-from .serving import Serving
+from .serving import Serving, ServingVerbs
 from .streams import Event
 from .trace import KEEP_ALL, Trace, TraceRecorder
 
@@ -86,7 +86,7 @@ class SimClock:
         return _SimSignal(self.env)
 
 
-class SimRuntime:
+class SimRuntime(ServingVerbs):
     """The simulated machine: `devices` devices of `hardware`, costed by `cost`, as a Runtime.
 
     `keep_ops`: full op rows to keep in the trace (KEEP_ALL, or the first N that end at or after
@@ -147,14 +147,6 @@ class SimRuntime:
     def wait(self, device: int, stream: int, event: Event) -> None:
         """Later items on (device, stream) start only after `event` has completed."""
         self.machine.wait(device, stream, event)
-
-    def next_request(self) -> Generator:
-        """Host blocks until a request arrives; returns it, or None once no more will arrive."""
-        return self.serving.next_request()
-
-    def try_next_request(self):
-        """The next arrived request without blocking, or None if none is waiting."""
-        return self.serving.try_next_request()
 
     def mirror(self, group) -> None:
         """The strategy's promise that every device of `group` gets the same launches, records and
@@ -231,30 +223,6 @@ class SimRuntime:
         self.serving.host_state = "blocked in wait_any on events " + ", ".join(repr(e.name) for e in events)
         yield waiter
         self.serving.host_state = "running"
-
-    def next_batch(self, wake=(), parts: int = 1) -> Generator:
-        """Host blocks until the scheduler has a step (its Batch), or one of `wake` completes or
-        the run is over (None)."""
-        serving = self.serving
-        for ev in wake:
-            if not ev.done:
-                self.when(ev, lambda _t: serving.wake())
-        return serving.next_batch(lambda: any(ev.done for ev in wake), parts)
-
-    def try_next_batch(self, parts: int = 1):
-        return self.serving.try_next_batch(parts)
-
-    def batch_done_when(self, batch, event: Event) -> None:
-        commit = self.serving.commit
-        self.when(event, lambda t: commit(batch, t))
-
-    def first_token_when(self, request: int, event: Event) -> None:
-        mark = self.serving.mark_first_token
-        self.when(event, lambda t: mark(request, t))
-
-    def finish_when(self, request: int, event: Event) -> None:
-        mark = self.serving.mark_finish
-        self.when(event, lambda t: mark(request, t))
 
     # ------------------------------------------------------------------------------ driving
     def run(self, strategy, source: Callable[[Serving], Generator], scheduler=None) -> Trace:

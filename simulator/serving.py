@@ -162,3 +162,42 @@ class Serving:
                                      finish, req.prompt_tokens, req.output_tokens, req.batch,
                                      req.measured))
         return out
+
+
+class ServingVerbs:
+    """The Runtime's request and batch verbs, shared by every runtime: each delegates to
+    `self.serving` (a Serving) and learns event completions through the runtime's own `when`
+    and `query`."""
+    serving: Serving
+
+    def next_request(self) -> Generator:
+        """Host blocks until a request arrives; returns it, or None once no more will arrive."""
+        return self.serving.next_request()
+
+    def try_next_request(self):
+        """The next arrived request without blocking, or None if none is waiting."""
+        return self.serving.try_next_request()
+
+    def next_batch(self, wake=(), parts: int = 1) -> Generator:
+        """Host blocks until the scheduler has a step (its Batch), or one of `wake` completes or
+        the run is over (None)."""
+        serving, query = self.serving, self.query
+        for ev in wake:
+            if not query(ev):
+                self.when(ev, lambda _t: serving.wake())
+        return serving.next_batch(lambda: any(query(ev) for ev in wake), parts)
+
+    def try_next_batch(self, parts: int = 1):
+        return self.serving.try_next_batch(parts)
+
+    def batch_done_when(self, batch, event) -> None:
+        commit = self.serving.commit
+        self.when(event, lambda t: commit(batch, t))
+
+    def first_token_when(self, request: int, event) -> None:
+        mark = self.serving.mark_first_token
+        self.when(event, lambda t: mark(request, t))
+
+    def finish_when(self, request: int, event) -> None:
+        mark = self.serving.mark_finish
+        self.when(event, lambda t: mark(request, t))

@@ -22,7 +22,7 @@ from simulator.cost import CostModel
 from simulator.errors import DeadlockError, SimulationError
 from simulator.hardware import HardwareProfile
 from simulator.ops import Op, is_comm
-from simulator.serving import Serving
+from simulator.serving import Serving, ServingVerbs
 from simulator.trace import KEEP_ALL, Trace, TraceRecorder
 
 from .clock import RealClock
@@ -48,7 +48,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-class TorchRuntime(CudaParts):
+class TorchRuntime(CudaParts, ServingVerbs):
     """`devices` devices of `device_type` ("cpu": worker threads on this machine; "cuda": GPUs
     0..devices-1) as a Runtime; `hardware` only answers profiled_* and classifies ops.
     `stall_s`: a run whose devices make no progress for this long is reported as a deadlock."""
@@ -249,34 +249,6 @@ class TorchRuntime(CudaParts):
 
     def profiled_slowdown(self, op_class: str, beside_class: str) -> float:
         return 1.0 / self.contention.rates([_Probe(op_class), _Probe(beside_class)])[0]
-
-    def next_request(self) -> Generator:
-        return self.serving.next_request()
-
-    def try_next_request(self):
-        return self.serving.try_next_request()
-
-    def next_batch(self, wake=(), parts: int = 1) -> Generator:
-        serving = self.serving
-        for ev in wake:
-            if not ev.done:
-                self.when(ev, lambda _t: serving.wake())
-        return serving.next_batch(lambda: any(ev.done for ev in wake), parts)
-
-    def try_next_batch(self, parts: int = 1):
-        return self.serving.try_next_batch(parts)
-
-    def batch_done_when(self, batch, event: TorchEvent) -> None:
-        commit = self.serving.commit
-        self.when(event, lambda t: commit(batch, t))
-
-    def first_token_when(self, request: int, event: TorchEvent) -> None:
-        mark = self.serving.mark_first_token
-        self.when(event, lambda t: mark(request, t))
-
-    def finish_when(self, request: int, event: TorchEvent) -> None:
-        mark = self.serving.mark_finish
-        self.when(event, lambda t: mark(request, t))
 
     # ------------------------------------------------------------------------------ driving
     def run(self, strategy, source: Callable[[Serving], Generator], scheduler=None) -> Trace:
