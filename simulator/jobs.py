@@ -63,14 +63,13 @@ def build(job: Job) -> Built:
     if serving.continuous:
         return _build_continuous(job, model, hardware, devices, workload, strategy, seed, slo,
                                  serving)
-    tp, pp = strategy.parallel_layout()
-    batch = workload.batch * strategy.resident_requests()
     context = _max_context(workload, seed)
-    try:
-        check_fits(model, hardware.device.memory_bytes, tp, pp, batch, context, where, "model",
-                   split=strategy.stage_layers())
-    except ConfigError as exc:
-        raise PointError(exc.where, exc.key, exc.message) from None
+    for (tp, pp), split, resident in strategy.layouts():
+        try:
+            check_fits(model, hardware.device.memory_bytes, tp, pp, workload.batch * resident,
+                       context, where, "model", split=split)
+        except ConfigError as exc:
+            raise PointError(exc.where, exc.key, exc.message) from None
     return Built(model, hardware, devices, workload, strategy, seed, slo)
 
 

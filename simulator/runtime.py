@@ -104,6 +104,9 @@ class Runtime(Protocol):
     def try_next_request(self) -> Optional[Any]:
         """The next arrived request without blocking, or None."""
 
+    def waiting(self) -> int:
+        """Requests that have arrived and not been taken by the host (the queue's length)."""
+
     def next_batch(self, wake: Sequence[EventHandle] = (), parts: int = 1) -> Generator:
         """Continuous batching: host blocks until the serving layer's scheduler has a step to
         run and returns its Batch (simulator/batching.py); returns None when one of `wake` has

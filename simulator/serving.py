@@ -178,6 +178,9 @@ class ServingVerbs:
         """The next arrived request without blocking, or None if none is waiting."""
         return self.serving.try_next_request()
 
+    def waiting(self) -> int:
+        return self.serving.waiting()
+
     def next_batch(self, wake=(), parts: int = 1) -> Generator:
         """Host blocks until the scheduler has a step (its Batch), or one of `wake` completes or
         the run is over (None)."""

@@ -24,7 +24,8 @@ from .schema import Section
 
 ARRIVALS = ("all_at_once", "fixed_rate", "poisson", "trace", "closed_loop")
 # the keys each arrival kind takes besides `kind`
-ARRIVAL_KEYS = {"all_at_once": (), "fixed_rate": ("rate_rps",), "poisson": ("rate_rps",),
+ARRIVAL_KEYS = {"all_at_once": (), "fixed_rate": ("rate_rps",),
+                "poisson": ("rate_rps", "step_at_s", "step_rate_rps"),
                 "trace": ("csv",), "closed_loop": ("clients", "think_s")}
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal", "empirical", "dataset")
 # Sanity bounds on user input, far beyond any real workload (and what a simulation could finish):
@@ -95,6 +96,8 @@ class Workload:
     think_s: float = 0.0
     trace_rows: tuple = ()          # (arrival_s, prompt_tokens, output_tokens) for 'trace'
     lengths: Optional[LengthPairs] = None     # prompt and output drawn together (else each alone)
+    step_at_s: float = 0.0          # poisson: the rate becomes step_rate_rps at this time (0: never)
+    step_rate_rps: float = 0.0
 
     def generate(self, rng: np.random.Generator) -> list[Request]:
         """All requests, in arrival order (closed-loop arrivals are placeholders at 0)."""
@@ -113,6 +116,11 @@ class Workload:
         elif self.arrival == "poisson":
             times = np.cumsum(rng.exponential(1.0 / self.rate_rps, size=n))
             times -= times[0]
+            if self.step_at_s > 0:        # a rate step: the same unit-rate process, its clock
+                work = times * self.rate_rps          # stretched by the rate in force
+                cut = self.step_at_s * self.rate_rps
+                times = np.where(work <= cut, work / self.rate_rps,
+                                 self.step_at_s + (work - cut) / self.step_rate_rps)
         else:       # all_at_once (an offline throughput benchmark); closed_loop sets its own
             times = np.zeros(n)
         return [Request(i, float(times[i]), int(prompts[i]), int(outputs[i]), self.batch,
@@ -290,6 +298,11 @@ def parse_workload(value, where: str, key: str = "workload",
     if kind == "trace":
         path = resolve_path(arrival_sec.get("csv", str), base_dir)
         rows = _trace_rows(path, where, arrival_sec.key("csv"))
+    step_at = arrival_sec.get("step_at_s", float, 0.0, min=0.0, min_open=True, max=MAX_TIME_S)
+    step_rate = arrival_sec.get("step_rate_rps", float, 0.0, min=0.0, min_open=True)
+    if arrival_sec.has("step_at_s") != arrival_sec.has("step_rate_rps"):
+        missing = "step_rate_rps" if arrival_sec.has("step_at_s") else "step_at_s"
+        raise arrival_sec.error(missing, "a rate step needs both step_at_s and step_rate_rps")
     arrival_sec.done()
     n = sec.get("requests", int, len(rows) if rows else None, min=1, max=MAX_REQUESTS)
     if n is None:
@@ -297,7 +310,8 @@ def parse_workload(value, where: str, key: str = "workload",
     if rows and n > len(rows):
         raise sec.error("requests", f"is {n} but the trace {path} has only {len(rows)} rows; "
                         "give at most that many, or leave requests out to replay the whole trace")
-    _check_horizon(arrival_sec, kind, n, rate, clients, think)
+    _check_horizon(arrival_sec, kind, n, min(rate, step_rate) if step_rate else rate, clients,
+                   think)
     pairs = _parse_pairs(sec, kind) if sec.has("lengths") else None
     wl = Workload(
         requests=n, arrival=kind, rate_rps=rate,
@@ -305,6 +319,7 @@ def parse_workload(value, where: str, key: str = "workload",
         prompt=parse_length(sec.raw("prompt_tokens", 512), where, sec.key("prompt_tokens"), base_dir),
         output=parse_length(sec.raw("output_tokens", 1), where, sec.key("output_tokens"), base_dir),
         warmup=sec.get("warmup", int, 0, min=0), clients=clients, think_s=think, trace_rows=rows,
+        step_at_s=step_at, step_rate_rps=step_rate,
         lengths=pairs)
     if wl.warmup >= wl.requests:
         raise sec.error("warmup", f"must be less than requests ({wl.requests}), got {wl.warmup}")

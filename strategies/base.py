@@ -75,6 +75,11 @@ class Strategy:
         """Layers per pipeline stage when given explicitly (None: as even as possible)."""
         return None
 
+    def layouts(self) -> list:
+        """[((tp, pp), stage layers or None, resident requests)] of every weight placement the
+        strategy uses, for the memory check (one, unless it switches configurations)."""
+        return [(self.parallel_layout(), self.stage_layers(), self.resident_requests())]
+
     def resident_requests(self) -> int:
         """How many requests' KV caches a device may hold at once, for the memory check."""
         return 1

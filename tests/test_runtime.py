@@ -78,7 +78,7 @@ def test_sim_runtime_implements_the_protocol():
                 "query", "synchronize", "wait_any", "when", "profiled_seconds",
                 "profiled_slowdown", "next_request", "try_next_request", "first_token_when",
                 "finish_when", "mirror", "launch_paced", "record_all", "next_batch",
-                "try_next_batch", "batch_done_when"}
+                "try_next_batch", "batch_done_when", "waiting"}
     assert RUNTIME_VERBS == expected
 
 

@@ -94,6 +94,12 @@ REDUCTIONS: dict[str, dict[str, Any]] = {
         "workload.warmup": 2,
         "workload.arrival.rate_rps": [2.0, 12.0],
     },
+    # Llama-2-13B with 4 of its layers; 100 requests, so that the step (at 40 s) is still inside
+    # the run: 2 req/s before it, 12 after.
+    "adaptive-step": {
+        "model.layers": 4,
+        "workload.requests": 100,
+    },
     "liger-artifact-2xv100": {
         "workload.requests": 24,
         "workload.warmup": 4,
