@@ -161,3 +161,16 @@ def load_search_jobs():
     from pathlib import Path
     with tempfile.TemporaryDirectory() as tmp:
         return load_search(_write(Path(tmp))).jobs
+
+
+def test_a_search_compares_adaptive_with_the_fixed_configurations(tmp_path):
+    spec = {k: v for k, v in SPEC.items() if k != "serving"}
+    spec.update(devices=2, strategies=["tp", {"name": "pp", "tp": 1, "label": "pp"},
+                                       {"name": "adaptive", "low": "tp", "high": "pp",
+                                        "up_queue": 2, "label": "adaptive"}])
+    spec["search"] = {"load": {"find": "max_rate", "low_rps": 1, "high_rps": 400,
+                               "tolerance": 0.3}, "slo": {"e2e_p90_s": 0.5}}
+    result = run_search(_write(tmp_path, spec), str(tmp_path / "out"), progress=lambda _m: None)
+    frame = result.frame.set_index("strategy")
+    assert set(frame.index) == {"tp", "pp", "adaptive"}
+    assert (frame["status"] == "ok").all() and (frame["best_rate_rps"] > 1).all()
