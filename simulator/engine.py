@@ -230,12 +230,7 @@ class SimRuntime(ServingVerbs):
         with a batch `scheduler` (simulator/batching.py) the host is `strategy.batch_host`."""
         strategy.setup(self)
         self.env.process(source(self.serving))
-        if scheduler is not None:
-            self.serving.scheduler = scheduler
-            scheduler.serving = self.serving
-            host = self.env.process(strategy.batch_host(self))
-        else:
-            host = self.env.process(strategy.host(self))
+        host = self.env.process(self.serving.host_program(strategy, self, scheduler))
         self.env.run()
         self._check_idle(host)
         return self._trace()

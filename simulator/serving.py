@@ -102,6 +102,15 @@ class Serving:
         """Requests that have arrived and not been taken by the host."""
         return len(self._queue)
 
+    def host_program(self, strategy, rt, scheduler=None) -> Generator:
+        """The strategy's host program on runtime `rt`: `batch_host` with a batch `scheduler`
+        (which this serving layer then feeds), else `host`."""
+        if scheduler is None:
+            return strategy.host(rt)
+        self.scheduler = scheduler
+        scheduler.serving = self
+        return strategy.batch_host(rt)
+
     # ------------------------------------------------------------------------------ batches
     def next_batch(self, woken: Callable[[], bool], parts: int = 1) -> Generator:
         """Host blocks until the scheduler has a step to run (returns its Batch) or `woken()`

@@ -260,12 +260,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
             if self.cuda:                                          # pragma: no cover
                 self._start_cuda()
             self.driver.spawn(source(self.serving))
-            if scheduler is not None:
-                self.serving.scheduler = scheduler
-                scheduler.serving = self.serving
-                host = self.driver.spawn(strategy.batch_host(self))
-            else:
-                host = self.driver.spawn(strategy.host(self))
+            host = self.driver.spawn(self.serving.host_program(strategy, self, scheduler))
             self.driver.run(self._idle, self.stall_s, self._stalled)
             end_s = self.clock.now
             if self._error is not None:
