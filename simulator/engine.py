@@ -253,9 +253,5 @@ class SimRuntime(ServingVerbs):
         meta = {"devices": self.devices, "hardware": self.hw.name, "makespan_s": self.machine.end_s,
                 "ops": rec.ops, "marks": rec.marks, "rows_from_s": rec.keep_from_s}
         trace = Trace(rec.kept, self.serving.records(rec.first_start), meta, rec.device_stats())
-        sched = self.serving.scheduler
-        if sched is not None:
-            trace.steps, trace.itl_s = sched.steps, sched.itl_s
-            meta["preemptions"] = sched.preemptions
-            meta["kv_blocks"] = sched.kv_blocks
+        self.serving.add_batching(trace)
         return trace

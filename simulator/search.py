@@ -78,7 +78,6 @@ class Config:
     best_rate: float = 0.0
     probes: int = 0
     status: str = "searching"
-    rows: list = field(default_factory=list)
 
 
 def load_search(path: str) -> SearchSpec:
@@ -185,7 +184,6 @@ def next_rate(c: Config, load: Load) -> Optional[float]:
 
 def record(c: Config, rate: float, row: dict, slo: dict, load: Load) -> None:
     c.probes += 1
-    c.rows.append((rate, row))
     ok = meets(row, slo, rate, load.keep_up if load.find else 0.0)
     if ok and rate >= c.best_rate:
         c.best, c.best_rate = row, rate
@@ -320,8 +318,8 @@ def _frame(spec: SearchSpec, configs: dict) -> pd.DataFrame:
 
 def _rank(result: SearchResult) -> None:
     f = result.frame
-    ok = f[f["goodput_per_gpu_rps"].notna() & f["status"].isin(["ok"]) |
-           f["status"].str.startswith("meets the SLO up to")]
+    ranked = (f["status"] == "ok") | f["status"].str.startswith("meets the SLO up to")
+    ok = f[ranked & f["goodput_per_gpu_rps"].notna()]
     ok = ok[ok["goodput_per_gpu_rps"] > 0]
     if ok.empty:
         return

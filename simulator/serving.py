@@ -155,6 +155,16 @@ class Serving:
             fn(rec.request, t)
 
     # ------------------------------------------------------------------------------ results
+    def add_batching(self, trace) -> None:
+        """With a batch scheduler: its steps, inter-token gaps, preemptions and KV blocks go into
+        `trace` (a runtime's finished Trace)."""
+        sched = self.scheduler
+        if sched is None:
+            return
+        trace.steps, trace.itl_s = sched.steps, sched.itl_s
+        trace.meta["preemptions"] = sched.preemptions
+        trace.meta["kv_blocks"] = sched.kv_blocks
+
     def unfinished(self) -> list[int]:
         return [rid for rid, rec in self._requests.items() if rec.finish_s is None]
 

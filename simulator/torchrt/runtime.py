@@ -322,9 +322,5 @@ class TorchRuntime(CudaParts, ServingVerbs):
                 "ops": rec.ops, "marks": rec.marks, "rows_from_s": 0.0, "runtime": "torch",
                 "device_type": self.device_type, "wall_s": end_s}
         trace = Trace(rec.kept, self.serving.records(rec.first_start), meta, rec.device_stats())
-        sched = self.serving.scheduler
-        if sched is not None:
-            trace.steps, trace.itl_s = sched.steps, sched.itl_s
-            meta["preemptions"] = sched.preemptions
-            meta["kv_blocks"] = sched.kv_blocks
+        self.serving.add_batching(trace)
         return trace
