@@ -200,19 +200,34 @@ class CostModel:
                       f"tile {plan.tile_m}x{plan.tile_n}, split-k {plan.split_k}")
 
     def _attention(self, op: Attention) -> OpCost:
-        dev = self.hw.device
-        blocks = op.batch * op.heads * math.ceil(op.q_len / ATTENTION_Q_TILE)
-        wave_eff = blocks / (dev.sms * math.ceil(blocks / dev.sms))
-        compute_s = op.flops / (self._peak(op.dtype) * dev.attention_efficiency * wave_eff)
-        return self._roofline(compute_s, op.flops, op.bytes)
+        tiles = op.batch * op.heads * math.ceil(op.q_len / ATTENTION_Q_TILE)
+        blocks = op.batch * op.kv_heads if op.q_len == 1 else tiles
+        return self._attention_time(op.flops, op.bytes, op.dtype, tiles, blocks)
 
     def _ragged_attention(self, op: RaggedAttention) -> OpCost:
         """As `_attention`, with the thread blocks of each sequence's own query tiles."""
+        tiles = op.q_tiles * op.heads
+        blocks = op.seqs * op.kv_heads if op.q_tokens == op.seqs else tiles
+        return self._attention_time(op.flops, op.bytes, op.dtype, tiles, blocks)
+
+    def _attention_time(self, flops: float, nbytes: float, dtype: str, tiles: int,
+                        blocks: int) -> OpCost:
+        """FlashAttention-style kernel: the larger of its compute time and its memory time, plus
+        the attention floor and the kernel overhead. Compute: the math (one thread block per
+        128-query tile and head, wave-quantised) plus `attention_block_s` per wave of `blocks`
+        thread blocks (one per query tile and head in prefill, one per sequence and KV head in
+        decode): each block's fixed prologue and epilogue, whatever its work. Memory: the bytes
+        at the attention kernels' own bandwidth efficiency."""
         dev = self.hw.device
-        blocks = op.q_tiles * op.heads
-        wave_eff = blocks / (dev.sms * math.ceil(blocks / dev.sms))
-        compute_s = op.flops / (self._peak(op.dtype) * dev.attention_efficiency * wave_eff)
-        return self._roofline(compute_s, op.flops, op.bytes)
+        wave_eff = tiles / (dev.sms * math.ceil(tiles / dev.sms))
+        compute_s = (flops / (self._peak(dtype) * dev.attention_efficiency * wave_eff)
+                     + math.ceil(blocks / dev.sms) * dev.attention_block_s)
+        mem_eff = dev.attention_memory_efficiency or dev.memory_efficiency
+        memory_s = nbytes / (dev.memory_bandwidth_bytes_per_s * mem_eff)
+        fixed = dev.kernel_overhead_s + dev.attention_floor_s
+        if compute_s >= memory_s:
+            return OpCost(compute_s + fixed, "compute", "compute", flops, nbytes)
+        return OpCost(memory_s + fixed, "memory", "memory", flops, nbytes)
 
     def _memory(self, nbytes: float) -> OpCost:
         dev = self.hw.device

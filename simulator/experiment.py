@@ -25,8 +25,8 @@ from .safe_yaml import read_yaml_file
 from .schema import Section
 
 TOP_KEYS = ("name", "description", "model", "hardware", "devices", "seed", "strategies",
-            "workload", "serving", "slo", "outputs")
-NOT_SWEPT = ("values",)          # keys whose list value is data, not a sweep axis
+            "workload", "serving", "slo", "outputs", "execution", "measured_tables")
+NOT_SWEPT = ("values", "families")          # keys whose list value is data, not a sweep axis
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ class DeviceSpec:
     attention_efficiency: float
     memory_efficiency: float
     kernel_overhead_s: float                 # fixed cost of every kernel (launch-to-start on the GPU, tail)
+    # Attention kernels' own floors (cost.py): the fraction of memory bandwidth their reads reach
+    # (None: memory_efficiency), a fixed time above kernel_overhead_s (split-KV combine, prologue),
+    # and the time of one wave of thread blocks however little each block does. Zero: no floor.
+    attention_memory_efficiency: float | None = None
+    attention_floor_s: float = 0.0
+    attention_block_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,19 @@ class ContentionSpec:
 
 
 @dataclass(frozen=True)
+class GraphsSpec:
+    """What changes under ``execution: graphs`` (a serving engine's CUDA graphs and custom
+    all-reduce): the host's time per kernel of a replayed graph, the device's fixed time per kernel
+    inside a graph, and the collectives (custom all-reduce for small messages, NCCL for large)."""
+    launch_overhead_s: float
+    kernel_overhead_s: float
+    collectives: Mapping[int, "LinkParams"]
+
+
+EXECUTIONS = ("eager", "graphs")
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     name: str
     description: str
@@ -118,6 +137,32 @@ class HardwareProfile:
     path: str = ""
     # op family -> measured times the cost model prefers to its roofline (cost_tables.py)
     measured_tables: Mapping[str, MeasuredTable] = field(default_factory=lambda: MappingProxyType({}))
+    graphs: GraphsSpec | None = None          # numbers for execution: graphs, where known
+    database: object = None                   # aiconfigurator.DatabaseSpec the profile names
+    execution: str = "eager"
+
+    def for_execution(self, execution: str, where: str = "experiment",
+                      key: str = "execution") -> "HardwareProfile":
+        """This profile as a run in `execution` mode sees it. ``graphs`` swaps in the profile's
+        `execution.graphs` numbers; a ConfigError if the profile has none."""
+        from dataclasses import replace
+        if execution not in EXECUTIONS:
+            raise ConfigError(where, key, f"must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
+        if execution == self.execution:
+            return self
+        if execution == "eager":
+            raise ConfigError(where, key, f"profile {self.name!r} was already switched to "
+                              f"{self.execution}; load it again for eager")
+        if self.graphs is None:
+            raise ConfigError(where, key, f"hardware {self.name!r} has no numbers for graphs "
+                              "(its profile lacks execution.graphs); use execution: eager or add them")
+        g = self.graphs
+        collectives = dict(self.interconnect.collectives)
+        collectives.update(g.collectives)
+        ic = replace(self.interconnect, collectives=MappingProxyType(dict(sorted(collectives.items()))))
+        return replace(self, launch_overhead_s=g.launch_overhead_s, interconnect=ic,
+                       device=replace(self.device, kernel_overhead_s=g.kernel_overhead_s),
+                       execution=execution)
 
     def with_contention(self, contention: ContentionSpec) -> "HardwareProfile":
         from dataclasses import replace
@@ -169,16 +214,22 @@ def _regimes(r: _Reader, entry: Section) -> list[Regime]:
     return out
 
 
-def _tables(r: _Reader, top: Section, base_dir: str) -> Mapping[str, MeasuredTable]:
+def _tables(r: _Reader, top: Section, base_dir: str) -> tuple:
     """``measured_tables: {FAMILY: {csv: PATH, source: "KIND: ..."}}``, PATH relative to `base_dir`
-    (the profile's folder). YAML errors name the profile and key, CSV errors the CSV and row."""
+    (the profile's folder), and optionally ``aiconfigurator: {system, framework, version,
+    families}`` (AIConfigurator's database, loaded when a run builds). YAML errors name the profile
+    and key, CSV errors the CSV and row. Returns (family -> table, database spec or None)."""
     if not top.has("measured_tables"):
-        return MappingProxyType({})
+        return MappingProxyType({}), None
     sec = top.section("measured_tables")
-    tables = {}
-    for family in list(sec.data):
+    tables, database = {}, None
+    if sec.has("aiconfigurator"):
+        from .aiconfigurator import parse_spec
+        database = parse_spec(sec.section("aiconfigurator"))
+    for family in [f for f in sec.data if f != "aiconfigurator"]:
         if family not in FAMILIES:
-            raise sec.error(family, "unknown op family; allowed: " + ", ".join(FAMILIES))
+            raise sec.error(family, "unknown op family; allowed: " + ", ".join(FAMILIES)
+                            + ", or aiconfigurator")
         entry = sec.section(family)
         csv_path = entry.get("csv", str)
         source = entry.get("source", str)
@@ -192,7 +243,45 @@ def _tables(r: _Reader, top: Section, base_dir: str) -> Mapping[str, MeasuredTab
         tables[family] = load_table_csv(path, family, source)
         r.sources[entry.path] = source
     sec.done()
-    return MappingProxyType(tables)
+    return MappingProxyType(tables), database
+
+
+def _collectives(r: _Reader, coll: Section) -> dict:
+    """``{GROUP_SIZE: {alpha_us, busbw_gb_per_s} or {regimes: [...]}, ...}`` -> size -> LinkParams."""
+    collectives = {}
+    for size_key in list(coll.data):
+        try:
+            size = int(size_key)
+        except ValueError:
+            raise coll.error(size_key, "group sizes must be integers >= 2") from None
+        if size < 2:
+            raise coll.error(size_key, "group sizes must be integers >= 2")
+        entry = coll.section(size_key)
+        if entry.has("regimes"):
+            collectives[size] = LinkParams.of_regimes(_regimes(r, entry))
+        else:
+            collectives[size] = LinkParams(
+                alpha_s=r.number(entry, "alpha_us", min_open=False) * 1e-6,
+                bandwidth_bytes_per_s=r.number(entry, "busbw_gb_per_s") * 1e9)
+        entry.done()
+    coll.done()
+    if not collectives:
+        raise coll.error("2", "at least one group size is required")
+    return collectives
+
+
+def _graphs(r: _Reader, top: Section) -> GraphsSpec | None:
+    """``execution: {graphs: {launch_overhead_us, kernel_overhead_us, collectives}}``, optional."""
+    if not top.has("execution"):
+        return None
+    ex = top.section("execution")
+    g = ex.section("graphs")
+    spec = GraphsSpec(r.number(g, "launch_overhead_us", min_open=False) * 1e-6,
+                      r.number(g, "kernel_overhead_us", min_open=False) * 1e-6,
+                      MappingProxyType(_collectives(r, g.section("collectives"))))
+    g.done()
+    ex.done()
+    return spec
 
 
 def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
@@ -222,6 +311,12 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
         attention_efficiency=r.number(dev, "attention_efficiency", max=1.0),
         memory_efficiency=r.number(dev, "memory_efficiency", max=1.0),
         kernel_overhead_s=r.number(dev, "kernel_overhead_us", min_open=False) * 1e-6,
+        attention_memory_efficiency=(r.number(dev, "attention_memory_efficiency", max=1.0)
+                                     if dev.has("attention_memory_efficiency") else None),
+        attention_floor_s=(r.number(dev, "attention_floor_us", min_open=False) * 1e-6
+                           if dev.has("attention_floor_us") else 0.0),
+        attention_block_s=(r.number(dev, "attention_block_us", min_open=False) * 1e-6
+                           if dev.has("attention_block_us") else 0.0),
     )
     dev.done()
 
@@ -231,26 +326,7 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
 
     ic = top.section("interconnect")
     topology = ic.get("topology", str, choices=TOPOLOGIES)
-    coll = ic.section("collectives")
-    collectives = {}
-    for size_key in list(coll.data):
-        try:
-            size = int(size_key)
-        except ValueError:
-            raise coll.error(size_key, "group sizes must be integers >= 2") from None
-        if size < 2:
-            raise coll.error(size_key, "group sizes must be integers >= 2")
-        entry = coll.section(size_key)
-        if entry.has("regimes"):
-            collectives[size] = LinkParams.of_regimes(_regimes(r, entry))
-        else:
-            collectives[size] = LinkParams(
-                alpha_s=r.number(entry, "alpha_us", min_open=False) * 1e-6,
-                bandwidth_bytes_per_s=r.number(entry, "busbw_gb_per_s") * 1e9)
-        entry.done()
-    coll.done()
-    if not collectives:
-        raise coll.error("2", "at least one group size is required")
+    collectives = _collectives(r, ic.section("collectives"))
     p2p_sec = ic.section("p2p")
     p2p = LinkParams(alpha_s=r.number(p2p_sec, "alpha_us", min_open=False) * 1e-6,
                      bandwidth_bytes_per_s=r.number(p2p_sec, "bandwidth_gb_per_s") * 1e9)
@@ -278,10 +354,11 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
             "of its class would get none of the resource")
     con.done()
     contention = ContentionSpec(model, MappingProxyType(slowdown), share)
-    tables = _tables(r, top, base_dir)
+    tables, database = _tables(r, top, base_dir)
+    graphs = _graphs(r, top)
     top.done()
     return HardwareProfile(name, description, max_devices, device, launch, interconnect, contention,
-                           MappingProxyType(r.sources), where, tables)
+                           MappingProxyType(r.sources), where, tables, graphs, database=database)
 
 
 def builtin_names() -> list[str]:

@@ -9,7 +9,7 @@ heads); `validate_jobs` sorts a sweep's jobs into feasible and infeasible ones.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -17,14 +17,16 @@ import numpy as np
 import strategies as strategy_registry
 from strategies.base import Strategy
 
+from . import aiconfigurator as aic
 from .batching import Scheduler, ServingConfig, check_workload_fits, kv_cache_blocks, parse_serving
 from .engine import SimRuntime
 from .errors import ConfigError, PointError
 from .experiment import Job
-from .hardware import HardwareProfile, load_hardware
+from .cost_tables import merge_tables
+from .hardware import EXECUTIONS, HardwareProfile, load_hardware
 from .metrics import Slo, parse_slo
 from .model import ModelSpec, check_fits, load_model, memory_per_device
-from .schema import check_value
+from .schema import Section, check_value
 from .trace import Trace
 from .workload import Workload, parse_workload
 
@@ -46,6 +48,7 @@ def build(job: Job) -> Built:
     """Turn one job's plain configuration into validated objects (ConfigError on bad input)."""
     where, cfg = job.where, job.config
     hardware = load_hardware(_resolve(cfg["hardware"], job.base_dir), where=where, key="hardware")
+    hardware = with_execution(hardware, cfg, where)
     model_spec = cfg["model"]
     if isinstance(model_spec, str) and (model_spec.endswith(".json") or os.sep in model_spec):
         model_spec = _resolve(model_spec, job.base_dir)
@@ -96,6 +99,29 @@ def _build_continuous(job, model, hardware, devices, workload, strategy, seed, s
             f"longest request needs {need}; use more devices, a larger fraction or shorter "
             "requests"))
     return Built(model, hardware, devices, workload, strategy, seed, slo, serving, blocks)
+
+
+def with_execution(hardware: HardwareProfile, cfg: dict, where: str) -> HardwareProfile:
+    """The profile as the experiment runs it: its `execution` mode (eager or graphs), and the
+    measured tables of AIConfigurator's database that the profile or the experiment names (the
+    experiment's replacing the profile's); the profile's own CSV tables stay on top."""
+    execution = check_value(cfg.get("execution", "eager"), str, where, "execution",
+                            choices=EXECUTIONS)
+    hardware = hardware.for_execution(execution, where, "execution")
+    spec, key = hardware.database, "hardware.measured_tables.aiconfigurator"
+    if cfg.get("measured_tables") is not None:
+        spec, key = parse_measured_tables(cfg["measured_tables"], where), "measured_tables"
+    if spec is None:
+        return hardware
+    database = aic.load_spec(spec, execution, where, key)
+    return replace(hardware, measured_tables=merge_tables(database, hardware.measured_tables))
+
+
+def parse_measured_tables(data: Any, where: str) -> "aic.DatabaseSpec":
+    sec = Section(data, where, "measured_tables")
+    spec = aic.parse_spec(sec.section("aiconfigurator"))
+    sec.done()
+    return spec
 
 
 def make_strategy(spec: dict, model: ModelSpec, devices: int, where: str, key: str) -> Strategy:
