@@ -349,13 +349,14 @@ def kv_cache_blocks(model, memory_bytes: float, tp: int, pp: int, split, cfg: Se
                     activation_tokens: int) -> tuple[int, float]:
     """(KV blocks, bytes per block) on the fullest device: `kv_cache_memory_fraction` of what is
     left after the weights and the activations of an `activation_tokens`-token step
-    (model.memory_per_device's terms), over the bytes of one block of that device's layers."""
+    (model.memory_per_device's terms), over the bytes of one block of that device's layers
+    (block_size tokens x K and V x local KV width x the model's `kv_dtype_bytes`)."""
     from .model import memory_per_device, split_layers
     fp = memory_per_device(model, tp, pp, 1, activation_tokens, split)
     left = memory_bytes - fp.weights_bytes - fp.activation_bytes
     stages = tuple(split) if split is not None else split_layers(model.layers, pp)
     kv_local = max(model.kv_heads // tp, 1) * model.head_dim
-    block_bytes = float(cfg.block_size * 2 * kv_local * model.dtype_bytes * max(stages))
+    block_bytes = float(cfg.block_size * 2 * kv_local * model.kv_dtype_bytes * max(stages))
     if left <= 0:
         return 0, block_bytes
     return int(math.floor(cfg.kv_cache_memory_fraction * left / block_bytes)), block_bytes

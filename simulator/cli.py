@@ -95,13 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     g = cs.add_parser("gemm")
     for k in ("m", "n", "k"):
         g.add_argument(f"--{k}", type=int, required=True)
-    g.add_argument("--dtype", default="fp16")
+    g.add_argument("--dtype", default="fp16", help="the operands' dtype (sets the rate)")
+    g.add_argument("--out-dtype", default=None, help="the output's dtype (default: --dtype; an "
+                   "fp8 GEMM of a served model writes bf16)")
     a = cs.add_parser("attention")
     for k, d in (("batch", 1), ("q-len", None), ("kv-len", None), ("heads", None),
                  ("kv-heads", None), ("head-dim", 128)):
         a.add_argument(f"--{k}", type=int, required=d is None, default=d)
     a.add_argument("--no-causal", action="store_true")
-    a.add_argument("--dtype", default="fp16")
+    a.add_argument("--dtype", default="fp16", help="queries' and compute dtype")
+    a.add_argument("--kv-dtype", default=None, help="the KV cache's dtype (default: --dtype)")
     e = cs.add_parser("elementwise")
     e.add_argument("--bytes", type=float, required=True)
     for kind in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all"):
@@ -326,7 +329,9 @@ def _models(args) -> int:
                   f"hidden {m.hidden}, heads {m.heads}/{m.kv_heads}, ffn {m.ffn}")
         return 0
     m = load_model(args.name, where="argument")
-    print(json.dumps({**m.__dict__, "params": m.total_params(), "weight_bytes": m.weight_bytes(),
+    print(json.dumps({**m.__dict__, "kv_dtype": m.kv_cache_dtype,
+                      "activation_dtype": m.activation_dtype, "params": m.total_params(),
+                      "weight_bytes": m.weight_bytes(),
                       "kv_cache_bytes_per_token": m.kv_cache_bytes_per_token()}, indent=2))
     return 0
 
@@ -334,7 +339,7 @@ def _models(args) -> int:
 def _cost(args) -> int:
     from .cost import CostModel
     from .hardware import load_hardware
-    from .ops import Attention, Collective, Elementwise, Gemm, SendRecv
+    from .ops import DTYPE_BYTES, Attention, Collective, Elementwise, Gemm, SendRecv
     hw = load_hardware(args.hardware, where="argument", key="--hardware")
     for name in ("m", "n", "k", "batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "devices"):
         v = getattr(args, name, None)
@@ -346,13 +351,18 @@ def _cost(args) -> int:
     if dtype not in hw.device.peak_flops:
         raise ConfigError("argument", "--dtype", f"{dtype!r} not in profile {hw.name}; it has "
                           + ", ".join(hw.device.peak_flops))
+    for flag in ("out_dtype", "kv_dtype"):
+        value = getattr(args, flag, None)
+        if value is not None and value not in DTYPE_BYTES:
+            raise ConfigError("argument", f"--{flag.replace('_', '-')}", f"{value!r} is not one "
+                              "of " + ", ".join(DTYPE_BYTES))
     if args.op == "gemm":
-        op = Gemm(args.m, args.n, args.k, dtype)
+        op = Gemm(args.m, args.n, args.k, dtype, out_dtype=args.out_dtype)
     elif args.op == "attention":
         if args.kv_len < args.q_len:
             raise ConfigError("argument", "--kv-len", "must be >= --q-len")
         op = Attention(args.batch, args.q_len, args.kv_len, args.heads, args.kv_heads, args.head_dim,
-                       not args.no_causal, dtype)
+                       not args.no_causal, dtype, kv_dtype=args.kv_dtype)
     elif args.op == "elementwise":
         op = Elementwise(args.bytes)
     elif args.op == "send-recv":

@@ -8,13 +8,16 @@ family             key columns                                            axis  
 =================  =====================================================  =========  =========
 gemm               m, n, k, dtype                                         m          linear
 attention          batch, q_len, kv_len, heads, kv_heads, head_dim,       kv_len     linear
-                   causal, dtype
+                   causal, dtype, kv_dtype (optional: default dtype)
 elementwise        bytes                                                  bytes      log-log
 all_reduce, ...    devices, bytes                                         bytes      log-log
 send_recv          bytes                                                  bytes      log-log
 =================  =====================================================  =========  =========
 
 (`all_reduce`, `all_gather`, `reduce_scatter` and `all_to_all` share the collective columns.)
+A gemm row's `dtype` is its operands' (fp8: an FP8 GEMM, whatever its output dtype); an attention
+row's `dtype` is its queries' and compute dtype and `kv_dtype` its KV cache's, so a row measured
+with a 16-bit cache never stands for an FP8-cache op.
 
 `MeasuredTable.lookup(key, x)` answers for an op whose non-axis columns are `key` and whose axis
 value is `x`: the measured time where a row has exactly that axis value, else the interpolation
@@ -40,12 +43,15 @@ COLLECTIVE_FAMILIES = COLLECTIVES
 # family -> (key columns in order, the axis column, interpolation: "linear" or "loglog")
 FAMILIES: Mapping[str, tuple] = MappingProxyType({
     "gemm": (("m", "n", "k", "dtype"), "m", "linear"),
-    "attention": (("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal", "dtype"),
-                  "kv_len", "linear"),
+    "attention": (("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal", "dtype",
+                   "kv_dtype"), "kv_len", "linear"),
     "elementwise": (("bytes",), "bytes", "loglog"),
     **{kind: (("devices", "bytes"), "bytes", "loglog") for kind in COLLECTIVE_FAMILIES},
     "send_recv": (("bytes",), "bytes", "loglog"),
 })
+# optional key column -> the column whose value it takes when a row leaves it out
+OPTIONAL_COLUMNS: Mapping[str, str] = MappingProxyType({"kv_dtype": "dtype"})
+DTYPE_COLUMNS = ("dtype", "kv_dtype")
 SECONDS = "seconds"
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # columns that hold a size in bytes (a positive number); every other non-dtype, non-causal key
@@ -66,15 +72,15 @@ def source_problem(source: Any) -> str:
 
 def columns(family: str) -> tuple:
     """The CSV columns a table of `family` must have (other columns are ignored)."""
-    return FAMILIES[family][0] + (SECONDS,)
+    return tuple(c for c in FAMILIES[family][0] if c not in OPTIONAL_COLUMNS) + (SECONDS,)
 
 
 def _cell(column: str, text: str) -> Any:
     """One CSV cell as its typed value; ValueError with the reason if it is not one."""
     text = text.strip()
-    if column == "dtype":
+    if column in DTYPE_COLUMNS:
         if text not in DTYPE_BYTES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {text!r}")
+            raise ValueError(f"{column} must be one of {', '.join(DTYPE_BYTES)}, got {text!r}")
         return text
     if column == "causal":
         low = text.lower()
@@ -134,6 +140,9 @@ class MeasuredTable:
         for i, row in enumerate(rows, start=1):
             values = {}
             for column in keys + (SECONDS,):
+                if column in OPTIONAL_COLUMNS and str(row.get(column, "")).strip() == "":
+                    values[column] = values[OPTIONAL_COLUMNS[column]]     # absent or blank
+                    continue
                 if column not in row:
                     raise ConfigError(where, f"row {i}", f"missing column {column!r}")
                 text = row[column]

@@ -25,7 +25,7 @@ from .experiment import Job
 from .cost_tables import merge_tables
 from .hardware import EXECUTIONS, HardwareProfile, load_hardware
 from .metrics import Slo, parse_slo
-from .model import ModelSpec, check_fits, load_model, memory_per_device
+from .model import PRESETS, ModelSpec, check_fits, dtype_problem, load_model, memory_per_device
 from .schema import Section, check_value
 from .trace import Trace
 from .workload import Workload, parse_workload
@@ -53,10 +53,7 @@ def build(job: Job) -> Built:
     if isinstance(model_spec, str) and (model_spec.endswith(".json") or os.sep in model_spec):
         model_spec = _resolve(model_spec, job.base_dir)
     model = load_model(model_spec, where, "model")
-    if model.dtype not in hardware.device.peak_flops:
-        raise PointError(where, "model", f"model {model.name} computes in {model.dtype} but profile "
-                         f"{hardware.name} has rates only for " + ", ".join(hardware.device.peak_flops)
-                         + "; set the model's dtype, e.g. {preset: NAME, dtype: fp16}")
+    _check_dtypes(model, cfg["model"], hardware, where)
     devices = check_value(cfg["devices"], int, where, "devices", min=1, max=hardware.max_devices)
     seed = check_value(cfg.get("seed", 0), int, where, "seed", min=0)
     workload = parse_workload(cfg["workload"], where, "workload", base_dir=job.base_dir)
@@ -122,6 +119,20 @@ def parse_measured_tables(data: Any, where: str) -> "aic.DatabaseSpec":
     spec = aic.parse_spec(sec.section("aiconfigurator"))
     sec.done()
     return spec
+
+
+def _check_dtypes(model: ModelSpec, spec: Any, hardware: HardwareProfile, where: str) -> None:
+    """PointError at `model.dtype` or `model.kv_dtype` (`model` when `spec` is a preset name or a
+    config.json) when `hardware` cannot run one of the model's dtypes (model.dtype_problem)."""
+    problem = dtype_problem(model, hardware.device.peak_flops, hardware.name)
+    if problem is None:
+        return
+    field, message = problem
+    if isinstance(spec, dict):
+        raise PointError(where, f"model.{field}", message)
+    how = (f"{{preset: {spec}, {field}: ...}}" if isinstance(spec, str) and spec.lower() in PRESETS
+           else "the config.json's torch_dtype")
+    raise PointError(where, "model", f"{model.name}'s {field} {message} (set it with {how})")
 
 
 def make_strategy(spec: dict, model: ModelSpec, devices: int, where: str, key: str) -> Strategy:

@@ -5,34 +5,40 @@ YAML mapping by `load_model`, which turns every bad input into a `ConfigError`. 
 the standard decoder layer (Megatron-LM, Shoeybi et al. 2019; Narayanan et al. 2021): QKV projection
 hidden*(q + 2*kv), output projection q*hidden, MLP hidden*ffn*(3 if gated else 2), two norms. Biases,
 position embeddings and the final norm are left out (< 0.1 % of any preset); embeddings are untied.
+
+Precision (docs/models.md): `dtype` is the weights' and GEMM operands' dtype. A 16-bit or fp32
+`dtype` is also the activations' dtype. `fp8` is W8A8 FP8 serving (vLLM ``--quantization fp8``):
+the decoder layers' linear weights and their GEMM inputs are fp8, while the activations between
+kernels, the norms' weights, the embedding and the LM head stay in 16 bits (`activation_dtype`,
+bf16). `kv_dtype` is the KV cache's (default: the activation dtype, vLLM's ``--kv-cache-dtype
+auto``).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .hf_config import read_hf_config
 from .schema import Section, parse_with
 
 DTYPE_BYTES: Mapping[str, int] = MappingProxyType({"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1})
 GIB = 2 ** 30
 MAX_TP_LISTED = 64
 
-# Hugging Face `model_type`s whose MLP is gated (SwiGLU/GeGLU: gate, up and down projections).
-GATED_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
-                               "gemma3_text", "phi3", "olmo", "olmo2", "internlm2", "cohere", "granite"})
-UNGATED_MODEL_TYPES = frozenset({"opt", "gpt2", "gpt_neox", "gptj", "bloom", "falcon", "starcoder2",
-                                 "gpt_bigcode", "mpt", "phi"})
-_HF_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+# A dtype stored and multiplied in 8 bits keeps 16-bit activations (the quantised checkpoint's
+# original dtype; every GPU with FP8 tensor cores has BF16 ones).
+QUANTISED_DTYPES: Mapping[str, str] = MappingProxyType({"fp8": "bf16"})
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A dense decoder-only transformer. `head_dim` is always an int after construction (default
-    hidden // heads); construction validates and raises ValueError on an inconsistent shape."""
+    hidden // heads); construction validates and raises ValueError on an inconsistent shape.
+    `dtype` is the weights' (module doc); `kv_dtype` the KV cache's, None for the activation
+    dtype (read `kv_cache_dtype`, which resolves it)."""
     name: str
     layers: int
     hidden: int
@@ -43,6 +49,7 @@ class ModelSpec:
     vocab: int
     dtype: str = "fp16"
     head_dim: int | None = None
+    kv_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.head_dim is None and isinstance(self.heads, int) and self.heads > 0:
@@ -66,12 +73,39 @@ class ModelSpec:
             raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype {self.dtype!r} is not one of: {', '.join(DTYPE_BYTES)}")
+        if self.kv_dtype is not None and self.kv_dtype not in DTYPE_BYTES:
+            raise ValueError(f"kv_dtype {self.kv_dtype!r} is not one of: {', '.join(DTYPE_BYTES)}")
         if not isinstance(self.gated_mlp, bool):
             raise ValueError(f"gated_mlp must be a boolean, got {self.gated_mlp!r}")
 
     @property
+    def weight_dtype(self) -> str:
+        """The decoder layers' linear weights and their GEMMs' operands (and tensor-core rate)."""
+        return self.dtype
+
+    @property
+    def activation_dtype(self) -> str:
+        """Activations between kernels: GEMM outputs, norms, attention's queries and compute,
+        collectives and stage-to-stage sends; also the embedding, LM head and norm weights."""
+        return QUANTISED_DTYPES.get(self.dtype, self.dtype)
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        """The KV cache's elements: `kv_dtype`, else the activation dtype."""
+        return self.kv_dtype or self.activation_dtype
+
+    @property
     def dtype_bytes(self) -> int:
+        """Bytes of one weight element of the decoder layers' linear layers (`weight_dtype`)."""
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def activation_dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.activation_dtype]
+
+    @property
+    def kv_dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.kv_cache_dtype]
 
     @property
     def q_size(self) -> int:
@@ -81,12 +115,16 @@ class ModelSpec:
     def kv_size(self) -> int:
         return self.kv_heads * self.head_dim
 
-    def weight_params_per_layer(self) -> int:
-        """QKV + output projection + MLP + two norms of one decoder layer."""
+    def linear_params_per_layer(self) -> int:
+        """QKV + output projection + MLP of one decoder layer (the weights `dtype` stores)."""
         qkv = self.hidden * (self.q_size + 2 * self.kv_size)
         out = self.q_size * self.hidden
         mlp = self.hidden * self.ffn * (3 if self.gated_mlp else 2)
-        return qkv + out + mlp + 2 * self.hidden
+        return qkv + out + mlp
+
+    def weight_params_per_layer(self) -> int:
+        """QKV + output projection + MLP + two norms of one decoder layer."""
+        return self.linear_params_per_layer() + 2 * self.hidden
 
     def embedding_params(self) -> int:
         """Input embedding plus LM head (counted twice: untied)."""
@@ -96,11 +134,15 @@ class ModelSpec:
         return self.layers * self.weight_params_per_layer() + self.embedding_params()
 
     def weight_bytes(self) -> int:
-        return self.total_params() * self.dtype_bytes
+        """Linear weights in `dtype`; norms, embedding and LM head in the activation dtype (vLLM
+        quantises only linear layers: its FP8 LM head and embedding stay 16-bit)."""
+        other = self.total_params() - self.layers * self.linear_params_per_layer()
+        return (self.layers * self.linear_params_per_layer() * self.dtype_bytes
+                + other * self.activation_dtype_bytes)
 
     def kv_cache_bytes_per_token(self) -> int:
-        """K and V of one token over all layers: 2 * layers * kv_size * dtype_bytes."""
-        return 2 * self.layers * self.kv_size * self.dtype_bytes
+        """K and V of one token over all layers: 2 * layers * kv_size * kv_dtype_bytes."""
+        return 2 * self.layers * self.kv_size * self.kv_dtype_bytes
 
     def with_layers(self, n: int) -> "ModelSpec":
         return replace(self, layers=n)
@@ -130,27 +172,29 @@ def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int, context_to
 
     K/V heads are split across tp; when kv_heads < tp each device keeps one replica, i.e. the local
     KV width is max(kv_heads // tp, 1) * head_dim (for both K/V weights and cache). The embedding sits
-    on the first stage and the LM head on the last, each split by tp.
-    KV cache = batch * context_tokens * 2 * local KV width * dtype_bytes * stage layers.
+    on the first stage and the LM head on the last, each split by tp. Linear weights take
+    dtype_bytes each, norms, embedding and LM head activation_dtype_bytes (ModelSpec.weight_bytes).
+    KV cache = batch * context_tokens * 2 * local KV width * kv_dtype_bytes * stage layers.
     `split` gives the layers per stage explicitly (default: as even as possible).
     Activations (a rough transient bound, not from a paper): two live buffers of the widest per-token
-    activation, batch * context_tokens * max(hidden, ffn / tp) * dtype_bytes * 2.
+    activation, batch * context_tokens * max(hidden, ffn / tp) * activation_dtype_bytes * 2.
     """
     if tp < 1 or batch < 0 or context_tokens < 0:
         raise ValueError(f"need tp >= 1, batch >= 0 and context_tokens >= 0; got {tp}, {batch}, "
                          f"{context_tokens}")
-    b = model.dtype_bytes
+    b_weight, b_act, b_kv = model.dtype_bytes, model.activation_dtype_bytes, model.kv_dtype_bytes
     kv_local = max(model.kv_heads // tp, 1) * model.head_dim
-    layer_params = (model.hidden * (model.q_size / tp + 2 * kv_local) + model.q_size / tp * model.hidden
-                    + model.hidden * model.ffn * (3 if model.gated_mlp else 2) / tp + 2 * model.hidden)
+    linear_params = (model.hidden * (model.q_size / tp + 2 * kv_local) + model.q_size / tp * model.hidden
+                     + model.hidden * model.ffn * (3 if model.gated_mlp else 2) / tp)
+    layer_bytes = linear_params * b_weight + 2 * model.hidden * b_act
     embed_params = model.vocab * model.hidden / tp
-    activation = batch * context_tokens * max(model.hidden, model.ffn / tp) * b * 2
+    activation = batch * context_tokens * max(model.hidden, model.ffn / tp) * b_act * 2
     best: MemoryFootprint | None = None
     stages = tuple(split) if split is not None else split_layers(model.layers, pp)
     for i, n in enumerate(stages):
         embeds = (i == 0) + (i == len(stages) - 1)
-        weights = (n * layer_params + embeds * embed_params) * b
-        kv = batch * context_tokens * 2 * kv_local * b * n
+        weights = n * layer_bytes + embeds * embed_params * b_act
+        kv = batch * context_tokens * 2 * kv_local * b_kv * n
         total = weights + kv + activation
         if best is None or total > best.total_bytes:
             best = MemoryFootprint(weights, kv, activation, total)
@@ -182,6 +226,34 @@ def check_tp_degree(model: ModelSpec, tp: int, where: str, key: str) -> None:
         ok = ", ".join(str(d) for d in valid_tp_degrees(model))
         raise ConfigError(where, key, f"tp={tp} {problem} of model {model.name}; "
                                       f"degrees that work: {ok}")
+
+
+def _needs(dtype: str) -> str:
+    return "an FP32 rate" if dtype == "fp32" else f"{dtype.upper()} tensor cores"
+
+
+def dtype_problem(model: ModelSpec, rates, hardware: str) -> tuple[str, str] | None:
+    """("dtype" or "kv_dtype", what is wrong and what to use) for the first dtype of `model` that
+    the hardware named `hardware`, whose peak_tflops lists `rates`, cannot run; None when it runs
+    them all. The weights' dtype needs its tensor-core rate, fp8 weights also their 16-bit
+    activations' rate, and the KV cache's dtype a rate of its own (an fp8 cache needs FP8
+    support, as vLLM's FP8 attention kernels do)."""
+    rates = list(rates)
+    listed = f"(its peak_tflops lists {', '.join(rates)})"
+    act, kv = model.activation_dtype, model.kv_cache_dtype
+    if model.dtype not in rates:
+        alts = [d for d in ("fp16", "bf16") if d in rates and d != model.dtype]
+        fix = f"use {' or '.join(alts)}" if alts else "add its rate to the profile's peak_tflops"
+        return "dtype", (f"{model.dtype} needs {_needs(model.dtype)}, which hardware {hardware!r} "
+                         f"lacks {listed}; {fix}")
+    if act not in rates:
+        return "dtype", (f"{model.dtype} keeps 16-bit activations in {act}, which hardware "
+                         f"{hardware!r} lacks {listed}; add a {act} rate to the profile")
+    if kv not in rates:
+        return "kv_dtype", (f"{kv} needs {_needs(kv).replace('tensor cores', 'support')}, which "
+                            f"hardware {hardware!r} lacks {listed}; leave kv_dtype out to keep "
+                            f"the KV cache in {act}, the activation dtype")
+    return None
 
 
 def check_fits(model: ModelSpec, device_memory_bytes: float, tp: int, pp: int, batch: int,
@@ -270,7 +342,8 @@ def load_model(spec: Any, where: str = "model", key: str = "") -> ModelSpec:
         if spec.lower() in PRESETS:
             return PRESETS[spec.lower()]
         if spec.endswith(".json") or os.sep in spec or os.path.isdir(spec):
-            return _load_hf(spec, where, key or "model")
+            file, fields = read_hf_config(spec, where, key or "model")
+            return parse_with(file, "(top level)", lambda: ModelSpec(**fields))
         raise ConfigError(where, key or "preset", f"unknown model preset {spec!r}; choose one of: "
                           f"{', '.join(PRESETS)}, or give a path to a Hugging Face config.json")
     s = Section(spec, where, key)
@@ -285,6 +358,7 @@ def load_model(spec: Any, where: str = "model", key: str = "") -> ModelSpec:
         fields[f] = s.get(f, int, min=1, **opt)
     fields["gated_mlp"] = s.get("gated_mlp", bool, **opt)
     fields["dtype"] = s.get("dtype", str, None if base is not None else "fp16", choices=list(DTYPE_BYTES))
+    fields["kv_dtype"] = s.get("kv_dtype", str, None, choices=list(DTYPE_BYTES))
     head_dim = s.get("head_dim", int, None, min=1)
     fields = {k: v for k, v in fields.items() if v is not None}
     if head_dim is not None or (base is not None and ("hidden" in fields or "heads" in fields)):
@@ -295,56 +369,3 @@ def load_model(spec: Any, where: str = "model", key: str = "") -> ModelSpec:
     return parse_with(where, key or "(top level)", lambda: ModelSpec(**fields))
 
 
-def _optional_int(s: Section, name: str) -> int | None:
-    """An optional positive integer of a config.json: absent or null is None; 0 is an error."""
-    value = s.get(name, (int, type(None)), None)
-    if value is not None and value < 1:
-        raise s.error(name, f"must be a positive integer or null, got {value}")
-    return value
-
-
-def _load_hf(path: str, where: str, key: str) -> ModelSpec:
-    """Read a Hugging Face config.json: LLaMA-style, OPT-style or GPT-2-style keys."""
-    file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-    try:
-        with open(file, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise ConfigError(where, key, f"cannot read Hugging Face config {file!r}: "
-                                      f"{exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(where, key, f"{file!r} is not valid UTF-8 JSON: {exc}") from None
-    except RecursionError:
-        raise ConfigError(where, key, f"{file!r} is nested too deeply to be a model config") from None
-    s = Section(data, file)
-    model_type = s.get("model_type", str, "")
-    name = s.get("_name_or_path", str, "") or os.path.basename(os.path.dirname(os.path.abspath(file)))
-    if s.has("n_layer"):  # GPT-2 style
-        layers, hidden = s.get("n_layer", int, min=1), s.get("n_embd", int, min=1)
-        heads = s.get("n_head", int, min=1)
-        kv_heads, ffn = heads, _optional_int(s, "n_inner") or 4 * hidden
-        gated, head_dim = False, None
-    else:
-        layers, hidden = s.get("num_hidden_layers", int, min=1), s.get("hidden_size", int, min=1)
-        heads = s.get("num_attention_heads", int, min=1)
-        kv_heads = _optional_int(s, "num_key_value_heads") or heads
-        if heads % kv_heads:
-            raise s.error("num_key_value_heads", f"num_attention_heads ({heads}) must be a multiple "
-                          f"of num_key_value_heads ({kv_heads})")
-        head_dim = _optional_int(s, "head_dim")
-        if s.has("ffn_dim"):  # OPT style
-            ffn, gated = s.get("ffn_dim", int, min=1), False
-        else:
-            ffn = s.get("intermediate_size", int, min=1)
-            act = s.get("hidden_act", str, "")
-            gated = model_type in GATED_MODEL_TYPES or (
-                model_type not in UNGATED_MODEL_TYPES and act in ("silu", "swiglu", "geglu"))
-    vocab = s.get("vocab_size", int, min=1)
-    torch_dtype = s.get("torch_dtype", (str, type(None)), None) or "float16"
-    dtype = "fp8" if torch_dtype.startswith("float8") else _HF_DTYPES.get(torch_dtype)
-    if dtype is None:
-        raise s.error("torch_dtype", f"{torch_dtype!r} is not supported; choose one of: "
-                      f"{', '.join(_HF_DTYPES)}, float8_*")
-    return parse_with(file, "(top level)", lambda: ModelSpec(
-        name or model_type or "model", layers, hidden, heads, kv_heads, ffn, gated, vocab, dtype,
-        head_dim))

@@ -21,13 +21,18 @@ ATTENTION_Q_TILE = 128
 
 @dataclass(frozen=True, slots=True)
 class Gemm:
-    """C[m, n] = A[m, k] @ B[k, n], `count` independent instances (a batched GEMM)."""
+    """C[m, n] = A[m, k] @ B[k, n], `count` independent instances (a batched GEMM).
+
+    A and B are in `dtype`, which sets the tensor-core rate (fp8: W8A8, both operands quantised,
+    as vLLM's and TensorRT-LLM's FP8 GEMMs); C is in `out_dtype` (None: `dtype`). An FP8 GEMM of
+    a served model writes 16-bit activations, so it reads m*k + k*n bytes and writes 2*m*n."""
     m: int
     n: int
     k: int
     dtype: str = "fp16"
     name: str = "gemm"
     count: int = 1
+    out_dtype: str | None = None
     comm: ClassVar[bool] = False
     family: ClassVar[str] = "gemm"
 
@@ -41,7 +46,10 @@ class Gemm:
 
     @property
     def bytes(self) -> float:
-        return float(self.m * self.k + self.k * self.n + self.m * self.n) * DTYPE_BYTES[self.dtype] * self.count
+        """Operands read plus the output written, each in its own dtype."""
+        out = DTYPE_BYTES[self.out_dtype or self.dtype]
+        return float((self.m * self.k + self.k * self.n) * DTYPE_BYTES[self.dtype]
+                     + self.m * self.n * out) * self.count
 
     def split_n(self, parts: int, taken: int) -> "Gemm":
         """The piece made of `taken` of `parts` equal slices along the output dimension n."""
@@ -54,6 +62,8 @@ class Attention:
 
     Prefill has q_len > 1 (causal: query i sees keys up to kv_len - q_len + i); decode has q_len == 1.
     `heads` and `kv_heads` are the heads on this device (after tensor-parallel sharding).
+    Q and O are in `dtype`, which also sets the compute rate; K and V are read from the KV cache
+    in `kv_dtype` (None: `dtype`; fp8 halves what a memory-bound decode reads).
     """
     batch: int
     q_len: int
@@ -64,12 +74,13 @@ class Attention:
     causal: bool = True
     dtype: str = "fp16"
     name: str = "attn"
+    kv_dtype: str | None = None
     comm: ClassVar[bool] = False
     family: ClassVar[str] = "attention"
 
     def table_query(self):
         return ("attention", (self.batch, self.q_len, self.heads, self.kv_heads, self.head_dim,
-                              self.causal, self.dtype), self.kv_len)
+                              self.causal, self.dtype, self.kv_dtype or self.dtype), self.kv_len)
 
     @property
     def pairs(self) -> float:
@@ -85,10 +96,9 @@ class Attention:
 
     @property
     def bytes(self) -> float:
-        b = DTYPE_BYTES[self.dtype]
-        q_o = 2 * self.q_len * self.heads * self.head_dim
-        k_v = 2 * self.kv_len * self.kv_heads * self.head_dim
-        return float(self.batch * (q_o + k_v) * b)
+        q_o = 2 * self.q_len * self.heads * self.head_dim * DTYPE_BYTES[self.dtype]
+        k_v = 2 * self.kv_len * self.kv_heads * self.head_dim * DTYPE_BYTES[self.kv_dtype or self.dtype]
+        return float(self.batch * (q_o + k_v))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +107,8 @@ class RaggedAttention:
     forward, or a paged decode kernel): the sums over its `seqs` sequences of query tokens, causal
     query-key pairs, keys read and 128-query tiles. With equal sequences it is `Attention`'s
     batch, flops and bytes exactly. A continuous-batching step has one for its prompt chunks and
-    one for its decodes (costed apart, not as one padded shape)."""
+    one for its decodes (costed apart, not as one padded shape). `dtype` and `kv_dtype` as in
+    `Attention`."""
     seqs: int
     q_tokens: int
     pairs: float
@@ -108,6 +119,7 @@ class RaggedAttention:
     head_dim: int
     dtype: str = "fp16"
     name: str = "attn"
+    kv_dtype: str | None = None
     comm: ClassVar[bool] = False
     family: ClassVar[str] = "attention"
 
@@ -121,9 +133,9 @@ class RaggedAttention:
 
     @property
     def bytes(self) -> float:
-        b = DTYPE_BYTES[self.dtype]
-        return float((2 * self.q_tokens * self.heads + 2 * self.kv_tokens * self.kv_heads)
-                     * self.head_dim * b)
+        q_o = 2 * self.q_tokens * self.heads * DTYPE_BYTES[self.dtype]
+        k_v = 2 * self.kv_tokens * self.kv_heads * DTYPE_BYTES[self.kv_dtype or self.dtype]
+        return float((q_o + k_v) * self.head_dim)
 
 
 def causal_pairs(q_len: int, kv_len: int) -> float:

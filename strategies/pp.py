@@ -7,7 +7,7 @@ embedding (a gather with no op in program.py, so it costs nothing here) and the 
 final norm and the LM head. GPipe (Huang et al. 2019) and Megatron-LM (Narayanan et al. 2021) place
 layers the same way.
 
-Stage to stage: device j of stage s sends the activation (batch * q_len * hidden * dtype_bytes: the
+Stage to stage: device j of stage s sends the activation (batch * q_len * hidden * activation bytes: the
 full tensor, every stage device holds it after its all-reduce) to device j of stage s+1 with a
 SendRecv on both compute streams, blocking as torch.distributed send/recv on the current stream do in
 Megatron's and vLLM's pipelined inference. The receiver's stream first waits on an event the sender
@@ -193,8 +193,9 @@ class PP(Strategy):
             run.admit(req)
 
     def act_bytes(self, step: Step) -> float:
-        """Bytes of the activation a stage hands to the next: batch * q_len * hidden * dtype."""
-        return float(step.tokens * self.model.hidden * self.model.dtype_bytes)
+        """Bytes of the activation a stage hands to the next: batch * q_len * hidden * the
+        activation dtype's bytes (16-bit under fp8 weights)."""
+        return float(step.tokens * self.model.hidden * self.model.activation_dtype_bytes)
 
     @property
     def last(self) -> int:
@@ -250,8 +251,8 @@ class PP(Strategy):
             rt, lambda stage, devs: batch_step_ops(self.model, self.tp, batch, devs,
                                                    self.layers_per_stage[stage],
                                                    stage == self.last),
-            float(batch.tokens * self.model.hidden * self.model.dtype_bytes), -1, batch.phase,
-            f"batch{batch.id}")
+            float(batch.tokens * self.model.hidden * self.model.activation_dtype_bytes), -1,
+            batch.phase, f"batch{batch.id}")
         rt.batch_done_when(batch, token)
         return token
 

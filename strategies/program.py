@@ -4,6 +4,12 @@ Shoeybi et al. 2019 (Megatron-LM): QKV and FFN-up are column-parallel, the atten
 FFN-down projections row-parallel, so each layer needs two all-reduces of the activations
 (tokens x hidden). With tp = 1 the same list has no collectives. This module turns a model shape
 into op descriptions; it knows nothing of costs.
+
+Dtypes (simulator.model): the decoder layers' GEMMs multiply in the model's `weight_dtype` and
+write `activation_dtype`; norms, activations, collectives, attention's queries and compute and the
+LM head are in `activation_dtype`; attention reads its keys and values in `kv_cache_dtype`. The
+quantisation of an fp8 GEMM's input is taken as fused into the kernel that produces it (vLLM's
+fused RMSNorm + quant and SiLU-and-mul + quant kernels), so it adds no op.
 """
 from __future__ import annotations
 
@@ -45,16 +51,17 @@ def attention_block(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...
     q_len = step.q_len if q_len is None else q_len
     kv_len = step.kv_len if kv_len is None else kv_len
     tokens = step.batch * q_len
-    b = model.dtype_bytes
+    b, w, act = model.activation_dtype_bytes, model.weight_dtype, model.activation_dtype
     h = model.hidden
     heads = model.heads // tp
     kv_heads = max(model.kv_heads // tp, 1)
     hd = model.head_dim
     ops: list[Op] = [
         Elementwise(2.0 * tokens * h * b, "norm_attn" + suffix),
-        Gemm(tokens, (heads + 2 * kv_heads) * hd, h, model.dtype, "qkv" + suffix),
-        Attention(step.batch, q_len, kv_len, heads, kv_heads, hd, True, model.dtype, "attn" + suffix),
-        Gemm(tokens, h, heads * hd, model.dtype, "out_proj" + suffix),
+        Gemm(tokens, (heads + 2 * kv_heads) * hd, h, w, "qkv" + suffix, out_dtype=act),
+        Attention(step.batch, q_len, kv_len, heads, kv_heads, hd, True, act, "attn" + suffix,
+                  model.kv_cache_dtype),
+        Gemm(tokens, h, heads * hd, w, "out_proj" + suffix, out_dtype=act),
     ]
     if tp > 1:
         ops.append(Collective("all_reduce", float(tokens * h * b), group, "ar_attn" + suffix))
@@ -66,15 +73,15 @@ def mlp_block(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...],
     """Residual add + norm, FFN up (gate+up when gated), activation, FFN down, all-reduce."""
     q_len = step.q_len if q_len is None else q_len
     tokens = step.batch * q_len
-    b = model.dtype_bytes
+    b, w, act = model.activation_dtype_bytes, model.weight_dtype, model.activation_dtype
     h = model.hidden
     f = model.ffn // tp
     up_n = f * (2 if model.gated_mlp else 1)
     ops: list[Op] = [
         Elementwise(3.0 * tokens * h * b, "add_norm_mlp" + suffix),
-        Gemm(tokens, up_n, h, model.dtype, "ffn_up" + suffix),
+        Gemm(tokens, up_n, h, w, "ffn_up" + suffix, out_dtype=act),
         Elementwise((up_n + f) * tokens * b * 1.0, "act" + suffix),
-        Gemm(tokens, h, f, model.dtype, "ffn_down" + suffix),
+        Gemm(tokens, h, f, w, "ffn_down" + suffix, out_dtype=act),
     ]
     if tp > 1:
         ops.append(Collective("all_reduce", float(tokens * h * b), group, "ar_mlp" + suffix))
@@ -87,11 +94,12 @@ def layer_ops(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...]) -> 
 
 def head_ops(model: ModelSpec, tp: int, step: Step, group: Tuple[int, ...]) -> list[Op]:
     """Final norm and the vocabulary-parallel LM head on the last token of each sequence, then an
-    all-gather of the logits (Megatron's vocab-parallel output layer)."""
-    b = model.dtype_bytes
+    all-gather of the logits (Megatron's vocab-parallel output layer). The LM head stays in the
+    activation dtype under fp8 weights (vLLM quantises only the decoder layers' linear layers)."""
+    b, act = model.activation_dtype_bytes, model.activation_dtype
     ops: list[Op] = [
         Elementwise(2.0 * step.batch * model.hidden * b, "final_norm"),
-        Gemm(step.batch, max(model.vocab // tp, 1), model.hidden, model.dtype, "lm_head"),
+        Gemm(step.batch, max(model.vocab // tp, 1), model.hidden, act, "lm_head"),
     ]
     if tp > 1:
         ops.append(Collective("all_gather", float(step.batch * model.vocab * b), group, "ag_logits"))
@@ -131,7 +139,8 @@ def batch_attention(model: ModelSpec, tp: int, entries, decode: bool, name: str)
     if not seqs:
         return None
     return RaggedAttention(seqs, q_tokens, pairs, kv_tokens, q_tiles, model.heads // tp,
-                           max(model.kv_heads // tp, 1), model.head_dim, model.dtype, name)
+                           max(model.kv_heads // tp, 1), model.head_dim, model.activation_dtype,
+                           name, model.kv_cache_dtype)
 
 
 def batch_blocks(model: ModelSpec, tp: int, entries, phase: str, group: Tuple[int, ...],

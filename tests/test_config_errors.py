@@ -72,6 +72,8 @@ CASES = [
     ("unknown strategy param", ["strategies"], [{"name": "tp", "speed": 2}], "strategies[0].speed",
      "unknown key"),
     ("bool where int", ["seed"], True, "seed", "boolean"),
+    ("fp8 on a GPU without FP8", ["model", "dtype"], "fp8", "model.dtype", "FP8 tensor cores"),
+    ("unknown kv_dtype", ["model", "kv_dtype"], "e4m3", "model.kv_dtype", "fp8"),
     ("warmup too large", ["workload", "warmup"], 3, "workload.warmup", "less than requests"),
     ("bad distribution", ["workload", "prompt_tokens"], {"dist": "zipf"}, "workload.prompt_tokens.dist",
      "uniform"),

@@ -131,6 +131,14 @@ RUN_CASES = {
         "hf.json": json.dumps(HF | {"num_key_value_heads": 5})}),
         "hf.json", "num_key_value_heads", "multiple"),
     "model-heads-not-multiple-of-kv": (experiment(("model.kv_heads", 5)), "exp", "model", "multiple"),
+    "fp8-on-a100": (experiment(("model.dtype", "fp8")), "exp", "model.dtype",
+                    "needs FP8 tensor cores, which hardware 'a100-sxm4-80gb' lacks"),
+    "fp8-kv-cache-on-a100": (experiment(("model.kv_dtype", "fp8")), "exp", "model.kv_dtype",
+                             "leave kv_dtype out"),
+    "kv-dtype-unknown": (experiment(("model.kv_dtype", "int8")), "exp", "model.kv_dtype", "fp8"),
+    "hf-fp8-checkpoint-on-a100": (experiment(("model", "hf.json"), files={"hf.json": json.dumps(
+        HF | {"quantization_config": {"quant_method": "fp8"}})}), "exp", "model",
+        "dtype fp8 needs FP8 tensor cores"),
     # wrong before
     "multiple-of-above-high": (experiment(("workload.prompt_tokens", {"dist": "uniform", "low": 1,
                                                                       "high": 10, "multiple_of": 16})),
@@ -296,7 +304,7 @@ def _real_keys() -> list:
                             "warmup", "kind", "rate_rps", "csv", "clients", "think_s", "dist",
                             "value", "low", "high", "mean", "std", "values", "column", "multiple_of",
                             "preset", "layers", "hidden", "heads", "kv_heads", "ffn", "vocab",
-                            "dtype", "head_dim", "gated_mlp", "label", "timeline_window_s",
+                            "dtype", "kv_dtype", "head_dim", "gated_mlp", "label", "timeline_window_s",
                             "slo_s", "timeline_ops", "trace_max_events", "slo", "ttft_s", "tpot_s",
                             "lengths", "dataset", "max_prompt_tokens", "max_output_tokens"}
     for cls in strategy_registry.REGISTRY.values():
@@ -310,7 +318,7 @@ SCALARS = st.one_of(
     st.sampled_from([0, -1, 2**31, 2**63, 10**9, 10**30, 1e-300, 1e300, float("inf"), float("-inf"),
                      float("nan"), 0.5, "", "..", "../x", "tp", "pp", "iso", "liger", "poisson",
                      "trace", "uniform", "empirical", "a100-sxm4-80gb", "llama-2-7b", "x.csv",
-                     "x.yaml", "x.json", "fp16", "balanced"]),
+                     "x.yaml", "x.json", "fp16", "fp8", "balanced"]),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=4)), max_leaves=10)
@@ -345,7 +353,7 @@ MUTATIONS = st.one_of(
                                   "bursty"])}, ["rate_rps", "csv", "clients", "think_s"])),
     st.tuples(st.just("model"), _shaped({"preset": st.sampled_from(["llama-2-7b", "opt-30b", "x"])},
                                         ["layers", "hidden", "heads", "kv_heads", "ffn", "vocab",
-                                         "dtype", "head_dim", "gated_mlp", "name"])),
+                                         "dtype", "kv_dtype", "head_dim", "gated_mlp", "name"])),
     st.tuples(st.just("outputs"), _shaped({}, ["timeline_window_s", "slo_s", "timeline_ops",
                                                "trace_max_events", "colour"])),
     st.tuples(st.just("slo"), st.one_of(SCALARS, _shaped({}, ["ttft_s", "tpot_s", "jct_s"]))),

@@ -130,6 +130,8 @@ def test_attention_table_reads_shapes_causality_and_dtype(imported):
            for r in rows(out / "attention.csv")}
     assert got == ATTENTION
     assert all(float(r["seconds"]) > 0 for r in rows(out / "attention.csv"))
+    # the KV cache's dtype is k's (SDPA takes q, k and v in one dtype)
+    assert all(r["kv_dtype"] == r["dtype"] for r in rows(out / "attention.csv"))
 
 
 def test_elementwise_and_communication_sizes(imported):

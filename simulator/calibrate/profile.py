@@ -70,7 +70,7 @@ def _num(value: float, source: str) -> dict:
 def _csv_text(family: str, rows: list) -> str:
     keys = {"gemm": ("m", "n", "k", "dtype"),
             "attention": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal",
-                          "dtype"),
+                          "dtype", "kv_dtype"),
             "elementwise": ("bytes",), "send_recv": ("bytes",)}.get(family, ("devices", "bytes"))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -86,7 +86,7 @@ def _key(op) -> tuple:
         return "gemm", (op.m, op.n, op.k, op.dtype)
     if isinstance(op, Attention):
         return "attention", (op.batch, op.q_len, op.kv_len, op.heads, op.kv_heads, op.head_dim,
-                             str(op.causal).lower(), op.dtype)
+                             str(op.causal).lower(), op.dtype, op.kv_dtype or op.dtype)
     if isinstance(op, Elementwise):
         return "elementwise", (f"{op.bytes:.9g}",)
     if isinstance(op, SendRecv):
@@ -139,16 +139,23 @@ def calibrate(model: ModelSpec, devices: int, out_path: str, shapes: ShapeSet, r
         log(f"calibrate: contention of op-class pairs ({time.perf_counter() - t0:.1f} s)")
     finally:
         torch.set_num_threads(threads_before)
-    overheads = bench.runtime_overheads(_draft(devices, model.dtype), devices)
+    overheads = bench.runtime_overheads(_draft(devices, _dtypes(model)), devices)
     log(f"calibrate: runtime: launch {overheads['launch_s'] * 1e6:.1f} us per op on the host, "
         f"stream gap {overheads['gap_s'] * 1e6:.1f} us between ops")
     return _write(model, devices, out_path, compute, comm, cont, overheads,
                   time.perf_counter() - t_start, log)
 
 
-def _draft(devices: int, dtype: str, **device) -> HardwareProfile:
+def _dtypes(model) -> list[str]:
+    """The dtypes a calibrated profile lists rates for: fp16 (a profile needs it), fp32 and the
+    model's weight, activation and KV-cache dtypes."""
+    return sorted({"fp16", "fp32", model.weight_dtype, model.activation_dtype,
+                   model.kv_cache_dtype})
+
+
+def _draft(devices: int, dtypes: list[str], **device) -> HardwareProfile:
     """A profile of placeholder numbers (for the runtime probe and the efficiency fits)."""
-    return _parse(_profile_data(devices, {"peak": {dtype: 1.0, "fp16": 1.0}, "bw": 1e9,
+    return _parse(_profile_data(devices, {"peak": {d: 1.0 for d in dtypes}, "bw": 1e9,
                                           "gemm_eff": 1.0, "attn_eff": 1.0, "mem_eff": 1.0,
                                           "kernel_s": 0.0, "launch_s": 0.0, **device},
                                 {}, {}, None, {}), "calibration draft")
@@ -212,10 +219,9 @@ def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, lo
     elems = [t for t in compute if isinstance(t.op, Elementwise)]
     peak = max((t.op.flops / t.seconds for t in gemms), default=1e9)
     bw = max((t.op.bytes / t.seconds for t in elems), default=1e9)
-    dtypes = {"fp16", "fp32", model.dtype}
-    dev = {"peak": {d: peak for d in sorted(dtypes)}, "bw": bw,
+    dev = {"peak": {d: peak for d in _dtypes(model)}, "bw": bw,
            "kernel_s": overheads["tiny_op_s"] + gap, "launch_s": overheads["launch_s"]}
-    unit = CostModel(_draft(devices, model.dtype, **dev))
+    unit = CostModel(_draft(devices, _dtypes(model), **dev))
     dev["gemm_eff"] = _efficiency(gemms, unit.seconds)
     dev["attn_eff"] = _efficiency(attns, unit.seconds)
     dev["mem_eff"] = _efficiency(elems, unit.seconds)

@@ -76,7 +76,8 @@ def model_shapes(model: ModelSpec, devices: int, grid: Grid) -> ShapeSet:
                     shapes.add(op)
         for kv in powers(16, grid.max_context):
             shapes.add(Attention(1, 1, kv, model.heads // tp, max(model.kv_heads // tp, 1),
-                                 model.head_dim, True, model.dtype))
+                                 model.head_dim, True, model.activation_dtype, "attn",
+                                 model.kv_cache_dtype))
     for b in powers(2**10, grid.elementwise_hi, 4):
         shapes.add(Elementwise(float(b)))
     for n in range(2, devices + 1):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from ..cost_tables import FAMILIES, SECONDS, MeasuredTable
+from ..cost_tables import DTYPE_COLUMNS, FAMILIES, SECONDS, MeasuredTable
 from ..errors import ConfigError
 from ..io import write_text
 from .collect import collect
@@ -76,7 +76,7 @@ def import_trace(path: str, out_dir: str, dtypes=(), date: str | None = None,
         per_family[family].append({**dict(key), SECONDS: statistics.median(times), "samples": len(times)})
     # build every table first: a table the loader would refuse stops the import before any write
     for family in sorted(per_family, key=list(FAMILIES).index):
-        rows = sorted(per_family[family], key=lambda r: tuple(str(r[c]) if c == "dtype" else r[c]
+        rows = sorted(per_family[family], key=lambda r: tuple(str(r[c]) if c in DTYPE_COLUMNS else r[c]
                                                               for c in FAMILIES[family][0]))
         result.tables[family] = MeasuredTable.from_rows(family, rows, source, where=path)
         result.rows[family] = (len(rows), sum(r["samples"] for r in rows))

@@ -130,8 +130,10 @@ def attention_key(e) -> tuple | str:
     at = 5 if e.name == "aten::scaled_dot_product_attention" else 4
     causal = len(concrete) > at and str(concrete[at]).strip().lower() == "true"
     dtype = DTYPES.get(types[0] if types else "", "")
+    kv_dtype = DTYPES.get(types[1], dtype) if len(types) > 1 else dtype     # k's dtype
     return (("batch", batch), ("q_len", q_len), ("kv_len", kv_len), ("heads", heads),
-            ("kv_heads", kv_heads), ("head_dim", head_dim), ("causal", causal), ("dtype", dtype))
+            ("kv_heads", kv_heads), ("head_dim", head_dim), ("causal", causal), ("dtype", dtype),
+            ("kv_dtype", kv_dtype))
 
 
 def elementwise_bytes(e) -> float | str:
