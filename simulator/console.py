@@ -66,6 +66,8 @@ def summary_table(summary: pd.DataFrame) -> str:
     if "hardware" in summary and summary["hardware"].nunique() > 1:
         cols.append(("hardware", "hardware", "text"))
     cols.append(("devices", "devices", "int"))
+    if "execution" in summary:                  # a swept execution mode (eager | graphs)
+        cols.append(("execution", "execution", "text"))
     cols += [(c, str(c).split(".")[-1], "num") for c in swept]
     cols += [c for c in METRIC_COLUMNS if c[0] in summary.columns and not (
         c[0] in SHOWN_WHEN_SET and pd.to_numeric(summary[c[0]], errors="coerce").isna().all())]

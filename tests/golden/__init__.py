@@ -88,6 +88,14 @@ REDUCTIONS: dict[str, dict[str, Any]] = {
     },
     # Llama-3-70B with 4 of its layers, 12 requests (2 warm-up), the lightest and the heaviest
     # rate: every strategy's continuous-batching host, mixed steps and the scheduler pinned.
+    # Llama-3-70B with 4 of its layers, 12 requests (2 warm-up) at the higher rate, both execution
+    # modes: the graphs numbers (launch, kernel overhead, custom all-reduce) pinned beside eager.
+    "graphs-vs-eager-h100": {
+        "model.layers": 4,
+        "workload.requests": 12,
+        "workload.warmup": 2,
+        "workload.arrival.rate_rps": [6.0],
+    },
     "serving-70b-h100": {
         "model.layers": 4,
         "workload.requests": 12,
