@@ -63,11 +63,12 @@ def build(job: Job) -> Built:
     if serving.continuous:
         return _build_continuous(job, model, hardware, devices, workload, strategy, seed, slo,
                                  serving)
-    context = _max_context(workload, seed)
+    context, prompt = _longest(workload, seed)
+    step_tokens = workload.batch * prompt * strategy.concurrent_steps()
     for (tp, pp), split, resident in strategy.layouts():
         try:
             check_fits(model, hardware.device.memory_bytes, tp, pp, workload.batch * resident,
-                       context, where, "model", split=split)
+                       context, where, "model", split=split, step_tokens=step_tokens)
         except ConfigError as exc:
             raise PointError(exc.where, exc.key, exc.message) from None
     return Built(model, hardware, devices, workload, strategy, seed, slo)
@@ -159,9 +160,12 @@ def _resolve(path: Any, base_dir: str) -> Any:
     return path
 
 
-def _max_context(workload: Workload, seed: int) -> int:
+def _longest(workload: Workload, seed: int) -> tuple[int, int]:
+    """(longest context, longest prompt) in tokens over the workload's requests."""
     reqs = workload.generate(np.random.default_rng(seed))
-    return max(r.prompt_tokens + r.output_tokens for r in reqs) if reqs else 1
+    if not reqs:
+        return 1, 1
+    return (max(r.prompt_tokens + r.output_tokens for r in reqs), max(r.prompt_tokens for r in reqs))
 
 
 def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
@@ -198,9 +202,10 @@ def torch_fit_problem(built: Built, memory_bytes: float | None = None) -> Option
     ram = host_memory_bytes() if memory_bytes is None else memory_bytes
     tp, pp = built.strategy.parallel_layout()
     batch = built.workload.batch * built.strategy.resident_requests()
-    context = _max_context(built.workload, built.seed)
-    need = memory_per_device(built.model, tp, pp, batch, context,
-                             built.strategy.stage_layers()).total_bytes * built.devices
+    context, prompt = _longest(built.workload, built.seed)
+    step_tokens = built.workload.batch * prompt * built.strategy.concurrent_steps()
+    need = memory_per_device(built.model, tp, pp, batch, context, built.strategy.stage_layers(),
+                             step_tokens).total_bytes * built.devices
     if need <= HOST_MEMORY_FRACTION * ram:
         return None
     return (f"model: {built.model.name} needs {need / 2**30:.1f} GiB over {built.devices} devices "

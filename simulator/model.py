@@ -166,7 +166,8 @@ def split_layers(layers: int, pp: int) -> tuple[int, ...]:
 
 
 def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int, context_tokens: int,
-                      split: tuple[int, ...] | None = None) -> MemoryFootprint:
+                      split: tuple[int, ...] | None = None,
+                      step_tokens: int | None = None) -> MemoryFootprint:
     """Memory of the fullest device (max total over pipeline stages) with Megatron-style tensor
     parallelism (heads, FFN columns and vocab split `tp` ways; norms replicated) and `pp` stages.
 
@@ -177,7 +178,9 @@ def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int, context_to
     KV cache = batch * context_tokens * 2 * local KV width * kv_dtype_bytes * stage layers.
     `split` gives the layers per stage explicitly (default: as even as possible).
     Activations (a rough transient bound, not from a paper): two live buffers of the widest per-token
-    activation, batch * context_tokens * max(hidden, ffn / tp) * activation_dtype_bytes * 2.
+    activation for the tokens of the largest step a device runs at once, `step_tokens` (a prefill's
+    prompt tokens, a continuous-batching step's token budget; default batch * context_tokens, every
+    token at once), step_tokens * max(hidden, ffn / tp) * activation_dtype_bytes * 2.
     """
     if tp < 1 or batch < 0 or context_tokens < 0:
         raise ValueError(f"need tp >= 1, batch >= 0 and context_tokens >= 0; got {tp}, {batch}, "
@@ -188,7 +191,9 @@ def memory_per_device(model: ModelSpec, tp: int, pp: int, batch: int, context_to
                      + model.hidden * model.ffn * (3 if model.gated_mlp else 2) / tp)
     layer_bytes = linear_params * b_weight + 2 * model.hidden * b_act
     embed_params = model.vocab * model.hidden / tp
-    activation = batch * context_tokens * max(model.hidden, model.ffn / tp) * b_act * 2
+    if step_tokens is None:
+        step_tokens = batch * context_tokens
+    activation = step_tokens * max(model.hidden, model.ffn / tp) * b_act * 2
     best: MemoryFootprint | None = None
     stages = tuple(split) if split is not None else split_layers(model.layers, pp)
     for i, n in enumerate(stages):
@@ -258,23 +263,27 @@ def dtype_problem(model: ModelSpec, rates, hardware: str) -> tuple[str, str] | N
 
 def check_fits(model: ModelSpec, device_memory_bytes: float, tp: int, pp: int, batch: int,
                context_tokens: int, where: str, key: str,
-               split: tuple[int, ...] | None = None) -> MemoryFootprint:
+               split: tuple[int, ...] | None = None,
+               step_tokens: int | None = None) -> MemoryFootprint:
     """Return the footprint, or raise ConfigError at `key` when it exceeds the device memory.
-    `batch` counts every sequence whose KV cache is resident at once."""
-    fp = parse_with(where, key, lambda: memory_per_device(model, tp, pp, batch, context_tokens, split))
+    `batch` counts every sequence whose KV cache is resident at once; `step_tokens` the tokens of
+    the largest step in flight on a device (memory_per_device)."""
+    fp = parse_with(where, key, lambda: memory_per_device(model, tp, pp, batch, context_tokens, split,
+                                                          step_tokens))
     if fp.total_bytes <= device_memory_bytes:
         return fp
     hint = ""
     for d in valid_tp_degrees(model):
-        if d > tp and memory_per_device(model, d, pp, batch, context_tokens).total_bytes \
-                <= device_memory_bytes:
+        if d > tp and memory_per_device(model, d, pp, batch, context_tokens, None,
+                                        step_tokens).total_bytes <= device_memory_bytes:
             hint = f" (tp={d}, pp={pp} would fit)"
             break
     raise ConfigError(where, key, (
         f"model {model.name} needs {fp.total_bytes / GIB:.1f} GiB per device with tp={tp}, pp={pp} "
-        f"(weights {fp.weights_bytes / GIB:.1f} GiB, KV cache {fp.kv_cache_bytes / GIB:.1f} GiB, "
-        f"activations {fp.activation_bytes / GIB:.1f} GiB for batch={batch}, "
-        f"context={context_tokens} tokens) but the device has {device_memory_bytes / GIB:.1f} GiB; "
+        f"(weights {fp.weights_bytes / GIB:.1f} GiB, KV cache {fp.kv_cache_bytes / GIB:.1f} GiB for "
+        f"batch={batch}, context={context_tokens} tokens, activations "
+        f"{fp.activation_bytes / GIB:.1f} GiB for a "
+        f"{batch * context_tokens if step_tokens is None else step_tokens}-token step) but the device has {device_memory_bytes / GIB:.1f} GiB; "
         f"use more devices or a smaller model{hint}"))
 
 

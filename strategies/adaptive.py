@@ -94,6 +94,9 @@ class Adaptive(Strategy):
     def layouts(self) -> list:
         return self.low.layouts() + self.high.layouts()
 
+    def concurrent_steps(self) -> int:
+        return max(self.low.concurrent_steps(), self.high.concurrent_steps())
+
     def setup(self, rt) -> None:
         view = _View(rt, self)
         self.low.setup(view)

@@ -84,6 +84,11 @@ class Strategy:
         """How many requests' KV caches a device may hold at once, for the memory check."""
         return 1
 
+    def concurrent_steps(self) -> int:
+        """How many requests' steps a device may run at once (their activations live together),
+        for the memory check's activation term."""
+        return 1
+
     def setup(self, rt) -> None:
         pass
 

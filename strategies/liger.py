@@ -114,6 +114,10 @@ class Liger(Strategy):
         """Every request in the window has its KV cache on the devices."""
         return self.params.window
 
+    def concurrent_steps(self) -> int:
+        """Two streams: two requests' kernels in flight at once."""
+        return 2
+
     def validate(self, where: str, key: str) -> None:
         check_tp_degree(self.model, self.devices, where, key)
 

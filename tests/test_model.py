@@ -252,3 +252,39 @@ def test_check_fits():
     with pytest.raises(ConfigError) as info:
         check_fits(m, 80 * GIB, 1, 100, 1, 2048, "exp.yaml", "strategy")
     assert info.value.key == "strategy" and "pp" in str(info.value)
+
+
+# ------------------------------------------------------------- activations follow the step's tokens
+
+def test_activation_term_follows_the_step_not_the_context():
+    """A decode-heavy batch: 64 sequences of 512 prompt and 16,000 generated tokens on 8 x H100
+    with Llama-3-70B. Its activations are those of the largest step (the 64 prompts at once), not
+    of every token of every context: the old term (64 x 16,512 tokens) refused it."""
+    model = PRESETS["llama-3-70b"]
+    memory = 79.64 * 2**30
+    old = memory_per_device(model, 8, 1, 64, 16512)
+    new = memory_per_device(model, 8, 1, 64, 16512, step_tokens=64 * 512)
+    assert new.kv_cache_bytes == old.kv_cache_bytes and new.weights_bytes == old.weights_bytes
+    assert new.activation_bytes == pytest.approx(old.activation_bytes * 512 / 16512)
+    assert old.total_bytes > memory > new.total_bytes
+    with pytest.raises(ConfigError, match="activations .* GiB for a 1056768-token step"):
+        check_fits(model, memory, 8, 1, 64, 16512, "exp.yaml", "model")
+    check_fits(model, memory, 8, 1, 64, 16512, "exp.yaml", "model", step_tokens=64 * 512)
+
+
+def test_experiment_memory_check_uses_the_longest_prompt(tmp_path):
+    import yaml
+    from simulator.experiment import load_experiment
+    from simulator.runner import build
+    data = {"name": "t", "model": "llama-3-70b", "hardware": "h100-sxm5-80gb", "devices": 8,
+            "strategies": ["tp", {"name": "liger", "label": "liger"}],
+            "workload": {"requests": 2, "batch": 64, "arrival": {"kind": "all_at_once"},
+                         "prompt_tokens": 512, "output_tokens": 16000}}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(data))
+    tp, liger = load_experiment(str(path))
+    assert build(tp).model.name == "llama-3-70b"           # refused before: 95 GiB with the old term
+    # liger keeps two requests' KV caches (its window) and two steps in flight: it does not fit
+    from simulator.errors import PointError
+    with pytest.raises(PointError, match="for a 65536-token step"):
+        build(liger)
