@@ -11,6 +11,9 @@ What is fitted, per GPU, from one framework's tables (``--framework``, default v
   ``kernel_overhead_us`` (the per-kernel floor) minimise the median absolute log error of
   `CostModel` (tiles, waves, split-K); efficiencies on a 0.01 grid from 0.5, the floor on a
   0.5 us grid.
+* **FP8 GEMM** (per-tensor ``fp8`` rows, input quantisation included as the engines run it):
+  ``fp8_gemm_efficiency`` and ``fp8_quantize_us`` minimise the median absolute log error, the GEMM
+  fit's memory efficiency and kernel overhead held (0.01 and 0.5 us grids).
 * **Attention** (context and generation tables, 16-bit KV cache, no window): ``attention_efficiency``,
   ``attention_memory_efficiency``, ``attention_floor_us`` and ``attention_block_us`` minimise the
   median absolute log error of the cost model's attention time (cost.py `_attention_time`), the
@@ -37,7 +40,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fit_vidur import EFF_GRID, fit_regimes  # noqa: E402
 from simulator import aiconfigurator as aic  # noqa: E402
-from simulator.cost import SPLIT_K, CostModel, collective_factor  # noqa: E402
+from simulator.cost import (FP8_QUANT_BYTES_PER_ELEMENT, SPLIT_K, CostModel,  # noqa: E402
+                            collective_factor)
 from simulator.database_check import SYSTEMS, comparison, summary  # noqa: E402
 from simulator.hardware import load_hardware  # noqa: E402
 from simulator.ops import ATTENTION_Q_TILE, Gemm  # noqa: E402
@@ -72,6 +76,37 @@ def gemm_fit(profile, ref) -> tuple:
             if err[i] < best[0]:
                 best = (float(err[i]), float(eg), float(grid[i]), float(ov))
     return best[1], best[2], best[3], best[0], len(ops)
+
+
+def fp8_fit(profile, ref) -> tuple | None:
+    """(fp8_gemm_efficiency, fp8_quantize_us, median abs log error, rows) on the per-tensor FP8
+    rows, the profile's memory efficiency and kernel overhead held; None without FP8 rows."""
+    table = aic.gemm_table(ref)
+    rows = [(m, n, k, s) for (n, k, d), m, s in table.rows if d == "fp8"]
+    if not rows or "fp8" not in profile.device.peak_flops:
+        return None
+    dev = profile.device
+    unit = dataclasses.replace(dev, fp8_gemm_efficiency=1.0, fp8_quantize_s=0.0, kernel_overhead_s=0.0)
+    cm = CostModel(dataclasses.replace(profile, device=unit, measured_tables={}))
+    mem_rate = dev.memory_bandwidth_bytes_per_s * dev.memory_efficiency
+    main = np.full((len(rows), len(SPLIT_K)), np.inf)
+    reduce = np.zeros_like(main)
+    for i, (m, n, k, _) in enumerate(rows):
+        for j, plan in enumerate(cm.gemm_plans(Gemm(m, n, k, "fp8", out_dtype="bf16"))):
+            main[i, j], reduce[i, j] = plan.main_s, plan.reduce_s * (unit.memory_efficiency
+                                                                     / dev.memory_efficiency)
+    memory = np.array([Gemm(m, n, k, "fp8", out_dtype="bf16").bytes for m, n, k, _ in rows]) / mem_rate
+    quant = np.array([FP8_QUANT_BYTES_PER_ELEMENT * m * k for m, _, k, _ in rows]) / mem_rate
+    log_t = np.log([s for *_, s in rows])
+    best = (np.inf, 0.0, 0.0)
+    for eff in np.arange(0.20, 1.0 + 1e-9, 0.01):
+        core = (np.maximum(main / eff, memory[:, None]) + reduce).min(axis=1)
+        core = core + dev.kernel_overhead_s + quant
+        for q in np.arange(0.0, 20.0 + 1e-9, 0.5):
+            err = float(np.median(np.abs(np.log(core + q * 1e-6) - log_t)))
+            if err < best[0]:
+                best = (err, float(eff), float(q))
+    return best[1], best[2], best[0], len(rows)
 
 
 def attention_arrays(profile, ref) -> dict:
@@ -183,6 +218,12 @@ def main(argv=None) -> int:
         eg, em, ov, gerr, grows = gemm_fit(profile, ref)
         print(f"gemm: gemm_efficiency {eg:.3f}, memory_efficiency {em:.3f}, kernel_overhead_us "
               f"{ov:.1f}: median abs log error {gerr:.3f} over {grows} bf16 GEMMs")
+        fitted = dataclasses.replace(profile, device=dataclasses.replace(
+            profile.device, gemm_efficiency=eg, memory_efficiency=em, kernel_overhead_s=ov * 1e-6))
+        f8 = fp8_fit(fitted, ref)
+        if f8:
+            print(f"fp8 gemm: fp8_gemm_efficiency {f8[0]:.2f}, fp8_quantize_us {f8[1]:.1f}: median abs "
+                  f"log error {f8[2]:.3f} over {f8[3]} per-tensor FP8 GEMMs")
         ae, am, af, ab, aerr, arows = attention_fit(profile, ref, ov * 1e-6)
         print(f"attention: attention_efficiency {ae:.3f}, attention_memory_efficiency {am:.3f}, "
               f"attention_floor_us {af:.2f}, attention_block_us {ab:.2f}: median abs log error "

@@ -56,6 +56,10 @@ GEMM_TILES = ((128, 256, 1.0), (128, 128, 0.95), (64, 128, 0.85), (64, 64, 0.70)
 SPLIT_K = (1, 2, 4, 8, 16)
 MIN_SPLIT_K_DEPTH = 128
 PARTIAL_BYTES = 4
+# Bytes moved per element of an FP8 GEMM's 16-bit input by its dynamic per-tensor quantisation, where
+# the profile says it is paid (device.fp8_quantize_us): read for the absmax, read again and written
+# as fp8 (2 + 2 + 1). vLLM, SGLang and TensorRT-LLM's FP8 linear layers run it before the GEMM.
+FP8_QUANT_BYTES_PER_ELEMENT = 5
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,9 @@ class CostModel:
         """For each allowed split-K factor, the plan with the fastest tile (the tile choice does not
         depend on the efficiencies: every tile's time scales with 1 / gemm_efficiency)."""
         dev = self.hw.device
-        rate = self._peak(op.dtype) * dev.gemm_efficiency
+        eff = dev.fp8_gemm_efficiency if op.dtype == "fp8" and dev.fp8_gemm_efficiency else \
+            dev.gemm_efficiency
+        rate = self._peak(op.dtype) * eff
         mem_rate = dev.memory_bandwidth_bytes_per_s * dev.memory_efficiency
         plans = []
         for s in SPLIT_K:
@@ -196,8 +202,16 @@ class CostModel:
         plan = self.gemm_plan(op)
         bound = "compute" if plan.main_s >= memory_s else "memory"
         seconds = max(plan.main_s, memory_s) + plan.reduce_s + dev.kernel_overhead_s
-        return OpCost(seconds, bound, bound, op.flops, op.bytes,
-                      f"tile {plan.tile_m}x{plan.tile_n}, split-k {plan.split_k}")
+        detail = f"tile {plan.tile_m}x{plan.tile_n}, split-k {plan.split_k}"
+        if op.dtype == "fp8" and dev.fp8_quantize_s:
+            # dynamic per-tensor quantisation of the 16-bit input: an absmax pass and a quantising
+            # pass over A (read twice at 16 bits, written once at 8), plus their fixed time
+            quant_s = (FP8_QUANT_BYTES_PER_ELEMENT * op.m * op.k * op.count
+                       / (dev.memory_bandwidth_bytes_per_s * dev.memory_efficiency)
+                       + dev.fp8_quantize_s)
+            seconds += quant_s
+            detail += f", fp8 input quantisation {quant_s * 1e6:.1f} us"
+        return OpCost(seconds, bound, bound, op.flops, op.bytes, detail)
 
     def _attention(self, op: Attention) -> OpCost:
         tiles = op.batch * op.heads * math.ceil(op.q_len / ATTENTION_Q_TILE)

@@ -31,11 +31,12 @@ def _roofline(profile: HardwareProfile) -> CostModel:
 
 def gemm_rows(cost: CostModel, ref: aic.DatabaseRef, dtypes=("bf16",), every: int = 1) -> list:
     table = aic.gemm_table(ref)
+    rows = [row for row in table.rows if row[0][2] in dtypes][::every]
     out = []
-    for (n, k, dtype), m, seconds in table.rows[::every]:
-        if dtype in dtypes:
-            op = Gemm(m, n, k, dtype)
-            out.append(("gemm", f"m={m} n={n} k={k} {dtype}", seconds, cost.seconds(op)))
+    for (n, k, dtype), m, seconds in rows:
+        op = Gemm(m, n, k, dtype, out_dtype="bf16")
+        family = "gemm" if dtype != "fp8" else "gemm_fp8"
+        out.append((family, f"m={m} n={n} k={k} {dtype}", seconds, cost.seconds(op)))
     return out
 
 
@@ -79,6 +80,8 @@ def comparison(profile: HardwareProfile, ref: aic.DatabaseRef, execution: str = 
     cost = _roofline(profile.for_execution(execution) if hasattr(profile, "for_execution")
                      else profile)
     rows = gemm_rows(cost, ref, every=every) + attention_rows(cost, ref, every=every)
+    if "fp8" in cost.hw.device.peak_flops:
+        rows += gemm_rows(cost, ref, ("fp8",), every=every)
     rows += allreduce_rows(cost, ref, execution)
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -53,6 +53,10 @@ class DeviceSpec:
     attention_memory_efficiency: float | None = None
     attention_floor_s: float = 0.0
     attention_block_s: float = 0.0
+    # FP8 GEMMs (cost.py): their own fraction of the fp8 peak (None: gemm_efficiency), and the fixed
+    # time of quantising their 16-bit input (0: taken as fused into the producer, free).
+    fp8_gemm_efficiency: float | None = None
+    fp8_quantize_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,10 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
                            if dev.has("attention_floor_us") else 0.0),
         attention_block_s=(r.number(dev, "attention_block_us", min_open=False) * 1e-6
                            if dev.has("attention_block_us") else 0.0),
+        fp8_gemm_efficiency=(r.number(dev, "fp8_gemm_efficiency", max=1.0)
+                             if dev.has("fp8_gemm_efficiency") else None),
+        fp8_quantize_s=(r.number(dev, "fp8_quantize_us", min_open=False) * 1e-6
+                        if dev.has("fp8_quantize_us") else 0.0),
     )
     dev.done()
 

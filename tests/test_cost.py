@@ -545,7 +545,8 @@ def test_siblings_scale_their_base_fit_by_link_bandwidth(name, base, ratio):
     assert hw.interconnect.p2p.bandwidth_bytes_per_s == pytest.approx(
         ratio * ref.interconnect.p2p.bandwidth_bytes_per_s, abs=0.051e9)
     for field in ("gemm_efficiency", "memory_efficiency", "attention_efficiency", "kernel_overhead_s",
-                  "attention_memory_efficiency", "attention_floor_s", "attention_block_s"):
+                  "attention_memory_efficiency", "attention_floor_s", "attention_block_s",
+                  "fp8_gemm_efficiency", "fp8_quantize_s"):
         assert getattr(hw.device, field) == getattr(ref.device, field), field
     assert hw.graphs.launch_overhead_s == ref.graphs.launch_overhead_s
 

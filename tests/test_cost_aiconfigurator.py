@@ -46,6 +46,14 @@ def errors():
     return out
 
 
+def test_fp8_gemm_median_error(errors, record_property):
+    """Per-tensor FP8 GEMMs on H100 (A100 has no FP8), as the engines run them: the input's
+    dynamic quantisation and the GEMM (fp8_gemm_efficiency, fp8_quantize_us)."""
+    err, rows = errors[("h100-sxm5-80gb", "vllm", "gemm_fp8")]
+    record_property("median_abs_err_pct", round(err * 100, 1))
+    assert rows > 1000 and err <= 0.20, f"H100 fp8 GEMM: median abs error {err:.1%}"
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("family", sorted(BOUNDS))
