@@ -30,7 +30,8 @@ def closed_loop(tmp_path_factory):
 def test_validate_writes_the_profile_the_csv_and_the_trace(closed_loop):
     out, result = closed_loop
     names = sorted(os.listdir(out))
-    assert {"calibrated.yaml", "validation.csv", "validation_trace.json"} <= set(names)
+    assert {"calibrated.yaml", "calibrated-inrun.yaml", "validation.csv",
+            "validation_trace.json"} <= set(names)
     hw = load_hardware(str(out / "calibrated.yaml"))
     assert set(hw.measured_tables) >= {"gemm", "attention", "elementwise", "all_reduce",
                                        "all_gather", "send_recv"}
@@ -50,10 +51,10 @@ def test_validate_writes_the_profile_the_csv_and_the_trace(closed_loop):
     assert "tp measured / device 0" in procs and "tp predicted / device 1" in procs
 
 
-@pytest.mark.xfail(strict=False, reason="on the 2-core development machine (shared, loaded) the "
-                   "simulator misses tp/iso/liger mean JCT by about -80%: real gloo collectives "
-                   "between busy device threads take 5-10x their calibrated time (docs/validation.md"
-                   ", 'Errors measured')")
+@pytest.mark.xfail(strict=False, reason="on the 2-core development machine (shared, loaded), with "
+                   "in-run calibration, tp and iso land within 6-13% but pp (-28%) and liger (-35%, "
+                   "ranked faster than tp) miss: host-thread delays under load are not modelled "
+                   "(docs/validation.md, 'Errors measured')")
 def test_predicted_jct_within_tolerance_and_ranked_as_measured(closed_loop):
     _out, result = closed_loop
     frame = result.frame
@@ -115,3 +116,48 @@ def test_calibrate_refuses_a_model_too_big(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--model" in err
     assert not (tmp_path / "p").exists()
+
+
+# ------------------------------------------------------------------------ in-run calibration
+
+def test_inrun_times_are_spans_and_transfers():
+    from simulator.calibrate.inrun import measured_times
+    from simulator.ops import Collective, Gemm, RaggedAttention, SendRecv
+    g = Gemm(8, 64, 32, "fp32")
+    ar = Collective("all_reduce", 1024.0, (0, 1))
+    log = [(g, 0, 0, 1.0, 1.5, 1.5), (g, 1, 0, 2.0, 2.7, 2.7), (g, 0, 0, 3.0, 3.1, 3.1),
+           (ar, 0, 0, 4.0, 4.9, 4.6), (ar, 1, 0, 4.5, 4.8, 4.6),        # joined at 4.6
+           (SendRecv(64.0, 0, 1), 0, 0, 5.0, 5.2, 5.1),
+           (RaggedAttention(2, 3, 4.0, 5, 2, 4, 4, 16, "fp32"), 0, 0, 6.0, 7.0, 7.0),
+           (Gemm(8, 64, 32, "fp32", count=4), 0, 0, 8.0, 9.0, 9.0)]
+    times = measured_times(log)
+    assert sorted(times) == ["all_reduce", "gemm", "send_recv"]
+    assert sorted(times["gemm"][("8", "64", "32", "fp32")]) == pytest.approx([0.1, 0.5, 0.7])
+    assert sorted(times["all_reduce"][("2", "1024")]) == pytest.approx([0.2, 0.3])
+    assert times["send_recv"][("64",)] == pytest.approx([0.1])
+
+
+def test_inrun_profile_takes_the_runs_means(closed_loop):
+    out, result = closed_loop
+    assert result.profile.endswith("calibrated-inrun.yaml")
+    micro, inrun = load_hardware(str(out / "calibrated.yaml")), load_hardware(result.profile)
+    assert set(inrun.measured_tables) >= set(micro.measured_tables)
+    frame = pd.read_csv(out / "calibrated-inrun-all_reduce.csv")
+    runs = frame[frame["source"].str.startswith("measured: in-run")]
+    bench = frame[~frame["source"].str.startswith("measured: in-run")]
+    assert len(runs) >= 1 and len(bench) >= 1           # the runs' sizes, and the others kept
+    assert (runs["samples"] >= 2).all()
+    assert list(runs["seconds"]) == pytest.approx(list(runs["kernel_s"] + runs["dispatch_s"]))
+    for family in ("gemm", "attention"):
+        f = pd.read_csv(out / f"calibrated-inrun-{family}.csv")
+        assert f["source"].str.startswith("measured: in-run").any(), family
+    v = pd.read_csv(out / "validation.csv")
+    assert v["microbench_jct_mean_s"].notna().all() and v["microbench_jct_rel_error"].notna().all()
+
+
+def test_validate_refuses_negative_calibration_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["validate", str(EXPERIMENT), "--calibration-runs", "-1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--calibration-runs" in err and ">= 0" in err
+    assert not out.exists()

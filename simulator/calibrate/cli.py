@@ -63,6 +63,9 @@ def validate_command(args) -> int:
     from simulator.runner import check_out_dir
     if args.repeat < 1:
         raise ConfigError("argument", "--repeat", f"must be >= 1, got {args.repeat}")
+    if args.calibration_runs < 0:
+        raise ConfigError("argument", "--calibration-runs",
+                          f"must be >= 0, got {args.calibration_runs}")
     _need_torch(args.device)
     if args.profile is not None:
         from simulator.hardware import load_hardware
@@ -71,9 +74,11 @@ def validate_command(args) -> int:
     plan = plan_validation(args.file)       # a model that does not fit: one line, exit 2
     out = args.out or os.path.join("results", plan[1][0].experiment + "-validate")
     check_out_dir(out)
-    result = validate(args.file, out, args.profile, repeat=args.repeat, log=_log, plan=plan)
+    result = validate(args.file, out, args.profile, repeat=args.repeat, log=_log, plan=plan,
+                      calibration_runs=args.calibration_runs)
     cols = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
             "measured_jct_noise", "throughput_rel_error"]
+    cols += [c for c in ("microbench_jct_rel_error",) if c in result.frame]
     print(result.frame[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nwrote in {out}/: " + ", ".join(os.path.basename(f) for f in result.files))
     return 0

@@ -54,8 +54,11 @@ def plan_validation(path: str):
     return plan, jobs
 
 
-def calibrate_for(jobs, out_dir: str, reps: int, grid, log) -> str:
-    """Calibrate for the experiment: its model's shapes plus every op its simulated runs cost."""
+def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tuple[str, str]:
+    """Calibrate for the experiment: its model's shapes plus every op its simulated runs cost
+    (micro-benchmarks), then, with `runs` > 0, in-run op times from `runs` TorchRuntime runs of
+    each strategy on other requests (inrun.py). Returns (micro-benchmarked profile, the profile
+    to predict with: the in-run one, or the same path with runs == 0)."""
     from .profile import calibrate
     from .shapes import experiment_shapes, model_shapes
     builts = [build(j) for j in jobs]
@@ -63,29 +66,45 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log) -> str:
     shapes = experiment_shapes(builts, model_shapes(model, devices, grid))
     log(f"calibrate: {shapes.sizes()} shapes for {model.name} on {devices} devices")
     path = os.path.join(out_dir, "calibrated.yaml")
-    calibrate(model, devices, path, shapes, reps=reps, log=log)
-    return path
+    cal = calibrate(model, devices, path, shapes, reps=reps, log=log)
+    if runs <= 0:
+        return path, path
+    from .inrun import calibration_runs, measured_times, write_inrun_profile
+    entries, what = calibration_runs(jobs, runs, log)
+    return path, write_inrun_profile(path, measured_times(entries), cal.overheads["gap_s"], what,
+                                     log)
+
+
+def _predict(job, profile: str):
+    """The job simulated with `profile` in place of its hardware (ConfigError if it cannot run)."""
+    predicted = run_job(replace(job, config={**job.config, "hardware": profile}), keep_trace=True)
+    if predicted.error:
+        raise ConfigError(profile, "", f"{job.label}: the simulator cannot run it with this "
+                          f"profile: {predicted.error}")
+    return predicted
 
 
 def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 2,
-             reps: int = 5, grid=None, log=print, plan=None) -> Validation:
+             reps: int = 5, grid=None, log=print, plan=None,
+             calibration_runs: int = 1) -> Validation:
     """Measure and predict every feasible strategy of the experiment at `path` (module doc).
-    `repeat`: measured runs per strategy (their spread is the noise)."""
+    `repeat`: measured runs per strategy (their spread is the noise); `calibration_runs`: in-run
+    calibration runs per strategy when calibrating (0: micro-benchmarks only)."""
     from .shapes import Grid
     plan, jobs = plan or plan_validation(path)
     os.makedirs(out_dir, exist_ok=True)
     files = []
+    microbench = None
     if profile is None:
-        profile = calibrate_for(jobs, out_dir, reps, grid or Grid(), log)
-        files.append(profile)
+        microbench, profile = calibrate_for(jobs, out_dir, reps, grid or Grid(), log,
+                                            calibration_runs)
+        files += sorted({microbench, profile})
+        microbench = os.path.abspath(microbench) if microbench != profile else None
     profile = os.path.abspath(profile)
     rows, traced = [], []
     for job in jobs:
-        sim_job = replace(job, config={**job.config, "hardware": profile})
-        predicted = run_job(sim_job, keep_trace=True)
-        if predicted.error:
-            raise ConfigError(profile, "", f"{job.label}: the simulator cannot run it with this "
-                              f"profile: {predicted.error}")
+        predicted = _predict(job, profile)
+        base = _predict(job, microbench) if microbench else None
         runs = []
         for i in range(repeat):
             res = run_job(job, keep_trace=True, runtime="torch")
@@ -110,6 +129,9 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
         for c in CLASSES:
             row[f"measured_busy_{c}_s"] = mb[c]
             row[f"predicted_busy_{c}_s"] = pb[c]
+        if base is not None:           # what the micro-benchmarks alone predicted
+            row["microbench_jct_mean_s"] = base.row["jct_mean_s"]
+            row["microbench_jct_rel_error"] = rel(base.row["jct_mean_s"], meas_jct)
         rows.append(row)
         log(f"validate: {job.label}: JCT measured {meas_jct * 1e3:.1f} ms "
             f"(runs {', '.join(f'{j * 1e3:.1f}' for j in jcts)}), predicted "

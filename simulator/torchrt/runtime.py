@@ -69,6 +69,9 @@ class TorchRuntime(CudaParts, ServingVerbs):
         self.contention = contention or make_contention(hardware.contention)
         self.stall_s = stall_s
         self.keep_ops = keep_ops
+        # (op, device, stream, start, end, transfer start) of every op run, when a list is given
+        # (calibration runs read op times from it; None: nothing is logged)
+        self.op_log: list | None = None
         self.clock = RealClock()
         self.driver = self.clock.driver
         self.serving = Serving(self.clock)
@@ -121,6 +124,8 @@ class TorchRuntime(CudaParts, ServingVerbs):
             fn()
             end = xfer = clock.now
         stream.rows.append(op_row(stream, item, start, end, xfer))
+        if self.op_log is not None:                 # calibration runs (calibrate/inrun.py)
+            self.op_log.append((op, stream.device, stream.index, start, end, xfer))
 
     def reach(self, ev: TorchEvent, stream: Stream) -> None:
         """Stream thread: `stream` got to `ev`'s record."""
