@@ -169,17 +169,16 @@ def _longest(workload: Workload, seed: int) -> tuple[int, int]:
 
 
 def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
-             spill_path: str | None = None, runtime: str = "sim",
-             op_log: list | None = None) -> Trace:
+             spill_path: str | None = None, runtime: str = "sim", run_log=None) -> Trace:
     """Run one built job in a fresh SimRuntime, keeping `keep_ops` full op rows (KEEP_ALL: all)
     from `keep_from_s` on, and writing every row to `spill_path` if given; metrics come from the
     recorder's totals either way. `runtime` "torch": run it for real on TorchRuntime (CPU; the
-    first `keep_ops` rows are kept, nothing is spilled; `op_log`: a list it appends every op's
-    (op, device, stream, start, end, transfer start) to)."""
+    first `keep_ops` rows are kept, nothing is spilled; `run_log`: a torchrt RunLog that gets
+    every op's times and the host's busy time)."""
     if runtime == "torch":
         from .torchrt.runtime import TorchRuntime       # imports torch: only when asked for
         rt = TorchRuntime(built.hardware, built.devices, keep_ops=keep_ops)
-        rt.op_log = op_log
+        rt.run_log = run_log
     else:
         rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
                         spill_path=spill_path)

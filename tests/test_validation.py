@@ -51,9 +51,9 @@ def test_validate_writes_the_profile_the_csv_and_the_trace(closed_loop):
     assert "tp measured / device 0" in procs and "tp predicted / device 1" in procs
 
 
-@pytest.mark.xfail(strict=False, reason="on the 2-core development machine (shared, loaded), with "
-                   "in-run calibration, tp and iso land within 6-13% but pp (-28%) and liger (-35%, "
-                   "ranked faster than tp) miss: host-thread delays under load are not modelled "
+@pytest.mark.xfail(strict=False, reason="not enforced: on the shared 2-core machine the runs' own "
+                   "spread is 5-30% of JCT; with in-run calibration the errors ranged -28%..+14% "
+                   "over sittings (liger's the largest), so about half the sittings pass "
                    "(docs/validation.md, 'Errors measured')")
 def test_predicted_jct_within_tolerance_and_ranked_as_measured(closed_loop):
     _out, result = closed_loop
@@ -121,16 +121,18 @@ def test_calibrate_refuses_a_model_too_big(tmp_path, capsys):
 # ------------------------------------------------------------------------ in-run calibration
 
 def test_inrun_times_are_spans_and_transfers():
-    from simulator.calibrate.inrun import measured_times
+    from simulator.calibrate.inrun import dispatch_gap, measured_times
     from simulator.ops import Collective, Gemm, RaggedAttention, SendRecv
     g = Gemm(8, 64, 32, "fp32")
     ar = Collective("all_reduce", 1024.0, (0, 1))
-    log = [(g, 0, 0, 1.0, 1.5, 1.5), (g, 1, 0, 2.0, 2.7, 2.7), (g, 0, 0, 3.0, 3.1, 3.1),
-           (ar, 0, 0, 4.0, 4.9, 4.6), (ar, 1, 0, 4.5, 4.8, 4.6),        # joined at 4.6
-           (SendRecv(64.0, 0, 1), 0, 0, 5.0, 5.2, 5.1),
-           (RaggedAttention(2, 3, 4.0, 5, 2, 4, 4, 16, "fp32"), 0, 0, 6.0, 7.0, 7.0),
-           (Gemm(8, 64, 32, "fp32", count=4), 0, 0, 8.0, 9.0, 9.0)]
+    log = [(g, 0, 0, 1.0, 1.5, 1.5, 0.1), (g, 1, 0, 2.0, 2.7, 2.7, 0.0),
+           (g, 0, 0, 3.0, 3.1, 3.1, 0.0),
+           (ar, 0, 0, 4.0, 4.9, 4.6, 0.0), (ar, 1, 0, 4.5, 4.8, 4.6, 0.0),        # joined at 4.6
+           (SendRecv(64.0, 0, 1), 0, 0, 5.0, 5.2, 5.1, 0.0),
+           (RaggedAttention(2, 3, 4.0, 5, 2, 4, 4, 16, "fp32"), 0, 0, 6.0, 7.0, 7.0, 0.0),
+           (Gemm(8, 64, 32, "fp32", count=4), 0, 0, 8.0, 9.0, 9.0, 0.7)]
     times = measured_times(log)
+    assert dispatch_gap(log) == pytest.approx(0.1)
     assert sorted(times) == ["all_reduce", "gemm", "send_recv"]
     assert sorted(times["gemm"][("8", "64", "32", "fp32")]) == pytest.approx([0.1, 0.5, 0.7])
     assert sorted(times["all_reduce"][("2", "1024")]) == pytest.approx([0.2, 0.3])
@@ -140,6 +142,14 @@ def test_inrun_times_are_spans_and_transfers():
 def test_inrun_profile_takes_the_runs_means(closed_loop):
     out, result = closed_loop
     assert result.profile.endswith("calibrated-inrun.yaml")
+    variants = sorted(p.name for p in out.glob("calibrated-inrun-host-*.yaml"))
+    assert variants == ["calibrated-inrun-host-iso.yaml", "calibrated-inrun-host-liger.yaml",
+                        "calibrated-inrun-host-pp_tp_1.yaml", "calibrated-inrun-host-tp.yaml"]
+    host = {v: load_hardware(str(out / v)).launch_overhead_s for v in variants}
+    assert all(h > load_hardware(str(out / "calibrated.yaml")).launch_overhead_s for h in
+               host.values())                       # under load, above the idle micro-benchmark
+    assert load_hardware(str(out / variants[0])).measured_tables["gemm"].rows == \
+        load_hardware(result.profile).measured_tables["gemm"].rows
     micro, inrun = load_hardware(str(out / "calibrated.yaml")), load_hardware(result.profile)
     assert set(inrun.measured_tables) >= set(micro.measured_tables)
     frame = pd.read_csv(out / "calibrated-inrun-all_reduce.csv")

@@ -11,10 +11,17 @@ mean of what the runs measured: a compute op's span, a collective's or send/recv
 end minus the moment its last member joined, as the simulator times it). The mean, not the median:
 a run's time is the sum of its ops' times, and under load their distribution has a long tail
 (thread wake-ups) that the median drops (in-run all-reduce means were ~3x their medians). Those
-means, plus the stream gap the micro-benchmarks measured, replace the micro-benchmarked rows of the
-same shapes in a copy of the calibrated profile (``STEM-inrun.yaml`` and its tables); shapes the
-runs did not reach keep their micro-benchmarked rows. One table serves every strategy (a shape's
+means, plus the runs' mean dispatch gap (an op's start minus the later of its launch and its
+stream's previous item: the stream thread's bookkeeping and, after an idle spell, its wake-up),
+replace the micro-benchmarked rows of the same shapes in a copy of the calibrated profile
+(``STEM-inrun.yaml`` and its tables); shapes the runs did not reach keep their micro-benchmarked
+rows. One table serves every strategy (a shape's
 samples from all runs together), and the validation runs themselves are never used.
+
+The host is calibrated the same way: the simulator charges each launch `host.launch_overhead_us`
+of host time, and in a real run the host thread also plans (liger's online scheduler), waits for
+the GIL and for a core. The runs' host busy time (TorchRuntime's driver: its time making progress)
+over their launches replaces the micro-benchmarked launch cost.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import datetime
 import io
 import os
 import platform
+import re
 import statistics
 from dataclasses import replace
 
@@ -34,34 +42,71 @@ from simulator.jobs import build, simulate
 from simulator.ops import Attention, Collective, Elementwise, Gemm, SendRecv
 from simulator.safe_yaml import read_yaml_file
 
+from simulator.trace_import.classify import Sample
+from simulator.trace_import.overlap import _overlaps, estimate
+
 from .profile import _key
 
 CALIBRATION_SEED_OFFSET = 1000
+MIN_ALONE = 3           # samples of a shape run alone that make its time (else: every sample)
+MIN_OVERLAPPED = 30     # overlapped samples an in-run contention estimate needs to be used
 
 
-def calibration_runs(jobs, runs: int, log=print) -> tuple[list, str]:
+def calibration_runs(jobs, runs: int, log=print):
     """Run every job `runs` times on TorchRuntime with seeds offset from the experiment's; return
-    the op log of all runs and a description of them for the tables' sources."""
-    entries: list = []
+    the RunLog of all runs (each op entry ends with its run's name) and a description of them
+    for the sources."""
+    from simulator.torchrt.runtime import RunLog
+    run_log = RunLog()
+    run_log.host_by_label = {}          # job label -> (host busy seconds, launches) of its runs
     for job in jobs:
         for i in range(runs):
             seed = int(job.config.get("seed", 0)) + CALIBRATION_SEED_OFFSET + i
             built = build(replace(job, config={**job.config, "seed": seed}))
-            before = len(entries)
-            simulate(built, 0, runtime="torch", op_log=entries)
-            log(f"calibrate: in-run: {job.label} (seed {seed}): {len(entries) - before} ops")
+            before = len(run_log.ops)
+            host_s, launches = run_log.host_s, run_log.launches
+            simulate(built, 0, runtime="torch", run_log=run_log)
+            h, n = run_log.host_by_label.get(job.label, (0.0, 0))
+            run_log.host_by_label[job.label] = (h + run_log.host_s - host_s,
+                                                n + run_log.launches - launches)
+            run = f"{job.label}#{i}"        # each run's clock starts at 0: keep runs apart
+            run_log.ops[before:] = [entry + (run,) for entry in run_log.ops[before:]]
+            log(f"calibrate: in-run: {job.label} (seed {seed}): {len(run_log.ops) - before} ops")
     labels = ", ".join(j.label for j in jobs)
     what = (f"{runs} run(s) of each of {labels} on TorchRuntime with seeds offset by "
             f"{CALIBRATION_SEED_OFFSET} from the experiment's")
-    return entries, what
+    return run_log, what
 
 
 def measured_times(entries) -> dict:
     """family -> {key strings: [seconds, ...]} from an op log: compute ops their span, collectives
     and send/recv their transfer (end minus the last member's join). Ops no table covers (ragged
-    attention, batched GEMMs) are left out."""
-    out: dict = {}
-    for op, _device, _stream, start, end, xfer in entries:
+    attention, batched GEMMs) are left out. Where a shape ran alone (no op on another stream of its
+    device overlapping it) that often, only those samples count (`MIN_ALONE`): the contention
+    model adds what overlap costs, from `contention_estimates`."""
+    samples = _samples(entries)
+    covers = _overlaps(samples)
+    alone: dict = {}
+    every: dict = {}
+    for smp, cov in zip(samples, covers):
+        every.setdefault(smp.family, {}).setdefault(smp.key, []).append(smp.seconds)
+        if not any(v > 0 for v in cov.values()):
+            alone.setdefault(smp.family, {}).setdefault(smp.key, []).append(smp.seconds)
+    return {family: {key: (alone.get(family, {}).get(key)
+                           if len(alone.get(family, {}).get(key, ())) >= MIN_ALONE else times)
+                     for key, times in shapes.items()}
+            for family, shapes in every.items()}
+
+
+def contention_estimates(entries) -> dict:
+    """trace_import.overlap.estimate over the op log: per class pair, the slowdown of ops that ran
+    beside ops of another class on another stream of their device, against the same shapes alone."""
+    return estimate(_samples(entries))
+
+
+def _samples(entries) -> list:
+    out = []
+    for op, device, stream, start, end, xfer, _delay, *run in entries:
         if isinstance(op, Gemm) and op.count != 1:
             continue
         if isinstance(op, (Collective, SendRecv)):
@@ -71,20 +116,78 @@ def measured_times(entries) -> dict:
         else:
             continue
         family, key = _key(op)
-        out.setdefault(family, {}).setdefault(tuple(str(k) for k in key), []).append(seconds)
+        where = f"{run[0]}/{device}" if run else str(device)
+        out.append(Sample(family, tuple(str(k) for k in key), seconds, where, str(stream),
+                          start * 1e6, end * 1e6, op.name))
     return out
 
 
-def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, log=print) -> str:
+def dispatch_gap(entries) -> float | None:
+    """The mean dispatch delay of the logged ops (TorchRuntime.RunLog), or None without ops."""
+    delays = [e[6] for e in entries]
+    return statistics.fmean(delays) if delays else None
+
+
+def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, log=print,
+                        launch_s: float | None = None, contention: dict | None = None,
+                        host_by_label: dict | None = None) -> tuple[str, dict]:
     """``STEM-inrun.yaml`` beside `calibrated`: the same profile whose tables have the in-run
-    means (plus `gap_s`) in place of the micro-benchmarked rows of the same shapes."""
+    means (plus `gap_s`, the in-run dispatch gap) in place of the micro-benchmarked rows of the
+    same shapes, the in-run contention estimates with enough evidence, and, given `launch_s`, the
+    host's in-run seconds per launch as its launch overhead. With `host_by_label` (label -> (host
+    seconds, launches)), also one variant per strategy, ``STEM-inrun-host-LABEL.yaml``, whose
+    launch overhead is that strategy's own (a host program's cost: liger's online scheduler costs
+    far more per launch than tp's loop). Returns (the in-run profile, label -> variant path)."""
     folder = os.path.dirname(os.path.abspath(calibrated))
     stem = os.path.splitext(os.path.basename(calibrated))[0]
     data = read_yaml_file(calibrated, "calibrated profile")
+    stamp = (f"measured: in-run, parasim validate on {platform.node() or 'this host'}, "
+             f"{datetime.date.today().isoformat()}")
+    replaced = _write_tables(data, folder, stem, times, gap_s,
+                             f"{stamp}: means over {what}; their mean dispatch gap "
+                             f"{gap_s * 1e6:.1f} us added")
+    for est in (contention or {}).get("estimates", ()):
+        if est["overlapped_samples"] < MIN_OVERLAPPED:     # too little evidence: keep the bench's
+            continue
+        data.setdefault("contention", {}).setdefault("slowdown", {})[est["pair"]] = {
+            "value": max(1.0, float(est["ratio"])),
+            "source": (f"{stamp}: {est['pair']} over {what}: ratio {est['ratio']} "
+                       f"({est['shapes']} shapes, {est['overlapped_samples']} overlapped and "
+                       f"{est['isolated_samples']} alone samples)")}
+    if launch_s is not None:
+        data["host"] = _host(launch_s, f"{stamp}: the host thread's busy time per launch over "
+                             f"{what}")
+    out = os.path.join(folder, f"{stem}-inrun.yaml")
+    header = (f"# {os.path.basename(calibrated)} with in-run op times (parasim validate; "
+              "docs/validation.md, 'Validate').\n")
+    write_text(out, header + yaml.safe_dump(data, sort_keys=False, width=120))
+    variants, costs = {}, {}
+    for label, (host_s, launches) in (host_by_label or {}).items():
+        if not launches:
+            continue
+        costs[label] = host_s / launches
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
+        variants[label] = os.path.join(folder, f"{stem}-inrun-host-{safe}.yaml")
+        variant = {**data, "host": _host(costs[label], f"{stamp}: the host thread's busy time per "
+                                         f"launch in the calibration runs of {label} alone")}
+        write_text(variants[label], header.replace("in-run op times", f"in-run op times and "
+                                                   f"{label}'s host cost")
+                   + yaml.safe_dump(variant, sort_keys=False, width=120))
+    log("calibrate: in-run: " + ", ".join(f"{f} {n}" for f, n in replaced.items() if n)
+        + f" shapes measured; wrote {out}" + ("; host per launch: " + ", ".join(
+            f"{k} {v * 1e6:.1f} us" for k, v in costs.items()) if costs else ""))
+    return out, variants
+
+
+def _host(launch_s: float, source: str) -> dict:
+    return {"launch_overhead_us": {"value": float(f"{launch_s * 1e6:.6g}"), "source": source}}
+
+
+def _write_tables(data: dict, folder: str, stem: str, times: dict, gap_s: float,
+                  source: str) -> dict:
+    """Write ``STEM-inrun-FAMILY.csv`` per family (the profile's rows with the measured shapes
+    replaced) and point `data`'s measured_tables at them; family -> shapes measured."""
     tables = data.setdefault("measured_tables", {})
-    source = (f"measured: in-run, parasim validate on {platform.node() or 'this host'}, "
-              f"{datetime.date.today().isoformat()}: means over {what}; stream gap "
-              f"{gap_s * 1e6:.1f} us added")
     replaced = {}
     for family in sorted(set(times) | set(tables)):
         columns = FAMILIES[family][0]
@@ -102,13 +205,7 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
         tables[family] = {"csv": name, "source": source + (
             f"; shapes the runs did not reach: {old}" if old and len(kept) > len(measured) else "")}
         replaced[family] = len(measured)
-    out = os.path.join(folder, f"{stem}-inrun.yaml")
-    header = (f"# {os.path.basename(calibrated)} with in-run op times (parasim validate; "
-              "docs/validation.md, 'In-run calibration').\n")
-    write_text(out, header + yaml.safe_dump(data, sort_keys=False, width=120))
-    log("calibrate: in-run: " + ", ".join(f"{f} {n}" for f, n in replaced.items() if n)
-        + f" shapes measured; wrote {out}")
-    return out
+    return replaced
 
 
 def _read_rows(path: str) -> list:

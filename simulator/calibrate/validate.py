@@ -54,11 +54,12 @@ def plan_validation(path: str):
     return plan, jobs
 
 
-def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tuple[str, str]:
+def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tuple:
     """Calibrate for the experiment: its model's shapes plus every op its simulated runs cost
     (micro-benchmarks), then, with `runs` > 0, in-run op times from `runs` TorchRuntime runs of
     each strategy on other requests (inrun.py). Returns (micro-benchmarked profile, the profile
-    to predict with: the in-run one, or the same path with runs == 0)."""
+    to predict with: the in-run one, or the same path with runs == 0, and label -> the in-run
+    profile with that strategy's own host cost)."""
     from .profile import calibrate
     from .shapes import experiment_shapes, model_shapes
     builts = [build(j) for j in jobs]
@@ -68,11 +69,19 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tu
     path = os.path.join(out_dir, "calibrated.yaml")
     cal = calibrate(model, devices, path, shapes, reps=reps, log=log)
     if runs <= 0:
-        return path, path
-    from .inrun import calibration_runs, measured_times, write_inrun_profile
-    entries, what = calibration_runs(jobs, runs, log)
-    return path, write_inrun_profile(path, measured_times(entries), cal.overheads["gap_s"], what,
-                                     log)
+        return path, path, {}
+    from .inrun import (calibration_runs, contention_estimates, dispatch_gap, measured_times,
+                        write_inrun_profile)
+    run_log, what = calibration_runs(jobs, runs, log)
+    launch_s = run_log.host_s / run_log.launches if run_log.launches else None
+    gap_s = dispatch_gap(run_log.ops)
+    log(f"calibrate: in-run: host {launch_s * 1e6:.1f} us per launch, dispatch gap "
+        f"{gap_s * 1e6:.1f} us per op" if launch_s is not None and gap_s is not None else
+        "calibrate: in-run: no ops logged")
+    return (path, *write_inrun_profile(path, measured_times(run_log.ops),
+                                     cal.overheads["gap_s"] if gap_s is None else gap_s,
+                                     what, log, launch_s, contention_estimates(run_log.ops),
+                                     run_log.host_by_label))
 
 
 def _predict(job, profile: str):
@@ -94,16 +103,16 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
     plan, jobs = plan or plan_validation(path)
     os.makedirs(out_dir, exist_ok=True)
     files = []
-    microbench = None
+    microbench, per_strategy = None, {}
     if profile is None:
-        microbench, profile = calibrate_for(jobs, out_dir, reps, grid or Grid(), log,
-                                            calibration_runs)
-        files += sorted({microbench, profile})
+        microbench, profile, per_strategy = calibrate_for(jobs, out_dir, reps, grid or Grid(),
+                                                          log, calibration_runs)
+        files += sorted({microbench, profile, *per_strategy.values()})
         microbench = os.path.abspath(microbench) if microbench != profile else None
     profile = os.path.abspath(profile)
     rows, traced = [], []
     for job in jobs:
-        predicted = _predict(job, profile)
+        predicted = _predict(job, os.path.abspath(per_strategy.get(job.label, profile)))
         base = _predict(job, microbench) if microbench else None
         runs = []
         for i in range(repeat):

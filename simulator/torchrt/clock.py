@@ -91,6 +91,7 @@ class Driver:
         self.procs: list[Proc] = []
         self._seq = itertools.count()
         self.activity = 0.0                # clock time of the last device progress (any thread)
+        self.busy_s = 0.0                  # wall time the host thread spent making progress
 
     def spawn(self, gen) -> Proc:
         proc = Proc(gen)
@@ -140,6 +141,7 @@ class Driver:
         last = clock.now
         while True:
             progressed = False
+            t0 = time.perf_counter()
             while self.ready:
                 proc, value = self.ready.popleft()
                 self._step(proc, value)
@@ -156,6 +158,7 @@ class Driver:
                     fn()
                 progressed = True
             if progressed or self.ready:
+                self.busy_s += time.perf_counter() - t0
                 last = clock.now
                 continue
             with self.cond:

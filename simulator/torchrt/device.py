@@ -32,6 +32,7 @@ class Item(NamedTuple):
     info: tuple                   # OP: (kind, op_class, isolated seconds) for its trace row
     request: int
     phase: str
+    launched_s: float = 0.0       # OP: the host's clock when it launched the op
 
 
 class TorchEvent:
@@ -64,6 +65,7 @@ class Stream:
         self.cond = threading.Condition()
         self.pending = 0
         self.stopping = False
+        self.free_s = 0.0                 # clock time the previous item (any kind) was done
         self.rows: list = []
         self.work = rt.make_work(device)
         self.thread = threading.Thread(target=self._loop, daemon=True,
@@ -101,6 +103,7 @@ class Stream:
             except BaseException as exc:        # handed to the host thread, which re-raises
                 rt.fail(exc, self)
                 return
+            self.free_s = rt.clock.now
             with self.cond:
                 self.queue.popleft()
                 self.pending -= 1

@@ -12,6 +12,7 @@ models, as SimRuntime's do. docs/torch_runtime.md says what runs where.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Callable, Generator
 
 import torch
@@ -48,6 +49,17 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass
+class RunLog:
+    """What calibration runs log: every op run (op, device, stream, start, end, transfer start,
+    dispatch delay: its start minus when its stream could have started it, i.e. the later of its
+    launch and the stream's previous item), the host thread's busy seconds (the host program's
+    steps and callbacks) and its launches."""
+    ops: list = field(default_factory=list)
+    host_s: float = 0.0
+    launches: int = 0
+
+
 class TorchRuntime(CudaParts, ServingVerbs):
     """`devices` devices of `device_type` ("cpu": worker threads on this machine; "cuda": GPUs
     0..devices-1) as a Runtime; `hardware` only answers profiled_* and classifies ops.
@@ -69,9 +81,10 @@ class TorchRuntime(CudaParts, ServingVerbs):
         self.contention = contention or make_contention(hardware.contention)
         self.stall_s = stall_s
         self.keep_ops = keep_ops
-        # (op, device, stream, start, end, transfer start) of every op run, when a list is given
-        # (calibration runs read op times from it; None: nothing is logged)
-        self.op_log: list | None = None
+        # calibration runs (calibrate/inrun.py): a RunLog gets every op's (op, device, stream,
+        # start, end, transfer start) and the host thread's busy time and launches; None: nothing
+        self.run_log: RunLog | None = None
+        self.launches = 0
         self.clock = RealClock()
         self.driver = self.clock.driver
         self.serving = Serving(self.clock)
@@ -124,8 +137,10 @@ class TorchRuntime(CudaParts, ServingVerbs):
             fn()
             end = xfer = clock.now
         stream.rows.append(op_row(stream, item, start, end, xfer))
-        if self.op_log is not None:                 # calibration runs (calibrate/inrun.py)
-            self.op_log.append((op, stream.device, stream.index, start, end, xfer))
+        if self.run_log is not None:                # calibration runs (calibrate/inrun.py)
+            ready = max(item.launched_s, stream.free_s)  # when the stream could have started it
+            self.run_log.ops.append((op, stream.device, stream.index, start, end, xfer,
+                                     start - ready))
 
     def reach(self, ev: TorchEvent, stream: Stream) -> None:
         """Stream thread: `stream` got to `ev`'s record."""
@@ -187,7 +202,8 @@ class TorchRuntime(CudaParts, ServingVerbs):
         if is_comm(op) and device not in op.group:
             raise SimulationError(f"{op.name!r} launched on device {device}, not in its group "
                                   f"{op.group}")
-        st.put(Item(OP, op, None, self._classify(op), request, phase))
+        self.launches += 1
+        st.put(Item(OP, op, None, self._classify(op), request, phase, self.clock.now))
 
     def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
         for op in ops:
@@ -279,6 +295,9 @@ class TorchRuntime(CudaParts, ServingVerbs):
                                       f"{unfinished[0]}); the strategy did not mark their completion")
             if self.cuda:                                          # pragma: no cover
                 self._cuda_rows()
+            if self.run_log is not None:
+                self.run_log.host_s += self.driver.busy_s
+                self.run_log.launches += self.launches
         finally:
             self.close()
         return self._trace(end_s)
