@@ -28,6 +28,11 @@ minimum over regimes, a continuous, concave curve with no size threshold::
 
     t = min over r of  alpha_r(n) + factor(kind, n) * bytes / busbw_r(n)
 
+Attention (FlashAttention-style) adds, where the profile gives them, a fixed floor, a time per wave
+of thread blocks (one per query tile and head in prefill, one per sequence and KV head in decode)
+and its own memory efficiency (docs/hardware.md); FP8 GEMMs may have their own efficiency and pay
+their input's dynamic quantisation (`fp8_gemm_efficiency`, `fp8_quantize_us`).
+
 Measured-table mode (cost_tables.py): where the profile (or the `tables` argument) has a table for
 the op's family, its measured time wins: an exact row, else the interpolation between the nearest
 measured rows along the family's axis. Outside the measured range, or with no row of the op's other
@@ -153,13 +158,6 @@ class CostModel:
         raise ValueError(f"hardware profile {self.hw.name!r} does not support dtype {dtype!r}: its "
                          "peak_tflops lists only " + ", ".join(peak))
 
-    def _roofline(self, compute_s: float, flops: float, nbytes: float) -> OpCost:
-        dev = self.hw.device
-        memory_s = nbytes / (dev.memory_bandwidth_bytes_per_s * dev.memory_efficiency)
-        if compute_s >= memory_s:
-            return OpCost(compute_s + dev.kernel_overhead_s, "compute", "compute", flops, nbytes)
-        return OpCost(memory_s + dev.kernel_overhead_s, "memory", "memory", flops, nbytes)
-
     def gemm_plans(self, op: Gemm) -> list[GemmPlan]:
         """For each allowed split-K factor, the plan with the fastest tile (the tile choice does not
         depend on the efficiencies: every tile's time scales with 1 / gemm_efficiency)."""
@@ -234,14 +232,16 @@ class CostModel:
         at the attention kernels' own bandwidth efficiency."""
         dev = self.hw.device
         wave_eff = tiles / (dev.sms * math.ceil(tiles / dev.sms))
-        compute_s = (flops / (self._peak(dtype) * dev.attention_efficiency * wave_eff)
-                     + math.ceil(blocks / dev.sms) * dev.attention_block_s)
+        math_s = flops / (self._peak(dtype) * dev.attention_efficiency * wave_eff)
+        block_s = math.ceil(blocks / dev.sms) * dev.attention_block_s
         mem_eff = dev.attention_memory_efficiency or dev.memory_efficiency
         memory_s = nbytes / (dev.memory_bandwidth_bytes_per_s * mem_eff)
         fixed = dev.kernel_overhead_s + dev.attention_floor_s
-        if compute_s >= memory_s:
-            return OpCost(compute_s + fixed, "compute", "compute", flops, nbytes)
-        return OpCost(memory_s + fixed, "memory", "memory", flops, nbytes)
+        if math_s + block_s < memory_s:
+            return OpCost(memory_s + fixed, "memory", "memory", flops, nbytes)
+        if block_s > math_s:        # waves of nearly idle blocks: latency, not the tensor cores
+            return OpCost(math_s + block_s + fixed, "latency", "memory", flops, nbytes)
+        return OpCost(math_s + block_s + fixed, "compute", "compute", flops, nbytes)
 
     def _memory(self, nbytes: float) -> OpCost:
         dev = self.hw.device

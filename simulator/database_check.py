@@ -77,8 +77,7 @@ def comparison(profile: HardwareProfile, ref: aic.DatabaseRef, execution: str = 
                every: int = 1) -> pd.DataFrame:
     """One row per measured op: family, shape, measured and predicted seconds (roofline only).
     `every`: keep every n-th GEMM and attention row (a quick, deterministic subsample)."""
-    cost = _roofline(profile.for_execution(execution) if hasattr(profile, "for_execution")
-                     else profile)
+    cost = _roofline(profile.for_execution(execution))
     rows = gemm_rows(cost, ref, every=every) + attention_rows(cost, ref, every=every)
     if "fp8" in cost.hw.device.peak_flops:
         rows += gemm_rows(cost, ref, ("fp8",), every=every)
