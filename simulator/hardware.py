@@ -10,168 +10,27 @@ A collective group size gives one protocol regime, ``{alpha_us, busbw_gb_per_s}`
 
 An optional ``measured_tables:`` maps an op family (see `cost_tables.FAMILIES`) to
 ``{csv: PATH, source: "measured: ..."}``, PATH relative to the profile's folder; the cost model then
-interpolates those measured times and falls back to the roofline outside them (DESIGN §3).
+interpolates those measured times and falls back to the roofline outside them (DESIGN §3); an
+``aiconfigurator:`` entry names AIConfigurator's database instead (loaded when a run builds). An
+optional ``execution: {graphs: ...}`` holds the numbers of ``execution: graphs``. The records
+themselves live in `hwspec.py`.
 
 Built-in profiles live in the ``hwprofiles`` package; a path to a YAML file works wherever a name does.
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import os
-from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
-from typing import Mapping
 
-from .cost_tables import FAMILIES, MeasuredTable, load_table_csv, source_problem
+from .cost_tables import FAMILIES, load_table_csv, source_problem
 from .errors import ConfigError
+from .hwspec import (DTYPES, EXECUTIONS, OP_CLASSES, SOURCE_KINDS, TOPOLOGIES,  # noqa: F401
+                     ContentionSpec, DeviceSpec, GraphsSpec, HardwareProfile, InterconnectSpec,
+                     LinkParams, Regime)
 from .safe_yaml import parse_yaml, read_yaml_file
 from .schema import Section
-
-SOURCE_KINDS = ("datasheet", "measured", "fitted", "assumed")
-TOPOLOGIES = ("nvswitch", "nvlink_mesh", "nvlink_pairs", "pcie_p2p", "pcie_host")
-DTYPES = ("fp32", "fp16", "bf16", "fp8")
-OP_CLASSES = ("compute", "memory", "comm")
-
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """One GPU, SI units. Efficiencies are fractions of peak reached by large, well-shaped ops."""
-    name: str
-    sms: int
-    peak_flops: Mapping[str, float]          # per dtype, flop/s (dense tensor-core rate)
-    memory_bytes: float
-    memory_bandwidth_bytes_per_s: float
-    gemm_efficiency: float
-    attention_efficiency: float
-    memory_efficiency: float
-    kernel_overhead_s: float                 # fixed cost of every kernel (launch-to-start on the GPU, tail)
-    # Attention kernels' own floors (cost.py): the fraction of memory bandwidth their reads reach
-    # (None: memory_efficiency), a fixed time above kernel_overhead_s (split-KV combine, prologue),
-    # and the time of one wave of thread blocks however little each block does. Zero: no floor.
-    attention_memory_efficiency: float | None = None
-    attention_floor_s: float = 0.0
-    attention_block_s: float = 0.0
-    # FP8 GEMMs (cost.py): their own fraction of the fp8 peak (None: gemm_efficiency), and the fixed
-    # time of quantising their 16-bit input (0: taken as fused into the producer, free).
-    fp8_gemm_efficiency: float | None = None
-    fp8_quantize_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Regime:
-    """Alpha-beta parameters of one protocol regime (e.g. NCCL's LL or Simple)."""
-    alpha_s: float
-    bandwidth_bytes_per_s: float
-
-
-@dataclass(frozen=True)
-class LinkParams:
-    """Alpha-beta parameters of one collective group size (or of point-to-point transfers).
-
-    `regimes` are the protocol regimes; a transfer takes the fastest of them (the minimum over
-    regimes of alpha + bytes / bandwidth). `alpha_s` and `bandwidth_bytes_per_s` are the
-    large-message regime's (the highest bandwidth), what a single-regime reader sees."""
-    alpha_s: float
-    bandwidth_bytes_per_s: float             # bus bandwidth for collectives, plain bandwidth for p2p
-    regimes: tuple = ()                      # of Regime; empty: the one regime (alpha_s, bandwidth)
-
-    def __post_init__(self):
-        if not self.regimes:
-            object.__setattr__(self, "regimes", (Regime(self.alpha_s, self.bandwidth_bytes_per_s),))
-
-    @classmethod
-    def of_regimes(cls, regimes) -> "LinkParams":
-        regimes = tuple(regimes)
-        large = max(regimes, key=lambda r: r.bandwidth_bytes_per_s)
-        return cls(large.alpha_s, large.bandwidth_bytes_per_s, regimes)
-
-
-@dataclass(frozen=True)
-class InterconnectSpec:
-    topology: str
-    collectives: Mapping[int, LinkParams]    # group size -> alpha and bus bandwidth, per regime
-    p2p: LinkParams
-    shared_link: bool                        # transfers of disjoint groups share one link (host memory, PCIe root)
-
-    def collective_params(self, group_size: int) -> LinkParams:
-        """Parameters for `group_size`: the entry itself, else the next larger size, else the largest."""
-        sizes = sorted(self.collectives)
-        i = bisect.bisect_left(sizes, group_size)
-        return self.collectives[sizes[min(i, len(sizes) - 1)]]
-
-
-@dataclass(frozen=True)
-class ContentionSpec:
-    """Parameters of the contention model (DESIGN §2).
-
-    `slowdown[(a, b)]` >= 1: how much slower an op of class `a` runs while an op of class `b` runs
-    beside it on the same device. `low_priority_share`: the fraction of a resource that an op on a
-    lower-priority stream gets while an op of the same class runs on a higher-priority stream.
-    """
-    model: str
-    slowdown: Mapping[tuple, float]
-    low_priority_share: float
-
-
-@dataclass(frozen=True)
-class GraphsSpec:
-    """What changes under ``execution: graphs`` (a serving engine's CUDA graphs and custom
-    all-reduce): the host's time per kernel of a replayed graph, the device's fixed time per kernel
-    inside a graph, and the collectives (custom all-reduce for small messages, NCCL for large)."""
-    launch_overhead_s: float
-    kernel_overhead_s: float
-    collectives: Mapping[int, "LinkParams"]
-
-
-EXECUTIONS = ("eager", "graphs")
-
-
-@dataclass(frozen=True)
-class HardwareProfile:
-    name: str
-    description: str
-    max_devices: int
-    device: DeviceSpec
-    launch_overhead_s: float
-    interconnect: InterconnectSpec
-    contention: ContentionSpec
-    sources: Mapping[str, str] = field(default_factory=dict)   # dotted key -> provenance
-    path: str = ""
-    # op family -> measured times the cost model prefers to its roofline (cost_tables.py)
-    measured_tables: Mapping[str, MeasuredTable] = field(default_factory=lambda: MappingProxyType({}))
-    graphs: GraphsSpec | None = None          # numbers for execution: graphs, where known
-    database: object = None                   # aiconfigurator.DatabaseSpec the profile names
-    execution: str = "eager"
-
-    def for_execution(self, execution: str, where: str = "experiment",
-                      key: str = "execution") -> "HardwareProfile":
-        """This profile as a run in `execution` mode sees it. ``graphs`` swaps in the profile's
-        `execution.graphs` numbers; a ConfigError if the profile has none."""
-        from dataclasses import replace
-        if execution not in EXECUTIONS:
-            raise ConfigError(where, key, f"must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
-        if execution == self.execution:
-            return self
-        if execution == "eager":
-            raise ConfigError(where, key, f"profile {self.name!r} was already switched to "
-                              f"{self.execution}; load it again for eager")
-        if self.graphs is None:
-            raise ConfigError(where, key, f"hardware {self.name!r} has no numbers for graphs "
-                              "(its profile lacks execution.graphs); use execution: eager or add them")
-        g = self.graphs
-        collectives = dict(self.interconnect.collectives)
-        collectives.update(g.collectives)
-        ic = replace(self.interconnect, collectives=MappingProxyType(dict(sorted(collectives.items()))))
-        return replace(self, launch_overhead_s=g.launch_overhead_s, interconnect=ic,
-                       device=replace(self.device, kernel_overhead_s=g.kernel_overhead_s),
-                       execution=execution)
-
-    def with_contention(self, contention: ContentionSpec) -> "HardwareProfile":
-        from dataclasses import replace
-        return replace(self, contention=contention)
-
 
 # ---------------------------------------------------------------------------------------- loading
 
