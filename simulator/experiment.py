@@ -44,18 +44,26 @@ class Job:
 
     def cache_key(self) -> str:
         """Hash of the job's configuration, of the files it names (a hardware YAML, a model
-        config.json, a trace CSV: anything in the configuration that is an existing file) and of
-        parasim's own code and built-in profiles, so that no change can reuse a stale result."""
+        config.json, a trace CSV: anything in the configuration that is an existing file), of
+        parasim's own code and built-in profiles, and of the aiconfigurator-core version where
+        the configuration or those files name its database, so that no change can reuse a stale
+        result."""
         blob = json.dumps({"config": self.config, "strategy": self.strategy, "label": self.label},
                           sort_keys=True, default=str)
         extra = [code_fingerprint()]
+        database = "aiconfigurator" in blob
         for value in _strings(self.config):
             for path in (os.path.join(self.base_dir, value), value):
                 if os.path.isfile(path):
                     for named in [path] + _tables_named_by(path):
                         with open(named, "rb") as fh:
-                            extra.append(hashlib.sha256(fh.read()).hexdigest())
+                            content = fh.read()
+                        database = database or b"aiconfigurator" in content
+                        extra.append(hashlib.sha256(content).hexdigest())
                     break
+        if database:            # tables from AIConfigurator's database: its version counts too
+            from .aiconfigurator import available, package_version
+            extra.append(package_version() if available() else "aiconfigurator absent")
         blob += "".join(extra)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -179,3 +179,15 @@ def test_database_spec_is_not_a_sweep(tmp_path):
 def test_dataclass_replace_keeps_profile_fields():
     hw = load_hardware("a100-sxm4-80gb")
     assert dataclasses.replace(hw).graphs == hw.graphs
+
+
+def test_cache_key_follows_the_database_version(tmp_path, monkeypatch):
+    from simulator.experiment import load_experiment
+    data = dict(BASE, measured_tables={"aiconfigurator": {"system": "h100_sxm"}})
+    job = load_experiment(write(tmp_path, data))[0]
+    plain = load_experiment(write(tmp_path, BASE, "plain.yaml"))[0]
+    before, before_plain = job.cache_key(), plain.cache_key()
+    monkeypatch.setattr(aic, "package_version", lambda: "99.0")
+    monkeypatch.setattr(aic, "available", lambda: True)
+    assert job.cache_key() != before
+    assert plain.cache_key() == before_plain
