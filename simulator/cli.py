@@ -182,6 +182,9 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"parasim: error: {exc.line()}", file=sys.stderr)
         return EXIT_USER
+    except BrokenPipeError:              # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("parasim: interrupted; finished points are cached and will be skipped on re-run",
               file=sys.stderr)
@@ -312,16 +315,40 @@ def _hardware(args) -> int:
     print(f"  device       {d.name}: {d.sms} SMs, "
           + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in d.peak_flops.items())
           + f", {d.memory_bytes / 2**30:.1f} GiB at {d.memory_bandwidth_bytes_per_s / 1e9:.0f} GB/s")
+    print(f"  kernels      GEMM {d.gemm_efficiency:.3g} of peak, memory {d.memory_efficiency:.3g} of "
+          f"bandwidth, {d.kernel_overhead_s * 1e6:.3g} us per kernel; host {p.launch_overhead_s * 1e6:.3g}"
+          " us per launch")
+    if d.attention_floor_s or d.attention_block_s or d.attention_memory_efficiency:
+        print(f"  attention    {d.attention_efficiency:.3g} of peak, memory "
+              f"{d.attention_memory_efficiency or d.memory_efficiency:.3g}, floor "
+              f"{d.attention_floor_s * 1e6:.3g} us, {d.attention_block_s * 1e6:.3g} us per wave of blocks")
+    else:
+        print(f"  attention    {d.attention_efficiency:.3g} of peak (plain roofline)")
+    if d.fp8_gemm_efficiency or d.fp8_quantize_s:
+        print(f"  fp8 GEMM     {d.fp8_gemm_efficiency or d.gemm_efficiency:.3g} of the fp8 peak, input "
+              f"quantisation {d.fp8_quantize_s * 1e6:.3g} us + 5 bytes per element")
     print(f"  topology     {p.interconnect.topology} (shared link: {p.interconnect.shared_link})")
-    for n, lp in p.interconnect.collectives.items():
-        regimes = getattr(lp, "regimes", None) or (lp,)
-        print(f"  collectives  n={n}: " + "; ".join(
-            f"alpha {r.alpha_s * 1e6:.1f} us, busbw {r.bandwidth_bytes_per_s / 1e9:.1f} GB/s"
-            for r in regimes))
+    _print_collectives("collectives", p.interconnect.collectives)
+    if p.graphs is not None:
+        print(f"  graphs       host {p.graphs.launch_overhead_s * 1e6:.3g} us per kernel, "
+              f"{p.graphs.kernel_overhead_s * 1e6:.3g} us per kernel on the device")
+        _print_collectives("graphs", p.graphs.collectives)
+    if p.database is not None:
+        ref = p.database.ref
+        print(f"  tables       AIConfigurator {ref.system} {ref.framework} {ref.version or '(newest)'}: "
+              + ", ".join(p.database.families))
     print("  sources:")
     for key, src in p.sources.items():
         print(f"    {key}: {src}")
     return 0
+
+
+def _print_collectives(label: str, collectives) -> None:
+    for n, lp in collectives.items():
+        regimes = getattr(lp, "regimes", None) or (lp,)
+        print(f"  {label:12s} n={n}: " + "; ".join(
+            f"alpha {r.alpha_s * 1e6:.1f} us, busbw {r.bandwidth_bytes_per_s / 1e9:.1f} GB/s"
+            for r in regimes))
 
 
 def _models(args) -> int:

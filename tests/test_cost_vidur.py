@@ -211,7 +211,7 @@ def test_all_reduce_median_error(comm_errors, record_property, device, n):
 @pytest.mark.parametrize("device", sorted(DEVICES))
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_profile_all_reduce_near_vidur_in_median(comm_errors, record_property, device, n):
-    """The profile's eager all-reduce follows NCCL 2.27 kernel times (AIConfigurator). Over Vidur's
+    """The profile's eager all-reduce follows NCCL 2.27-2.29 kernel times (AIConfigurator). Over Vidur's
     sizes (2 KiB..64 MiB) the two campaigns agree in median within 25% (profile / Vidur 0.79-1.01
     when fitted); they part at small messages, where Vidur's times (an older NCCL, and the wait for
     the slowest peer, which the simulator models itself) are up to twice as long."""

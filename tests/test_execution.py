@@ -191,3 +191,14 @@ def test_cache_key_follows_the_database_version(tmp_path, monkeypatch):
     monkeypatch.setattr(aic, "available", lambda: True)
     assert job.cache_key() != before
     assert plain.cache_key() == before_plain
+
+
+def test_hardware_show_prints_the_new_numbers(capsys):
+    assert main(["hardware", "show", "h100-sxm5-80gb"]) == 0
+    out = capsys.readouterr().out
+    assert "attention    0.578 of peak" in out and "floor 6.86 us" in out
+    assert "fp8 GEMM     0.58 of the fp8 peak" in out
+    assert "graphs       host 0.5 us per kernel" in out and "graphs       n=8:" in out
+    assert main(["hardware", "show", "rtx4090"]) == 0
+    out = capsys.readouterr().out
+    assert "(plain roofline)" in out and "graphs" not in out.split("sources:")[0]
