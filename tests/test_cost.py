@@ -33,6 +33,7 @@ PROFILES = {
     "mi300x-192gb": ("nvlink_mesh", False),
 }
 FITTED_FROM_DATABASE = ("a100-sxm4-80gb", "h100-sxm5-80gb", "h200-sxm-141gb", "b200-sxm-180gb")
+DEVICE_FITTED_FROM_DATABASE = ("l40s-48gb",)
 MIB = 2 ** 20
 
 
@@ -623,3 +624,14 @@ def test_a_low_priority_share_that_starves_a_stream_is_refused(tmp_path, share):
     with pytest.raises(ConfigError) as exc:
         load_hardware(str(path))
     assert exc.value.key == "contention.low_priority_share.value"
+
+
+@pytest.mark.parametrize("name", DEVICE_FITTED_FROM_DATABASE)
+def test_device_numbers_fitted_to_the_database_links_not(name):
+    """L40S: the card's kernels fitted to AIConfigurator's tables; its links stay the PCIe Gen4 P2P
+    fit (the database's L40S NCCL table is a host-routed server, not this P2P box)."""
+    hw = load_hardware(name)
+    for key in ("device.gemm_efficiency", "device.attention_floor_us", "device.fp8_gemm_efficiency"):
+        assert "benchmarks/fit_aiconfigurator.py" in hw.sources[key], key
+    assert hw.graphs is None
+    assert hw.interconnect == load_hardware("a100-pcie-40gb").interconnect
