@@ -6,7 +6,7 @@ and the peer compete for the same cores, and a collective's transfer waits on th
 the 2-core development machine collectives took 5-10x and decode GEMMs 1.5-2.5x their
 micro-benchmarked times (docs/validation.md). So `parasim validate` also runs each strategy of the
 experiment on TorchRuntime on *other* requests (the experiment's seed plus CALIBRATION_SEED_OFFSET,
-a different arrival sequence), logs every op (TorchRuntime.op_log) and takes, per table shape, the
+a different arrival sequence), logs every op (TorchRuntime.run_log) and takes, per table shape, the
 mean of what the runs measured: a compute op's span, a collective's or send/recv's transfer (its
 end minus the moment its last member joined, as the simulator times it). The mean, not the median:
 a run's time is the sum of its ops' times, and under load their distribution has a long tail
@@ -15,13 +15,16 @@ means, plus the runs' mean dispatch gap (an op's start minus the later of its la
 stream's previous item: the stream thread's bookkeeping and, after an idle spell, its wake-up),
 replace the micro-benchmarked rows of the same shapes in a copy of the calibrated profile
 (``STEM-inrun.yaml`` and its tables); shapes the runs did not reach keep their micro-benchmarked
-rows. One table serves every strategy (a shape's
-samples from all runs together), and the validation runs themselves are never used.
+rows. Table times come from samples that ran alone on their device where there are enough of them:
+what overlap costs is the contention model's, whose slowdowns are estimated from the same runs
+(trace_import.overlap). One table serves every strategy (a shape's samples from all runs
+together), and the validation runs themselves are never used.
 
 The host is calibrated the same way: the simulator charges each launch `host.launch_overhead_us`
 of host time, and in a real run the host thread also plans (liger's online scheduler), waits for
 the GIL and for a core. The runs' host busy time (TorchRuntime's driver: its time making progress)
-over their launches replaces the micro-benchmarked launch cost.
+over their launches replaces the micro-benchmarked launch cost, over all runs in the in-run
+profile and per strategy in its variants (a host program's cost is its own).
 """
 from __future__ import annotations
 
