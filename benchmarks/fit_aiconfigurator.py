@@ -92,8 +92,7 @@ def fp8_fit(profile, ref) -> tuple | None:
     reduce = np.zeros_like(main)
     for i, (m, n, k, _) in enumerate(rows):
         for j, plan in enumerate(cm.gemm_plans(Gemm(m, n, k, "fp8", out_dtype="bf16"))):
-            main[i, j], reduce[i, j] = plan.main_s, plan.reduce_s * (unit.memory_efficiency
-                                                                     / dev.memory_efficiency)
+            main[i, j], reduce[i, j] = plan.main_s, plan.reduce_s
     memory = np.array([Gemm(m, n, k, "fp8", out_dtype="bf16").bytes for m, n, k, _ in rows]) / mem_rate
     quant = np.array([FP8_QUANT_BYTES_PER_ELEMENT * m * k for m, _, k, _ in rows]) / mem_rate
     log_t = np.log([s for *_, s in rows])

@@ -105,10 +105,14 @@ def _folder(ref: DatabaseRef, family: str, framework: str, file: str, where: str
     return os.path.join(base, ref.version, file)
 
 
+def _rel(path: str) -> str:
+    """A table's path inside the database (``h100_sxm/gemm/vllm/0.24.0/gemm_perf.parquet``)."""
+    return path.split(os.sep + "data" + os.sep, 1)[-1]
+
+
 def _source(path: str) -> str:
-    rel = path.split(os.sep + "data" + os.sep, 1)[-1]
     return (f"measured: AIConfigurator database (aiconfigurator-core {package_version()}, "
-            f"Apache-2.0), {rel}")
+            f"Apache-2.0), {_rel(path)}")
 
 
 def _read(path: str):
@@ -170,8 +174,7 @@ def attention_table(ref: DatabaseRef, where: str = "aiconfigurator",
                          "dtype": _ATTN_DTYPES[r.attn_dtype], "seconds": r.latency * 1e-3})
     if not rows:
         return None
-    source = _source(paths[0]) + "".join(", " + p.split(os.sep + "data" + os.sep, 1)[-1]
-                                         for p in paths[1:])
+    source = _source(paths[0]) + "".join(", " + _rel(p) for p in paths[1:])
     return MeasuredTable.from_rows("attention", rows, source, where=paths[0], path=paths[0])
 
 
@@ -223,7 +226,7 @@ def comm_tables(ref: DatabaseRef, execution: str = "eager", where: str = "aiconf
                 for _, n, b, lat in ar.itertuples(index=False):
                     if n in top.index and b > top[n]:
                         rows.append({"devices": n, "bytes": b, "seconds": lat * 1e-3})
-                source += f"; NCCL above its largest size: {path.split(os.sep + 'data' + os.sep)[-1]}"
+                source += f"; NCCL above its largest size: {_rel(path)}"
             tables["all_reduce"] = MeasuredTable.from_rows("all_reduce", rows, source, where=cpath,
                                                            path=cpath)
     return tables

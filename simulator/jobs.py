@@ -19,10 +19,10 @@ from strategies.base import Strategy
 
 from . import aiconfigurator as aic
 from .batching import Scheduler, ServingConfig, check_workload_fits, kv_cache_blocks, parse_serving
+from .cost_tables import merge_tables
 from .engine import SimRuntime
 from .errors import ConfigError, PointError
 from .experiment import Job
-from .cost_tables import merge_tables
 from .hardware import EXECUTIONS, HardwareProfile, load_hardware
 from .metrics import Slo, parse_slo
 from .model import PRESETS, ModelSpec, check_fits, dtype_problem, load_model, memory_per_device

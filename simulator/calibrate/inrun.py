@@ -61,7 +61,6 @@ def calibration_runs(jobs, runs: int, log=print):
     for the sources."""
     from simulator.torchrt.runtime import RunLog
     run_log = RunLog()
-    run_log.host_by_label = {}          # job label -> (host busy seconds, launches) of its runs
     for job in jobs:
         for i in range(runs):
             seed = int(job.config.get("seed", 0)) + CALIBRATION_SEED_OFFSET + i

@@ -58,6 +58,7 @@ class RunLog:
     ops: list = field(default_factory=list)
     host_s: float = 0.0
     launches: int = 0
+    host_by_label: dict = field(default_factory=dict)   # calibrate/inrun.py: label -> (host_s, launches)
 
 
 class TorchRuntime(CudaParts, ServingVerbs):
