@@ -107,10 +107,13 @@ class SimRuntime(ServingVerbs):
         launch_s = hardware.launch_overhead_s if launch_overhead_s is None else launch_overhead_s
         self.recorder = TraceRecorder(devices, keep_ops, keep_from_s, spill_path)
         self.machine = Machine(self.env, devices, self.cost, self.contention, launch_s,
-                               hardware.interconnect.shared_link, self.recorder, segments)
+                               hardware.interconnect.shared_link, self.recorder, segments,
+                               hardware.device.event_wait_s)
         self.serving = Serving(SimClock(self.env))
         self.segment_counts = self.machine.segment_counts
         self.mirror_groups = mirror
+        self.wakeup_s = hardware.wakeup_s         # a blocked host resumes this long after its event
+        self.callback_s = hardware.callback_s     # a host callback runs this long after its event
         if type(self).launch is SimRuntime.launch:     # the hot path: no extra call per launch
             self.launch = self.machine.launch
         if type(self).launch_seq is SimRuntime.launch_seq:
@@ -194,6 +197,8 @@ class SimRuntime(ServingVerbs):
             self.serving.host_state = f"blocked in synchronize on event {event.name!r}"
             yield event.signal
             self.serving.host_state = "running"
+            if self.wakeup_s:
+                yield self.env.timeout(self.wakeup_s)
         host = self.machine.host_s[event.device if event.device is not None else 0]
         if host > self.env.now:
             yield self.env.timeout(host - self.env.now)
@@ -203,9 +208,14 @@ class SimRuntime(ServingVerbs):
         return event.done
 
     def when(self, event: Event, fn: Callable[[float], None]) -> None:
-        """Call fn(time) when `event` completes (at once if it has)."""
+        """Call fn(time) when `event` completes (at once if it has): on the host, `callback_s`
+        after it (the profile's host.callback_us), with the event's time."""
         if event.done:
             fn(event.time)
+        elif self.callback_s:
+            delay, env = self.callback_s, self.env
+            event.callbacks.append(
+                lambda t: env.timeout(delay).callbacks.append(lambda _e: fn(t)))
         else:
             event.callbacks.append(fn)
 
@@ -219,10 +229,12 @@ class SimRuntime(ServingVerbs):
             if not waiter.triggered:
                 waiter.succeed()
         for e in events:
-            self.when(e, fire)
+            e.callbacks.append(fire)
         self.serving.host_state = "blocked in wait_any on events " + ", ".join(repr(e.name) for e in events)
         yield waiter
         self.serving.host_state = "running"
+        if self.wakeup_s:
+            yield self.env.timeout(self.wakeup_s)
 
     # ------------------------------------------------------------------------------ driving
     def run(self, strategy, source: Callable[[Serving], Generator], scheduler=None) -> Trace:

@@ -184,11 +184,16 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
                              if dev.has("fp8_gemm_efficiency") else None),
         fp8_quantize_s=(r.number(dev, "fp8_quantize_us", min_open=False) * 1e-6
                         if dev.has("fp8_quantize_us") else 0.0),
+        event_wait_s=(r.number(dev, "event_wait_us", min_open=False) * 1e-6
+                      if dev.has("event_wait_us") else 0.0),
     )
     dev.done()
 
     host = top.section("host")
     launch = r.number(host, "launch_overhead_us", min_open=False) * 1e-6
+    wakeup = r.number(host, "wakeup_us", min_open=False) * 1e-6 if host.has("wakeup_us") else 0.0
+    callback = (r.number(host, "callback_us", min_open=False) * 1e-6
+                if host.has("callback_us") else 0.0)
     host.done()
 
     ic = top.section("interconnect")
@@ -225,7 +230,8 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
     graphs = _graphs(r, top)
     top.done()
     return HardwareProfile(name, description, max_devices, device, launch, interconnect, contention,
-                           MappingProxyType(r.sources), where, tables, graphs, database=database)
+                           MappingProxyType(r.sources), where, tables, graphs, database=database,
+                           wakeup_s=wakeup, callback_s=callback)
 
 
 def builtin_names() -> list[str]:

@@ -40,6 +40,9 @@ class DeviceSpec:
     # time of quantising their 16-bit input (0: taken as fused into the producer, free).
     fp8_gemm_efficiency: float | None = None
     fp8_quantize_s: float = 0.0
+    # a stream blocked on another stream's event (Runtime.wait) resumes this long after it
+    # completes (0 on GPUs, where the wait is the hardware's; a thread's wake-up on a CPU)
+    event_wait_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,10 @@ class HardwareProfile:
     graphs: GraphsSpec | None = None          # numbers for execution: graphs, where known
     database: object = None                   # aiconfigurator.DatabaseSpec the profile names
     execution: str = "eager"
+    # the host's reaction to a completed event (0: at once): a blocked host (synchronize,
+    # wait_any) resumes `wakeup_s` after it, a host callback (`when`) runs `callback_s` after it
+    wakeup_s: float = 0.0
+    callback_s: float = 0.0
 
     def for_execution(self, execution: str, where: str = "experiment",
                       key: str = "execution") -> "HardwareProfile":

@@ -29,12 +29,13 @@ class Machine:
     """`devices` devices of one profile: the state and mechanics behind SimRuntime's verbs."""
 
     def __init__(self, env, devices: int, cost, contention, launch_s: float, shared_link: bool,
-                 recorder: TraceRecorder, segments: bool = True):
+                 recorder: TraceRecorder, segments: bool = True, event_wait_s: float = 0.0):
         self.env = env
         self.devices = devices
         self.cost = cost
         self.contention = contention
         self.launch_s = launch_s
+        self.event_wait_s = event_wait_s       # a stream blocked on an event wakes this late
         self.shared = shared_link
         self.recorder = recorder
         self.rows = recorder.buffer            # finished ops go here; folded in chunks
@@ -224,9 +225,13 @@ class Machine:
             ev.time = self.end_s = self.env._now
         else:
             ev.time = time_s
+        delay = self.event_wait_s
         for st in ev.streams:
-            st.blocked = False
-            self.advance(st)
+            if delay:                              # the waiting stream wakes `delay` later
+                self.env.timeout(delay).callbacks.append(lambda _e, st=st: self._unblock(st))
+            else:
+                st.blocked = False
+                self.advance(st)
         ev.streams = []
         for fn in ev.callbacks:
             fn(ev.time)

@@ -186,6 +186,51 @@ def test_a_wait_on_an_event_really_waits():
     assert free.start_s < last_big
 
 
+def test_a_run_log_records_how_late_the_host_and_streams_react():
+    """RunLog: one blocking synchronize (its wake-up after the event), one event with a host
+    callback, one blocked stream wait, and the launches per device."""
+    from simulator.torchrt.runtime import RunLog
+    big, small = Gemm(384, 384, 384, "fp32", "big"), Gemm(8, 8, 8, "fp32", "small")
+    seen = []
+
+    def host(rt):
+        ev = rt.new_event("after_big")
+        for _ in range(4):
+            rt.launch(big, 1, 0)
+        rt.record(ev, 1, 0)
+        rt.when(ev, seen.append)
+        rt.wait(0, 1, ev)
+        rt.launch(small, 0, 1)
+        yield from rt.synchronize(ev)
+        seen.append(rt.now)
+    rt = TorchRuntime(HW, 2, stall_s=30)
+    rt.run_log = log = RunLog()
+    rt.run(_Program(host, lambda r: r.create_stream(0, -1)), _no_requests)
+    assert log.host.launches_by_device == {0: 1, 1: 4} and log.host.launches == 5
+    assert len(log.host.wakeups_s) == 1 and 0 <= log.host.wakeups_s[0] < 1.0
+    assert len(log.host.callbacks_s) == 1 and 0 <= log.host.callbacks_s[0] < 1.0
+    assert len(log.event_waits_s) == 1 and 0 <= log.event_waits_s[0] < 1.0
+    assert seen[1] >= seen[0] + log.host.wakeups_s[0] - 1e-9     # resumed that long after
+    assert log.host.busy_s > 0
+
+
+def test_host_costs_spread_busy_time_over_the_busiest_devices_launches():
+    from simulator.calibrate.inrun import host_costs
+    from simulator.torchrt.runtime import HostLog
+    log = HostLog(0.03, {0: 1000, 1: 1000}, [100e-6, 300e-6], [50e-6])
+    out = host_costs(log, "measured: test")
+    assert out["launch_overhead_us"]["value"] == pytest.approx(30.0)    # 0.03 s / 1000
+    assert out["wakeup_us"]["value"] == pytest.approx(200.0)
+    assert out["callback_us"]["value"] == pytest.approx(50.0)
+    assert "1000 of 2000" in out["launch_overhead_us"]["source"]
+    quiet = host_costs(HostLog(0.01, {0: 100}), "measured: test")
+    assert set(quiet) == {"launch_overhead_us"}                        # nothing seen, nothing said
+    total = HostLog()
+    total.add(log)
+    total.add(HostLog(0.01, {1: 5}, [1e-6], []))
+    assert total.launches_by_device == {0: 1000, 1: 1005} and len(total.wakeups_s) == 3
+
+
 def test_measured_times_are_positive_and_ordered_per_stream():
     trace = _torch_run("iso", _requests(2))
     by_stream = defaultdict(list)

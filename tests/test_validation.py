@@ -163,6 +163,23 @@ def test_inrun_profile_takes_the_runs_means(closed_loop):
         assert f["source"].str.startswith("measured: in-run").any(), family
     v = pd.read_csv(out / "validation.csv")
     assert v["microbench_jct_mean_s"].notna().all() and v["microbench_jct_rel_error"].notna().all()
+    liger = load_hardware(str(out / "calibrated-inrun-host-liger.yaml"))
+    assert liger.wakeup_s > 0 and liger.callback_s > 0      # its loop blocks on events
+    assert inrun.device.event_wait_s > 0                    # liger's sub stream waits on events
+    assert "blocking wait" in liger.sources["host.wakeup_us"]
+    assert micro.wakeup_s == 0 and micro.device.event_wait_s == 0
+
+
+def test_measured_runs_plan_with_the_profile_they_are_predicted_with():
+    """A host program that plans with profiled times (liger's fill budget) must see the same
+    times on both runtimes: validate's measured runs take the calibrated profile too."""
+    from simulator.calibrate.validate import plan_validation, with_hardware
+    _plan, jobs = plan_validation(str(EXPERIMENT))
+    job = with_hardware(jobs[0], "/x/calibrated-inrun.yaml")
+    assert job.config["hardware"] == "/x/calibrated-inrun.yaml"
+    assert jobs[0].config["hardware"] == "a100-sxm4-80gb"          # the original is untouched
+    assert {k: v for k, v in job.config.items() if k != "hardware"} == \
+        {k: v for k, v in jobs[0].config.items() if k != "hardware"}
 
 
 def test_validate_refuses_negative_calibration_runs(tmp_path, capsys):

@@ -59,18 +59,18 @@ def calibration_runs(jobs, runs: int, log=print):
     """Run every job `runs` times on TorchRuntime with seeds offset from the experiment's; return
     the RunLog of all runs (each op entry ends with its run's name) and a description of them
     for the sources."""
-    from simulator.torchrt.runtime import RunLog
+    from simulator.torchrt.runtime import HostLog, RunLog
     run_log = RunLog()
     for job in jobs:
         for i in range(runs):
             seed = int(job.config.get("seed", 0)) + CALIBRATION_SEED_OFFSET + i
             built = build(replace(job, config={**job.config, "seed": seed}))
             before = len(run_log.ops)
-            host_s, launches = run_log.host_s, run_log.launches
-            simulate(built, 0, runtime="torch", run_log=run_log)
-            h, n = run_log.host_by_label.get(job.label, (0.0, 0))
-            run_log.host_by_label[job.label] = (h + run_log.host_s - host_s,
-                                                n + run_log.launches - launches)
+            one = RunLog(ops=run_log.ops,         # this run's host, then added to the totals
+                         event_waits_s=run_log.event_waits_s)
+            simulate(built, 0, runtime="torch", run_log=one)
+            run_log.host.add(one.host)
+            run_log.host_by_label.setdefault(job.label, HostLog()).add(one.host)
             run = f"{job.label}#{i}"        # each run's clock starts at 0: keep runs apart
             run_log.ops[before:] = [entry + (run,) for entry in run_log.ops[before:]]
             log(f"calibrate: in-run: {job.label} (seed {seed}): {len(run_log.ops) - before} ops")
@@ -131,15 +131,18 @@ def dispatch_gap(entries) -> float | None:
 
 
 def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, log=print,
-                        launch_s: float | None = None, contention: dict | None = None,
-                        host_by_label: dict | None = None) -> tuple[str, dict]:
+                        host=None, contention: dict | None = None,
+                        host_by_label: dict | None = None,
+                        event_waits_s: list | None = None) -> tuple[str, dict]:
     """``STEM-inrun.yaml`` beside `calibrated`: the same profile whose tables have the in-run
     means (plus `gap_s`, the in-run dispatch gap) in place of the micro-benchmarked rows of the
-    same shapes, the in-run contention estimates with enough evidence, and, given `launch_s`, the
-    host's in-run seconds per launch as its launch overhead. With `host_by_label` (label -> (host
-    seconds, launches)), also one variant per strategy, ``STEM-inrun-host-LABEL.yaml``, whose
-    launch overhead is that strategy's own (a host program's cost: liger's online scheduler costs
-    far more per launch than tp's loop). Returns (the in-run profile, label -> variant path)."""
+    same shapes, the in-run contention estimates with enough evidence, the streams' mean wake-up
+    after an event they waited on (`event_waits_s`), and, given `host` (a
+    torchrt HostLog of all runs), the host's in-run costs (`host_costs`). With `host_by_label`
+    (label -> HostLog), also one variant per strategy, ``STEM-inrun-host-LABEL.yaml``, with that
+    strategy's own host costs (a host program's cost: liger's online scheduler costs far more per
+    launch, and reacts later to events, than tp's loop). Returns (the in-run profile, label ->
+    variant path)."""
     folder = os.path.dirname(os.path.abspath(calibrated))
     stem = os.path.splitext(os.path.basename(calibrated))[0]
     data = read_yaml_file(calibrated, "calibrated profile")
@@ -156,33 +159,62 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
             "source": (f"{stamp}: {est['pair']} over {what}: ratio {est['ratio']} "
                        f"({est['shapes']} shapes, {est['overlapped_samples']} overlapped and "
                        f"{est['isolated_samples']} alone samples)")}
-    if launch_s is not None:
-        data["host"] = _host(launch_s, f"{stamp}: the host thread's busy time per launch over "
-                             f"{what}")
+    if host is not None and host.launches:
+        data["host"] = host_costs(host, f"{stamp}: over {what}")
+    if event_waits_s:
+        data["device"]["event_wait_us"] = _us(
+            statistics.fmean(event_waits_s), f"{stamp}: mean delay from an event to the stream "
+            f"blocked on it resuming, over {what} ({len(event_waits_s)} waits)")
     out = os.path.join(folder, f"{stem}-inrun.yaml")
     header = (f"# {os.path.basename(calibrated)} with in-run op times (parasim validate; "
               "docs/validation.md, 'Validate').\n")
     write_text(out, header + yaml.safe_dump(data, sort_keys=False, width=120))
     variants, costs = {}, {}
-    for label, (host_s, launches) in (host_by_label or {}).items():
-        if not launches:
+    for label, own in (host_by_label or {}).items():
+        if not own.launches:
             continue
-        costs[label] = host_s / launches
+        variant = {**data, "host": host_costs(own, f"{stamp}: in the calibration runs of {label} "
+                                                    "alone")}
+        costs[label] = {k: v["value"] for k, v in variant["host"].items()}
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
         variants[label] = os.path.join(folder, f"{stem}-inrun-host-{safe}.yaml")
-        variant = {**data, "host": _host(costs[label], f"{stamp}: the host thread's busy time per "
-                                         f"launch in the calibration runs of {label} alone")}
         write_text(variants[label], header.replace("in-run op times", f"in-run op times and "
-                                                   f"{label}'s host cost")
+                                                   f"{label}'s host costs")
                    + yaml.safe_dump(variant, sort_keys=False, width=120))
     log("calibrate: in-run: " + ", ".join(f"{f} {n}" for f, n in replaced.items() if n)
-        + f" shapes measured; wrote {out}" + ("; host per launch: " + ", ".join(
-            f"{k} {v * 1e6:.1f} us" for k, v in costs.items()) if costs else ""))
+        + f" shapes measured; wrote {out}")
+    for label, c in costs.items():
+        log(f"calibrate: in-run: {label} host: {c['launch_overhead_us']:.1f} us per launch, "
+            f"wakes {c.get('wakeup_us', 0.0):.0f} us and runs callbacks "
+            f"{c.get('callback_us', 0.0):.0f} us after an event")
     return out, variants
 
 
-def _host(launch_s: float, source: str) -> dict:
-    return {"launch_overhead_us": {"value": float(f"{launch_s * 1e6:.6g}"), "source": source}}
+def host_costs(host, source: str) -> dict:
+    """The profile's `host` section from a torchrt HostLog: busy seconds per launch on one device,
+    and the mean delay of a blocked host's wake-up and of a callback after its event (each where
+    observed). Per device: each simulated device has its own host clock (one host process per
+    GPU, as SPMD engines run), while TorchRuntime's one host thread launches every device's ops
+    in turn; a launch on each of n devices costs the simulated hosts one launch time in parallel
+    and the real thread n, so the busy time is spread over the busiest device's launches. Means,
+    as for op times: the host's reactions have a long tail (thread wake-ups, the GIL)."""
+    per_device = max(host.launches_by_device.values())
+    out = {"launch_overhead_us": _us(host.busy_s / per_device, f"{source}: the host thread's "
+                                     f"busy time over the busiest device's launches "
+                                     f"({per_device} of {host.launches})")}
+    if host.wakeups_s:
+        out["wakeup_us"] = _us(statistics.fmean(host.wakeups_s), f"{source}: mean delay from the "
+                               f"event ending a blocking wait to the host resuming "
+                               f"({len(host.wakeups_s)} waits)")
+    if host.callbacks_s:
+        out["callback_us"] = _us(statistics.fmean(host.callbacks_s), f"{source}: mean delay from "
+                                 f"an event to its host callbacks running "
+                                 f"({len(host.callbacks_s)} events)")
+    return out
+
+
+def _us(seconds: float, source: str) -> dict:
+    return {"value": float(f"{max(0.0, seconds) * 1e6:.6g}"), "source": source}
 
 
 def _write_tables(data: dict, folder: str, stem: str, times: dict, gap_s: float,

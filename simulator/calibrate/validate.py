@@ -72,21 +72,27 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tu
         return path, path, {}
     from .inrun import (calibration_runs, contention_estimates, dispatch_gap, measured_times,
                         write_inrun_profile)
-    run_log, what = calibration_runs(jobs, runs, log)
-    launch_s = run_log.host_s / run_log.launches if run_log.launches else None
+    run_log, what = calibration_runs([with_hardware(j, os.path.abspath(path)) for j in jobs],
+                                     runs, log)
     gap_s = dispatch_gap(run_log.ops)
-    log(f"calibrate: in-run: host {launch_s * 1e6:.1f} us per launch, dispatch gap "
-        f"{gap_s * 1e6:.1f} us per op" if launch_s is not None and gap_s is not None else
-        "calibrate: in-run: no ops logged")
+    log(f"calibrate: in-run: dispatch gap {gap_s * 1e6:.1f} us per op" if gap_s is not None
+        else "calibrate: in-run: no ops logged")
     return (path, *write_inrun_profile(path, measured_times(run_log.ops),
                                      cal.overheads["gap_s"] if gap_s is None else gap_s,
-                                     what, log, launch_s, contention_estimates(run_log.ops),
-                                     run_log.host_by_label))
+                                     what, log, run_log.host, contention_estimates(run_log.ops),
+                                     run_log.host_by_label, run_log.event_waits_s))
+
+
+def with_hardware(job, profile: str):
+    """The job with the hardware profile at `profile` in place of its own. A measured run takes
+    it too: a host program that plans with profiled times (liger's fill budget) must see the
+    same times on both runtimes, or the two runs make different decisions."""
+    return replace(job, config={**job.config, "hardware": profile})
 
 
 def _predict(job, profile: str):
     """The job simulated with `profile` in place of its hardware (ConfigError if it cannot run)."""
-    predicted = run_job(replace(job, config={**job.config, "hardware": profile}), keep_trace=True)
+    predicted = run_job(with_hardware(job, profile), keep_trace=True)
     if predicted.error:
         raise ConfigError(profile, "", f"{job.label}: the simulator cannot run it with this "
                           f"profile: {predicted.error}")
@@ -112,11 +118,12 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
     profile = os.path.abspath(profile)
     rows, traced = [], []
     for job in jobs:
-        predicted = _predict(job, os.path.abspath(per_strategy.get(job.label, profile)))
+        own = os.path.abspath(per_strategy.get(job.label, profile))
+        predicted = _predict(job, own)
         base = _predict(job, microbench) if microbench else None
         runs = []
-        for i in range(repeat):
-            res = run_job(job, keep_trace=True, runtime="torch")
+        for i in range(repeat):      # the host program plans with the profile it is predicted with
+            res = run_job(with_hardware(job, own), keep_trace=True, runtime="torch")
             if res.error:
                 raise ConfigError(path, job.strategy_key, f"the measured run failed: {res.error}")
             runs.append(res)

@@ -39,7 +39,7 @@ class TorchEvent:
     """A CUDA-like event handle. Strategies read only `name`. `reached` is set by the stream
     that got to its record (device side), `done` by the host thread once it has taken note."""
     __slots__ = ("name", "device", "recorded", "reached", "issued", "time", "done", "callbacks",
-                 "cuda")
+                 "waiters", "cuda")
 
     def __init__(self, name: str = ""):
         self.name = name
@@ -49,7 +49,8 @@ class TorchEvent:
         self.issued = threading.Event()       # CUDA: its torch.cuda.Event has been recorded
         self.time: Optional[float] = None
         self.done = False
-        self.callbacks: list = []
+        self.callbacks: list = []             # host callbacks fn(time) (`when`)
+        self.waiters: list = []               # RealSignals of a host blocked on it
         self.cuda = None
 
     def __repr__(self) -> str:
@@ -117,9 +118,13 @@ class Stream:
         if item.kind == WAIT:
             ev = item.event
             gate = ev.issued if self.rt.cuda else ev.reached
+            blocked = not gate.is_set()
             while not gate.wait(0.1):
                 if self.stopping:
                     return False
+            log = self.rt.run_log
+            if blocked and log is not None and not self.rt.cuda:   # a thread's wake-up
+                log.event_waits_s.append(self.rt.clock.now - ev.time)
             if self.rt.cuda:                         # pragma: no cover - needs CUDA
                 self.rt.cuda_stream(self).wait_event(ev.cuda)
             return True

@@ -50,15 +50,39 @@ def cpu_count() -> int:
 
 
 @dataclass
+class HostLog:
+    """What the host did in real runs: its thread's busy seconds (the host program's steps and
+    callbacks), its launches per device, and how late it reacted to completed events: per
+    blocking wait (synchronize, wait_any) the seconds from the event that ended it to the host
+    resuming, per event with host callbacks the seconds from the event to its callbacks running."""
+    busy_s: float = 0.0
+    launches_by_device: dict = field(default_factory=dict)     # device -> launches
+    wakeups_s: list = field(default_factory=list)
+    callbacks_s: list = field(default_factory=list)
+
+    @property
+    def launches(self) -> int:
+        return sum(self.launches_by_device.values())
+
+    def add(self, other: "HostLog") -> None:
+        self.busy_s += other.busy_s
+        for d, n in other.launches_by_device.items():
+            self.launches_by_device[d] = self.launches_by_device.get(d, 0) + n
+        self.wakeups_s += other.wakeups_s
+        self.callbacks_s += other.callbacks_s
+
+
+@dataclass
 class RunLog:
     """What calibration runs log: every op run (op, device, stream, start, end, transfer start,
     dispatch delay: its start minus when its stream could have started it, i.e. the later of its
-    launch and the stream's previous item), the host thread's busy seconds (the host program's
-    steps and callbacks) and its launches."""
+    launch and the stream's previous item), per stream wait that blocked the seconds from its
+    event to the stream resuming (CPU), and the host (`HostLog`): over all runs in `host`, and
+    per strategy label in `host_by_label` (calibrate/inrun.py fills that)."""
     ops: list = field(default_factory=list)
-    host_s: float = 0.0
-    launches: int = 0
-    host_by_label: dict = field(default_factory=dict)   # calibrate/inrun.py: label -> (host_s, launches)
+    host: HostLog = field(default_factory=HostLog)
+    event_waits_s: list = field(default_factory=list)   # a blocked stream wait: event to resume
+    host_by_label: dict = field(default_factory=dict)   # label -> HostLog
 
 
 class TorchRuntime(CudaParts, ServingVerbs):
@@ -85,7 +109,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
         # calibration runs (calibrate/inrun.py): a RunLog gets every op's (op, device, stream,
         # start, end, transfer start) and the host thread's busy time and launches; None: nothing
         self.run_log: RunLog | None = None
-        self.launches = 0
+        self.launches = [0] * devices                # per device
         self.clock = RealClock()
         self.driver = self.clock.driver
         self.serving = Serving(self.clock)
@@ -162,8 +186,13 @@ class TorchRuntime(CudaParts, ServingVerbs):
         """Host thread: `ev` is done; its callbacks run now."""
         ev.done = True
         callbacks, ev.callbacks = ev.callbacks, []
+        if self.run_log is not None and callbacks:
+            self.run_log.host.callbacks_s.append(self.clock.now - ev.time)
         for fn in callbacks:
             fn(ev.time)
+        for sig in ev.waiters:
+            sig.fire()
+        ev.waiters = []
 
     # ------------------------------------------------------------------------------ verbs
     @property
@@ -203,7 +232,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
         if is_comm(op) and device not in op.group:
             raise SimulationError(f"{op.name!r} launched on device {device}, not in its group "
                                   f"{op.group}")
-        self.launches += 1
+        self.launches[device] += 1
         st.put(Item(OP, op, None, self._classify(op), request, phase, self.clock.now))
 
     def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
@@ -249,21 +278,30 @@ class TorchRuntime(CudaParts, ServingVerbs):
     def synchronize(self, event: TorchEvent) -> Generator:
         if not event.done:
             sig = self.clock.new_signal()
-            self.when(event, lambda _t: sig.fire())
+            event.waiters.append(sig)
             self.serving.host_state = f"blocked in synchronize on event {event.name!r}"
             yield from sig.wait()
             self.serving.host_state = "running"
+            self._woken((event,))
 
     def wait_any(self, events) -> Generator:
         if any(e.done for e in events):
             return
         sig = self.clock.new_signal()
         for e in events:
-            self.when(e, lambda _t: sig.fire())
+            e.waiters.append(sig)
         self.serving.host_state = "blocked in wait_any on events " + ", ".join(
             repr(e.name) for e in events)
         yield from sig.wait()
         self.serving.host_state = "running"
+        self._woken(events)
+
+    def _woken(self, events) -> None:
+        """The host resumed after blocking on `events`: log how long after the first of them
+        completed (calibration runs: the host's wake-up latency)."""
+        if self.run_log is not None:
+            fired = min(e.time for e in events if e.done)
+            self.run_log.host.wakeups_s.append(self.clock.now - fired)
 
     def profiled_seconds(self, op: Op) -> float:
         """The op's isolated time from the hardware profile's cost model (as SimRuntime)."""
@@ -297,8 +335,8 @@ class TorchRuntime(CudaParts, ServingVerbs):
             if self.cuda:                                          # pragma: no cover
                 self._cuda_rows()
             if self.run_log is not None:
-                self.run_log.host_s += self.driver.busy_s
-                self.run_log.launches += self.launches
+                self.run_log.host.busy_s += self.driver.busy_s
+                self.run_log.host.add(HostLog(0.0, dict(enumerate(self.launches))))
         finally:
             self.close()
         return self._trace(end_s)
