@@ -33,6 +33,7 @@ from .contention import ContentionModel, make_contention
 from .cost import CostModel
 from .errors import DeadlockError, SimulationError
 from .hardware import HardwareProfile
+from .jitter import Jitter
 from . import paced
 from .mirror import record_all as spmd_record_all
 from .machine import Machine
@@ -91,12 +92,15 @@ class SimRuntime(ServingVerbs):
 
     `keep_ops`: full op rows to keep in the trace (KEEP_ALL, or the first N that end at or after
     `keep_from_s`; totals cover every op either way); `spill_path`: also write every row to this
-    gzipped CSV, chunk by chunk; `segments`: simulate `launch_seq` sequences as segments where exact."""
+    gzipped CSV, chunk by chunk; `segments`: simulate `launch_seq` sequences as segments where exact.
+    A profile with op-time jitter (`device.jitter_cv`, jitter.py) draws each op's time from a
+    generator seeded by `seed` and simulates every device op by op (no segments, no mirroring:
+    those assume identical, fixed times)."""
 
     def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
                  contention: ContentionModel | None = None, launch_overhead_s: float | None = None,
                  keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0, segments: bool = True,
-                 mirror: bool = True, spill_path: str | None = None):
+                 mirror: bool = True, spill_path: str | None = None, seed: int = 0):
         if devices < 1:
             raise ValueError("devices must be >= 1")
         self.hw = hardware
@@ -106,9 +110,12 @@ class SimRuntime(ServingVerbs):
         self.contention = contention or make_contention(hardware.contention)
         launch_s = hardware.launch_overhead_s if launch_overhead_s is None else launch_overhead_s
         self.recorder = TraceRecorder(devices, keep_ops, keep_from_s, spill_path)
+        jitter = Jitter(hardware.device.jitter_cv, seed) if hardware.device.jitter_cv else None
+        if jitter is not None:
+            segments, mirror = False, False
         self.machine = Machine(self.env, devices, self.cost, self.contention, launch_s,
                                hardware.interconnect.shared_link, self.recorder, segments,
-                               hardware.device.event_wait_s)
+                               hardware.device.event_wait_s, jitter)
         self.serving = Serving(SimClock(self.env))
         self.segment_counts = self.machine.segment_counts
         self.mirror_groups = mirror

@@ -23,6 +23,7 @@ import hashlib
 import os
 from importlib import resources
 from types import MappingProxyType
+from typing import Mapping
 
 from .cost_tables import FAMILIES, load_table_csv, source_problem
 from .errors import ConfigError
@@ -147,6 +148,20 @@ def _graphs(r: _Reader, top: Section) -> GraphsSpec | None:
     return spec
 
 
+def _jitter(r: _Reader, dev: Section) -> Mapping[str, float]:
+    """``device.jitter_cv: {FAMILY: {value, source}}`` (jitter.py), optional."""
+    if not dev.has("jitter_cv"):
+        return MappingProxyType({})
+    sec = dev.section("jitter_cv")
+    out = {}
+    for family in list(sec.data):
+        if family not in FAMILIES:
+            raise sec.error(family, "unknown op family; allowed: " + ", ".join(FAMILIES))
+        out[family] = r.number(sec, family, min_open=False)
+    sec.done()
+    return MappingProxyType(out)
+
+
 def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
     top = Section(data, where)
     r = _Reader(where)
@@ -186,6 +201,7 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
                         if dev.has("fp8_quantize_us") else 0.0),
         event_wait_s=(r.number(dev, "event_wait_us", min_open=False) * 1e-6
                       if dev.has("event_wait_us") else 0.0),
+        jitter_cv=_jitter(r, dev),
     )
     dev.done()
 

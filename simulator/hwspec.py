@@ -43,6 +43,8 @@ class DeviceSpec:
     # a stream blocked on another stream's event (Runtime.wait) resumes this long after it
     # completes (0 on GPUs, where the wait is the hardware's; a thread's wake-up on a CPU)
     event_wait_s: float = 0.0
+    # op family -> coefficient of variation of its time from run to run (jitter.py); empty: none
+    jitter_cv: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,7 @@ def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
         rt.run_log = run_log
     else:
         rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
+                        seed=built.seed,
                         spill_path=spill_path)
     source = built.workload.source(np.random.default_rng(built.seed))
     scheduler = Scheduler(built.serving, built.kv_blocks) if built.serving.continuous else None

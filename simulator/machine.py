@@ -29,13 +29,15 @@ class Machine:
     """`devices` devices of one profile: the state and mechanics behind SimRuntime's verbs."""
 
     def __init__(self, env, devices: int, cost, contention, launch_s: float, shared_link: bool,
-                 recorder: TraceRecorder, segments: bool = True, event_wait_s: float = 0.0):
+                 recorder: TraceRecorder, segments: bool = True, event_wait_s: float = 0.0,
+                 jitter=None):
         self.env = env
         self.devices = devices
         self.cost = cost
         self.contention = contention
         self.launch_s = launch_s
         self.event_wait_s = event_wait_s       # a stream blocked on an event wakes this late
+        self.jitter = jitter                   # jitter.Jitter: op times drawn per run, or None
         self.shared = shared_link
         self.recorder = recorder
         self.rows = recorder.buffer            # finished ops go here; folded in chunks
@@ -185,7 +187,10 @@ class Machine:
                 st.start = st.last = now
                 st.op_class = op_class
                 st.factor = 1.0
-                st.remaining = hit[4]
+                seconds = hit[4]
+                if self.jitter is not None and op_class != "comm":
+                    seconds = self.jitter.scale(hit[2], seconds)
+                st.remaining = seconds
                 st.rate = 0.0
                 running = self.running[st.device]
                 running.append(st)
@@ -196,7 +201,7 @@ class Machine:
                 st.activity = st
                 if len(running) == 1:      # alone on an idle device: full speed, no contention model
                     st.rate = 1.0
-                    st.ev = Finish(env, st, self.on_finish, hit[4])
+                    st.ev = Finish(env, st, self.on_finish, seconds)
                 else:
                     self.reflow((st.device,), ())
                 return
@@ -268,7 +273,10 @@ class Machine:
             self.reflow((device,), ())
             return
         del self.groups[gkey]
-        act = self.new_activity(tuple(g.runs), group, run.cost.seconds, self.env._now)
+        seconds = run.cost.seconds
+        if self.jitter is not None:            # one transfer: one draw for the group
+            seconds = self.jitter.scale(op.family, seconds)
+        act = self.new_activity(tuple(g.runs), group, seconds, self.env._now)
         self.reflow(group, act.links)
 
     def new_activity(self, runs, group, seconds: float, now: float) -> Activity:

@@ -53,6 +53,7 @@ from .profile import _key
 CALIBRATION_SEED_OFFSET = 1000
 MIN_ALONE = 3           # samples of a shape run alone that make its time (else: every sample)
 MIN_OVERLAPPED = 30     # overlapped samples an in-run contention estimate needs to be used
+MIN_JITTER = 10         # samples of a shape run alone that its spread needs to count
 
 
 def calibration_runs(jobs, runs: int, log=print):
@@ -106,9 +107,35 @@ def contention_estimates(entries) -> dict:
     return estimate(_samples(entries))
 
 
-def _samples(entries) -> list:
-    out = []
-    for op, device, stream, start, end, xfer, _delay, *run in entries:
+def jitter_cvs(entries, gap_s: float) -> dict:
+    """family -> (coefficient of variation, shapes, samples): per shape that ran alone at least
+    MIN_JITTER times, the standard deviation of its time plus its own dispatch delay (what varies
+    from one run of the op to the next) over its table time (its mean plus the mean dispatch gap
+    `gap_s`, what the simulator draws around); per family the mean over those shapes, weighted
+    by their samples (jitter.py)."""
+    samples, delays = _samples(entries, with_delays=True)
+    shapes: dict = {}
+    for smp, delay, cov in zip(samples, delays, _overlaps(samples)):
+        if not any(v > 0 for v in cov.values()):
+            shapes.setdefault((smp.family, smp.key), []).append((smp.seconds, delay))
+    per_family: dict = {}
+    for (family, _shape), pairs in shapes.items():
+        if len(pairs) < MIN_JITTER:
+            continue
+        row = statistics.fmean(s for s, _ in pairs) + gap_s
+        cv = statistics.pstdev([s + d for s, d in pairs]) / row if row > 0 else 0.0
+        per_family.setdefault(family, []).append((cv, len(pairs)))
+    out = {}
+    for family, cvs in per_family.items():
+        n = sum(k for _, k in cvs)
+        out[family] = (sum(c * k for c, k in cvs) / n, len(cvs), n)
+    return out
+
+
+def _samples(entries, with_delays: bool = False):
+    """The op log as trace_import Samples (and, `with_delays`, each one's dispatch delay)."""
+    out, delays = [], []
+    for op, device, stream, start, end, xfer, delay, *run in entries:
         if isinstance(op, Gemm) and op.count != 1:
             continue
         if isinstance(op, (Collective, SendRecv)):
@@ -121,7 +148,8 @@ def _samples(entries) -> list:
         where = f"{run[0]}/{device}" if run else str(device)
         out.append(Sample(family, tuple(str(k) for k in key), seconds, where, str(stream),
                           start * 1e6, end * 1e6, op.name))
-    return out
+        delays.append(delay)
+    return (out, delays) if with_delays else out
 
 
 def dispatch_gap(entries) -> float | None:
@@ -133,11 +161,13 @@ def dispatch_gap(entries) -> float | None:
 def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, log=print,
                         host=None, contention: dict | None = None,
                         host_by_label: dict | None = None,
-                        event_waits_s: list | None = None) -> tuple[str, dict]:
+                        event_waits_s: list | None = None,
+                        jitter: dict | None = None) -> tuple[str, dict]:
     """``STEM-inrun.yaml`` beside `calibrated`: the same profile whose tables have the in-run
     means (plus `gap_s`, the in-run dispatch gap) in place of the micro-benchmarked rows of the
     same shapes, the in-run contention estimates with enough evidence, the streams' mean wake-up
-    after an event they waited on (`event_waits_s`), and, given `host` (a
+    after an event they waited on (`event_waits_s`), the ops' jitter (`jitter`, from
+    `jitter_cvs`), and, given `host` (a
     torchrt HostLog of all runs), the host's in-run costs (`host_costs`). With `host_by_label`
     (label -> HostLog), also one variant per strategy, ``STEM-inrun-host-LABEL.yaml``, with that
     strategy's own host costs (a host program's cost: liger's online scheduler costs far more per
@@ -161,6 +191,12 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
                        f"{est['isolated_samples']} alone samples)")}
     if host is not None and host.launches:
         data["host"] = host_costs(host, f"{stamp}: over {what}")
+    if jitter:
+        data["device"]["jitter_cv"] = {
+            family: {"value": float(f"{cv:.4g}"),
+                     "source": (f"{stamp}: spread of the op's time and dispatch delay over its "
+                                f"table time, {shapes} shapes run alone, {n} samples, over {what}")}
+            for family, (cv, shapes, n) in sorted(jitter.items())}
     if event_waits_s:
         data["device"]["event_wait_us"] = _us(
             statistics.fmean(event_waits_s), f"{stamp}: mean delay from an event to the stream "
