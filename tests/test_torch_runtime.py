@@ -188,7 +188,8 @@ def test_a_wait_on_an_event_really_waits():
 
 def test_a_run_log_records_how_late_the_host_and_streams_react():
     """RunLog: one blocking synchronize (its wake-up after the event), one event with a host
-    callback, one blocked stream wait, and the launches per device."""
+    callback, one blocked stream wait, and the launches (an op launched on both devices in turn
+    is one SPMD launch)."""
     from simulator.torchrt.runtime import RunLog
     big, small = Gemm(384, 384, 384, "fp32", "big"), Gemm(8, 8, 8, "fp32", "small")
     seen = []
@@ -197,6 +198,7 @@ def test_a_run_log_records_how_late_the_host_and_streams_react():
         ev = rt.new_event("after_big")
         for _ in range(4):
             rt.launch(big, 1, 0)
+        rt.launch_seq([small], (0, 1))        # one SPMD launch
         rt.record(ev, 1, 0)
         rt.when(ev, seen.append)
         rt.wait(0, 1, ev)
@@ -206,7 +208,7 @@ def test_a_run_log_records_how_late_the_host_and_streams_react():
     rt = TorchRuntime(HW, 2, stall_s=30)
     rt.run_log = log = RunLog()
     rt.run(_Program(host, lambda r: r.create_stream(0, -1)), _no_requests)
-    assert log.host.launches_by_device == {0: 1, 1: 4} and log.host.launches == 5
+    assert (log.host.launches, log.host.spmd_launches) == (7, 6)
     assert len(log.host.wakeups_s) == 1 and 0 <= log.host.wakeups_s[0] < 1.0
     assert len(log.host.callbacks_s) == 1 and 0 <= log.host.callbacks_s[0] < 1.0
     assert len(log.event_waits_s) == 1 and 0 <= log.event_waits_s[0] < 1.0
@@ -214,21 +216,21 @@ def test_a_run_log_records_how_late_the_host_and_streams_react():
     assert log.host.busy_s > 0
 
 
-def test_host_costs_spread_busy_time_over_the_busiest_devices_launches():
+def test_host_costs_spread_busy_time_over_the_spmd_launches():
     from simulator.calibrate.inrun import host_costs
     from simulator.torchrt.runtime import HostLog
-    log = HostLog(0.03, {0: 1000, 1: 1000}, [100e-6, 300e-6], [50e-6])
+    log = HostLog(0.03, 2000, 1000, [100e-6, 300e-6], [50e-6])
     out = host_costs(log, "measured: test")
     assert out["launch_overhead_us"]["value"] == pytest.approx(30.0)    # 0.03 s / 1000
     assert out["wakeup_us"]["value"] == pytest.approx(200.0)
     assert out["callback_us"]["value"] == pytest.approx(50.0)
     assert "1000 of 2000" in out["launch_overhead_us"]["source"]
-    quiet = host_costs(HostLog(0.01, {0: 100}), "measured: test")
+    quiet = host_costs(HostLog(0.01, 100, 100), "measured: test")
     assert set(quiet) == {"launch_overhead_us"}                        # nothing seen, nothing said
     total = HostLog()
     total.add(log)
-    total.add(HostLog(0.01, {1: 5}, [1e-6], []))
-    assert total.launches_by_device == {0: 1000, 1: 1005} and len(total.wakeups_s) == 3
+    total.add(HostLog(0.01, 5, 5, [1e-6], []))
+    assert (total.launches, total.spmd_launches, len(total.wakeups_s)) == (2005, 1005, 3)
 
 
 def test_measured_times_are_positive_and_ordered_per_stream():

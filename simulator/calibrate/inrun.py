@@ -227,17 +227,17 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
 
 
 def host_costs(host, source: str) -> dict:
-    """The profile's `host` section from a torchrt HostLog: busy seconds per launch on one device,
-    and the mean delay of a blocked host's wake-up and of a callback after its event (each where
-    observed). Per device: each simulated device has its own host clock (one host process per
-    GPU, as SPMD engines run), while TorchRuntime's one host thread launches every device's ops
-    in turn; a launch on each of n devices costs the simulated hosts one launch time in parallel
-    and the real thread n, so the busy time is spread over the busiest device's launches. Means,
-    as for op times: the host's reactions have a long tail (thread wake-ups, the GIL)."""
-    per_device = max(host.launches_by_device.values())
-    out = {"launch_overhead_us": _us(host.busy_s / per_device, f"{source}: the host thread's "
-                                     f"busy time over the busiest device's launches "
-                                     f"({per_device} of {host.launches})")}
+    """The profile's `host` section from a torchrt HostLog: busy seconds per SPMD launch, and the
+    mean delay of a blocked host's wake-up and of a callback after its event (each where
+    observed). Per SPMD launch: each simulated device has its own host clock (one host process
+    per GPU, as SPMD engines run), while TorchRuntime's one host thread launches every device's
+    ops in turn; an op launched on n devices costs the simulated hosts one launch time, in
+    parallel, and the real thread n, so the busy time is spread over the SPMD launches (a launch
+    on one device, as pp's, is one). Means, as for op times: the host's reactions have a long
+    tail (thread wake-ups, the GIL)."""
+    out = {"launch_overhead_us": _us(host.busy_s / host.spmd_launches, f"{source}: the host "
+                                     f"thread's busy time per SPMD launch ({host.spmd_launches} "
+                                     f"of {host.launches} launches)")}
     if host.wakeups_s:
         out["wakeup_us"] = _us(statistics.fmean(host.wakeups_s), f"{source}: mean delay from the "
                                f"event ending a blocking wait to the host resuming "

@@ -52,22 +52,21 @@ def cpu_count() -> int:
 @dataclass
 class HostLog:
     """What the host did in real runs: its thread's busy seconds (the host program's steps and
-    callbacks), its launches per device, and how late it reacted to completed events: per
-    blocking wait (synchronize, wait_any) the seconds from the event that ended it to the host
-    resuming, per event with host callbacks the seconds from the event to its callbacks running."""
+    callbacks), its launches, its SPMD launches (an op launched on several devices one after
+    the other, as `launch_seq` and liger do, counts once; any other launch counts once too), and
+    how late it reacted to completed events: per blocking wait (synchronize, wait_any) the
+    seconds from the event that ended it to the host resuming, per event with host callbacks the
+    seconds from the event to its callbacks running."""
     busy_s: float = 0.0
-    launches_by_device: dict = field(default_factory=dict)     # device -> launches
+    launches: int = 0
+    spmd_launches: int = 0
     wakeups_s: list = field(default_factory=list)
     callbacks_s: list = field(default_factory=list)
 
-    @property
-    def launches(self) -> int:
-        return sum(self.launches_by_device.values())
-
     def add(self, other: "HostLog") -> None:
         self.busy_s += other.busy_s
-        for d, n in other.launches_by_device.items():
-            self.launches_by_device[d] = self.launches_by_device.get(d, 0) + n
+        self.launches += other.launches
+        self.spmd_launches += other.spmd_launches
         self.wakeups_s += other.wakeups_s
         self.callbacks_s += other.callbacks_s
 
@@ -109,7 +108,8 @@ class TorchRuntime(CudaParts, ServingVerbs):
         # calibration runs (calibrate/inrun.py): a RunLog gets every op's (op, device, stream,
         # start, end, transfer start) and the host thread's busy time and launches; None: nothing
         self.run_log: RunLog | None = None
-        self.launches = [0] * devices                # per device
+        self.launches = self.spmd_launches = 0      # HostLog's counts
+        self._last_launch: tuple = (None, -1)       # (op, device) launched last
         self.clock = RealClock()
         self.driver = self.clock.driver
         self.serving = Serving(self.clock)
@@ -232,7 +232,11 @@ class TorchRuntime(CudaParts, ServingVerbs):
         if is_comm(op) and device not in op.group:
             raise SimulationError(f"{op.name!r} launched on device {device}, not in its group "
                                   f"{op.group}")
-        self.launches[device] += 1
+        self.launches += 1
+        last_op, last_device = self._last_launch
+        if op is not last_op or device <= last_device:    # not the same op on the next device
+            self.spmd_launches += 1
+        self._last_launch = (op, device)
         st.put(Item(OP, op, None, self._classify(op), request, phase, self.clock.now))
 
     def launch_seq(self, ops, devices, stream: int = 0, request: int = -1, phase: str = "") -> None:
@@ -336,7 +340,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
                 self._cuda_rows()
             if self.run_log is not None:
                 self.run_log.host.busy_s += self.driver.busy_s
-                self.run_log.host.add(HostLog(0.0, dict(enumerate(self.launches))))
+                self.run_log.host.add(HostLog(0.0, self.launches, self.spmd_launches))
         finally:
             self.close()
         return self._trace(end_s)
