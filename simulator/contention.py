@@ -92,7 +92,34 @@ class FactorContention:
         return out
 
 
+class CoreContention:
+    """Devices that share a CPU's cores (TorchRuntime's CPU devices, docs/validation.md).
+
+    Machine-wide (`machine_wide`): `rates` gets every running op of every device at once. A
+    compute or memory op uses `threads_per_op` threads; a collective's member uses them while
+    its transfer runs (gloo copies and reduces on its member's thread) and none while it waits
+    for the others. While they ask for more threads than `cores`, every running op gets the same
+    share, cores / threads asked for, as the OS time-slices runnable threads evenly; stream
+    priorities mean nothing to it.
+    """
+
+    machine_wide = True
+
+    def __init__(self, spec: ContentionSpec):
+        self.cores, self.threads = spec.cores, spec.threads_per_op
+
+    def rates(self, running: Sequence[Running]) -> list[float]:
+        asked = 0.0
+        for r in running:
+            if r.op_class != "comm" or getattr(r, "activity", True) is not None:
+                asked += self.threads
+        share = self.cores / asked if asked > self.cores else 1.0
+        return [share] * len(running)
+
+
 def make_contention(spec: ContentionSpec) -> ContentionModel:
     if spec.model == "none":
         return NoContention()
+    if spec.model == "cores":
+        return CoreContention(spec)
     return FactorContention(spec)

@@ -87,15 +87,19 @@ class SimClock:
         return _SimSignal(self.env)
 
 
+_NOTICE_EPS_S = 1e-9     # an event noticed at t + callback_s: float slack of the timeout there
+
+
 class SimRuntime(ServingVerbs):
     """The simulated machine: `devices` devices of `hardware`, costed by `cost`, as a Runtime.
 
     `keep_ops`: full op rows to keep in the trace (KEEP_ALL, or the first N that end at or after
     `keep_from_s`; totals cover every op either way); `spill_path`: also write every row to this
     gzipped CSV, chunk by chunk; `segments`: simulate `launch_seq` sequences as segments where exact.
-    A profile with op-time jitter (`device.jitter_cv`, jitter.py) draws each op's time from a
-    generator seeded by `seed` and simulates every device op by op (no segments, no mirroring:
-    those assume identical, fixed times)."""
+    A profile with op-time jitter (`device.jitter`, jitter.py) draws each op's time from a
+    generator seeded by `seed`; with it, or with a machine-wide contention model (`cores`), every
+    device is simulated op by op (no segments, no mirroring: those assume identical, fixed times
+    and devices that do not slow each other)."""
 
     def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
                  contention: ContentionModel | None = None, launch_overhead_s: float | None = None,
@@ -110,9 +114,9 @@ class SimRuntime(ServingVerbs):
         self.contention = contention or make_contention(hardware.contention)
         launch_s = hardware.launch_overhead_s if launch_overhead_s is None else launch_overhead_s
         self.recorder = TraceRecorder(devices, keep_ops, keep_from_s, spill_path)
-        jitter = Jitter(hardware.device.jitter_cv, seed) if hardware.device.jitter_cv else None
-        if jitter is not None:
-            segments, mirror = False, False
+        jitter = Jitter(hardware.device.jitter, seed) if hardware.device.jitter else None
+        if jitter is not None or getattr(self.contention, "machine_wide", False):
+            segments, mirror = False, False    # both assume fixed times and independent devices
         self.machine = Machine(self.env, devices, self.cost, self.contention, launch_s,
                                hardware.interconnect.shared_link, self.recorder, segments,
                                hardware.device.event_wait_s, jitter)
@@ -196,29 +200,48 @@ class SimRuntime(ServingVerbs):
         pair = [_Probe(op_class), _Probe(beside_class)]
         return 1.0 / self.contention.rates(pair)[0]
 
+    def _noticed(self, event: Event) -> bool:
+        """Whether the host has taken note of `event`: it completed `callback_s` ago or more (the
+        host's view of an event: `query`, callbacks, waits; TorchRuntime's host thread likewise
+        sees an event only once it has handled its completion)."""
+        if not event.done:
+            return False
+        return not self.callback_s or event.time + self.callback_s <= self.env._now + _NOTICE_EPS_S
+
+    def _after(self, at_s: float) -> Generator:
+        now = self.env.now
+        if at_s > now:
+            yield self.env.timeout(at_s - now)
+
     def synchronize(self, event: Event) -> Generator:
-        """Host blocks until `event` completes (and its device's host has issued its launches)."""
+        """Host blocks until `event` completes (and its device's host has issued its launches).
+        It resumes `wakeup_s` after the event, and not before its callbacks have run."""
         if not event.done:
             if event.signal is None:
                 event.signal = self.env.event()
             self.serving.host_state = f"blocked in synchronize on event {event.name!r}"
             yield event.signal
             self.serving.host_state = "running"
-            if self.wakeup_s:
-                yield self.env.timeout(self.wakeup_s)
+            if self.wakeup_s or self.callback_s:
+                yield from self._after(event.time + max(self.wakeup_s, self.callback_s))
+        elif not self._noticed(event):             # done, not yet noticed: until it is
+            yield from self._after(event.time + self.callback_s)
         host = self.machine.host_s[event.device if event.device is not None else 0]
         if host > self.env.now:
             yield self.env.timeout(host - self.env.now)
 
     def query(self, event: Event) -> bool:
-        """Whether `event` has completed, without blocking (CUDA: cudaEventQuery)."""
-        return event.done
+        """Whether `event` has completed, as the host sees it (CUDA: cudaEventQuery)."""
+        return self._noticed(event)
 
     def when(self, event: Event, fn: Callable[[float], None]) -> None:
-        """Call fn(time) when `event` completes (at once if it has): on the host, `callback_s`
-        after it (the profile's host.callback_us), with the event's time."""
-        if event.done:
+        """Call fn(time) when `event` completes (at once if the host has seen it complete): on the
+        host, `callback_s` after it (the profile's host.callback_us), with the event's time."""
+        if self._noticed(event):
             fn(event.time)
+        elif event.done:                           # completed, not yet noticed
+            t = event.time
+            self.env.timeout(t + self.callback_s - self.env.now).callbacks.append(lambda _e: fn(t))
         elif self.callback_s:
             delay, env = self.callback_s, self.env
             event.callbacks.append(
@@ -227,8 +250,13 @@ class SimRuntime(ServingVerbs):
             event.callbacks.append(fn)
 
     def wait_any(self, events) -> Generator:
-        """Host blocks until at least one of `events` has completed (returns at once if one has)."""
-        if any(e.done for e in events):
+        """Host blocks until at least one of `events` has completed (returns at once if the host
+        has seen one complete); it resumes as `synchronize` does."""
+        if any(self._noticed(e) for e in events):
+            return
+        done = [e.time for e in events if e.done]
+        if done:                                   # completed, not yet noticed: until one is
+            yield from self._after(min(done) + self.callback_s)
             return
         waiter = self.env.event()
 
@@ -240,8 +268,9 @@ class SimRuntime(ServingVerbs):
         self.serving.host_state = "blocked in wait_any on events " + ", ".join(repr(e.name) for e in events)
         yield waiter
         self.serving.host_state = "running"
-        if self.wakeup_s:
-            yield self.env.timeout(self.wakeup_s)
+        if self.wakeup_s or self.callback_s:
+            first = min(e.time for e in events if e.done)
+            yield from self._after(first + max(self.wakeup_s, self.callback_s))
 
     # ------------------------------------------------------------------------------ driving
     def run(self, strategy, source: Callable[[Serving], Generator], scheduler=None) -> Trace:

@@ -20,6 +20,7 @@ Built-in profiles live in the ``hwprofiles`` package; a path to a YAML file work
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from importlib import resources
 from types import MappingProxyType
@@ -27,8 +28,8 @@ from typing import Mapping
 
 from .cost_tables import FAMILIES, load_table_csv, source_problem
 from .errors import ConfigError
-from .hwspec import (DTYPES, EXECUTIONS, OP_CLASSES, SOURCE_KINDS, TOPOLOGIES,  # noqa: F401
-                     ContentionSpec, DeviceSpec, GraphsSpec, HardwareProfile, InterconnectSpec,
+from .hwspec import (CONTENTION_MODELS, DTYPES, EXECUTIONS, OP_CLASSES,  # noqa: F401
+                     SOURCE_KINDS, TOPOLOGIES, ContentionSpec, DeviceSpec, GraphsSpec, HardwareProfile, InterconnectSpec,
                      LinkParams, Regime)
 from .safe_yaml import parse_yaml, read_yaml_file
 from .schema import Section
@@ -148,18 +149,68 @@ def _graphs(r: _Reader, top: Section) -> GraphsSpec | None:
     return spec
 
 
-def _jitter(r: _Reader, dev: Section) -> Mapping[str, float]:
-    """``device.jitter_cv: {FAMILY: {value, source}}`` (jitter.py), optional."""
-    if not dev.has("jitter_cv"):
+def _jitter(r: _Reader, dev: Section) -> Mapping[str, object]:
+    """``device.jitter: {FAMILY: {value, source}}`` (jitter.py), optional: a value is a
+    coefficient of variation (a number >= 0) or a list of at least two op time / mean ratios
+    (numbers > 0; scaled here so that their mean is 1)."""
+    if not dev.has("jitter"):
         return MappingProxyType({})
-    sec = dev.section("jitter_cv")
-    out = {}
+    sec = dev.section("jitter")
+    out: dict = {}
     for family in list(sec.data):
         if family not in FAMILIES:
             raise sec.error(family, "unknown op family; allowed: " + ", ".join(FAMILIES))
-        out[family] = r.number(sec, family, min_open=False)
+        node = sec.section(family)
+        value = node.raw("value")
+        if isinstance(value, list):
+            if len(value) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                         and math.isfinite(v) and v > 0 for v in value):
+                raise node.error("value", "a list of jitter ratios must hold at least two "
+                                 f"finite numbers > 0, got {value!r}")
+            mean = sum(value) / len(value)
+            out[family] = tuple(float(v) / mean for v in value)
+            source = node.get("source", str)
+            if source_problem(source):
+                raise node.error("source", source_problem(source))
+            node.done()
+            r.sources[node.path] = source
+        else:
+            out[family] = r.number(sec, family, min_open=False)
     sec.done()
     return MappingProxyType(out)
+
+
+def _factor(r: _Reader, con: Section, model: str) -> ContentionSpec:
+    """``contention: {model: factor | none, slowdown, low_priority_share}``."""
+    slow = con.section("slowdown")
+    slowdown = {}
+    for a in OP_CLASSES:
+        for b in OP_CLASSES:
+            if a == b:
+                continue
+            key = f"{a}_by_{b}"
+            slowdown[(a, b)] = r.number(slow, key, min=1.0, min_open=False) if slow.has(key) else 1.0
+    slow.done()
+    share = r.number(con, "low_priority_share", max=1.0)
+    if share >= 1.0:
+        raise con.section("low_priority_share").error(
+            "value", f"must be < 1, got {share}: a higher-priority op beside a lower-priority one "
+            "of its class would get none of the resource")
+    con.done()
+    return ContentionSpec(model, MappingProxyType(slowdown), share)
+
+
+def _cores(r: _Reader, con: Section) -> ContentionSpec:
+    """``contention: {model: cores, cores, threads_per_op}``: devices that share a CPU's cores
+    (contention.CoreContention); the factor model's keys mean nothing there and are refused."""
+    for key in ("slowdown", "low_priority_share"):
+        if con.has(key):
+            raise con.error(key, "is not used by model cores (every running op shares the "
+                            "machine's cores); remove it, or use model factor")
+    cores = r.number(con, "cores")
+    threads = r.number(con, "threads_per_op") if con.has("threads_per_op") else 1.0
+    con.done()
+    return ContentionSpec("cores", MappingProxyType({}), 0.0, cores, threads)
 
 
 def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
@@ -201,7 +252,7 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
                         if dev.has("fp8_quantize_us") else 0.0),
         event_wait_s=(r.number(dev, "event_wait_us", min_open=False) * 1e-6
                       if dev.has("event_wait_us") else 0.0),
-        jitter_cv=_jitter(r, dev),
+        jitter=_jitter(r, dev),
     )
     dev.done()
 
@@ -225,23 +276,8 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
                                     p2p, shared)
 
     con = top.section("contention")
-    model = con.get("model", str, "factor", choices=("factor", "none"))
-    slow = con.section("slowdown")
-    slowdown = {}
-    for a in OP_CLASSES:
-        for b in OP_CLASSES:
-            if a == b:
-                continue
-            key = f"{a}_by_{b}"
-            slowdown[(a, b)] = r.number(slow, key, min=1.0, min_open=False) if slow.has(key) else 1.0
-    slow.done()
-    share = r.number(con, "low_priority_share", max=1.0)
-    if share >= 1.0:
-        raise con.section("low_priority_share").error(
-            "value", f"must be < 1, got {share}: a higher-priority op beside a lower-priority one "
-            "of its class would get none of the resource")
-    con.done()
-    contention = ContentionSpec(model, MappingProxyType(slowdown), share)
+    model = con.get("model", str, "factor", choices=CONTENTION_MODELS)
+    contention = _cores(r, con) if model == "cores" else _factor(r, con, model)
     tables, database = _tables(r, top, base_dir)
     graphs = _graphs(r, top)
     top.done()

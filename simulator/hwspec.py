@@ -16,6 +16,7 @@ SOURCE_KINDS = ("datasheet", "measured", "fitted", "assumed")
 TOPOLOGIES = ("nvswitch", "nvlink_mesh", "nvlink_pairs", "pcie_p2p", "pcie_host")
 DTYPES = ("fp32", "fp16", "bf16", "fp8")
 OP_CLASSES = ("compute", "memory", "comm")
+CONTENTION_MODELS = ("factor", "none", "cores")
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class DeviceSpec:
     # a stream blocked on another stream's event (Runtime.wait) resumes this long after it
     # completes (0 on GPUs, where the wait is the hardware's; a thread's wake-up on a CPU)
     event_wait_s: float = 0.0
-    # op family -> coefficient of variation of its time from run to run (jitter.py); empty: none
-    jitter_cv: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # op family -> how its time varies from run to run (jitter.py): a coefficient of variation
+    # (lognormal draws) or a tuple of time / mean ratios (draws from them); empty: none
+    jitter: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,14 @@ class ContentionSpec:
     `slowdown[(a, b)]` >= 1: how much slower an op of class `a` runs while an op of class `b` runs
     beside it on the same device. `low_priority_share`: the fraction of a resource that an op on a
     lower-priority stream gets while an op of the same class runs on a higher-priority stream.
+    Model ``cores`` (contention.CoreContention) uses neither: every device shares `cores` CPU
+    cores, and each running op uses `threads_per_op` of them.
     """
     model: str
     slowdown: Mapping[tuple, float]
     low_priority_share: float
+    cores: float = 0.0
+    threads_per_op: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,18 @@
 The cost model gives each op one time, its mean. Real ops vary (a CPU thread's wake-up, clocks,
 caches), and where devices meet in a collective the faster ones wait for the slowest: with
 variation, a bulk-synchronous step takes longer than the sum of its ops' means. A profile's
-`device.jitter_cv` gives, per op family, the coefficient of variation (standard deviation over
-mean) of the op's time; the simulator then multiplies each op's time on each device by its own
-lognormal draw with mean 1 and that CV (a collective's transfer: one draw for the group), from a
-generator seeded by the run's seed, so a run is reproducible. In-run calibration measures the CVs
-(docs/validation.md); built-in profiles have none, and then nothing here runs.
+`device.jitter` says, per op family, how an op's time varies, in one of two forms:
+
+- a number, the coefficient of variation (standard deviation over mean): each time is multiplied
+  by a lognormal draw with mean 1 and that spread (a form to write by hand: "kernels vary 3%");
+- a list of ratios of an op's time to its mean, say its quantiles (what in-run calibration
+  measures, docs/validation.md): each time is multiplied by one of them, drawn uniformly (the
+  loader scales them to mean 1). Measured times are far from lognormal (a bulk of quick runs and
+  a tail of thread wake-ups), and a list keeps their shape.
+
+Each op on each device takes its own draw (a collective's transfer: one draw for the group),
+from a generator seeded by the run's seed, so a run is reproducible. Built-in profiles have no
+jitter, and then nothing here runs.
 """
 from __future__ import annotations
 
@@ -16,27 +23,34 @@ from typing import Mapping
 
 import numpy as np
 
-_BATCH = 4096          # standard normal draws made at once
+_BATCH = 4096          # draws made at once
 _STREAM = 0x6A17       # with the run's seed: a stream of its own, apart from the workload's
 
 
 class Jitter:
     """Seeded multipliers of op times per family (module docstring)."""
 
-    def __init__(self, cv: Mapping[str, float], seed: int):
-        self.params = {}
-        for family, c in cv.items():
-            if c > 0:
-                s2 = math.log1p(c * c)             # lognormal: E = 1, sd / E = c
-                self.params[family] = (-s2 / 2.0, math.sqrt(s2))
+    def __init__(self, jitter: Mapping[str, object], seed: int):
+        self.draws: dict = {}                  # family -> ratios (list) or (mu, sigma)
+        for family, spec in jitter.items():
+            if isinstance(spec, (tuple, list)):
+                self.draws[family] = list(spec)
+            elif spec > 0:
+                s2 = math.log1p(spec * spec)           # lognormal: E = 1, sd / E = spec
+                self.draws[family] = (-s2 / 2.0, math.sqrt(s2))
         self.rng = np.random.default_rng([seed, _STREAM])
+        self.uniforms: list = []
         self.normals: list = []
 
     def scale(self, family: str, seconds: float) -> float:
         """`seconds` times a fresh draw for `family` (unchanged for a family without jitter)."""
-        p = self.params.get(family)
-        if p is None:
+        d = self.draws.get(family)
+        if d is None:
             return seconds
+        if type(d) is list:
+            if not self.uniforms:
+                self.uniforms = self.rng.random(_BATCH).tolist()
+            return seconds * d[int(self.uniforms.pop() * len(d))]
         if not self.normals:
             self.normals = self.rng.standard_normal(_BATCH).tolist()
-        return seconds * math.exp(p[0] + p[1] * self.normals.pop())
+        return seconds * math.exp(d[0] + d[1] * self.normals.pop())

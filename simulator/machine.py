@@ -38,6 +38,9 @@ class Machine:
         self.launch_s = launch_s
         self.event_wait_s = event_wait_s       # a stream blocked on an event wakes this late
         self.jitter = jitter                   # jitter.Jitter: op times drawn per run, or None
+        # a machine-wide contention model (contention.CoreContention) rates all devices' ops at
+        # once, and any start or end changes every device's rates
+        self.machine_wide = getattr(contention, "machine_wide", False)
         self.shared = shared_link
         self.recorder = recorder
         self.rows = recorder.buffer            # finished ops go here; folded in chunks
@@ -199,7 +202,7 @@ class Machine:
                     self._join(st, op, st.device)
                     return
                 st.activity = st
-                if len(running) == 1:      # alone on an idle device: full speed, no contention model
+                if len(running) == 1 and not self.machine_wide:   # alone: full speed, no model
                     st.rate = 1.0
                     st.ev = Finish(env, st, self.on_finish, seconds)
                 else:
@@ -297,6 +300,13 @@ class Machine:
         """Recompute rates of everything on `devices` and `links` and reschedule finish times."""
         touched: dict = {}
         rates_of = self.contention.rates
+        if self.machine_wide:
+            everything = [run for running in self.running for run in running]
+            for run, rate in zip(everything, rates_of(everything) if everything else ()):
+                run.factor = rate
+                if run.activity is not None:
+                    touched[run.activity] = None
+            devices = ()
         for d in devices:
             running = self.running[d]
             if not running:
@@ -357,7 +367,7 @@ class Machine:
         st.activity = None
         if len(rows) >= CHUNK_OPS:
             self.fold()
-        if running:
+        if running or self.machine_wide:
             self.reflow((d,), ())
         if st.queue:
             self.advance(st)
@@ -386,7 +396,7 @@ class Machine:
             del members[act]
             if members:
                 links.append(link)
-        if busy or links:
+        if busy or links or self.machine_wide:
             self.reflow(busy, links)
         for st in act.runs:
             self.advance(st)

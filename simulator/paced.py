@@ -83,8 +83,8 @@ def closed_form(rt, runs, devices, stream, until_arrival):
     """(k, wake-up of run k, host clock then, Segment of runs[:k] or None), or None where the
     literal program must run (module docstring)."""
     m = rt.machine
-    if not m.segments or len(runs) < 2 or rt.wakeup_s:    # a host wake-up delay: the literal program
-        return None
+    if not m.segments or len(runs) < 2 or rt.wakeup_s or rt.callback_s:   # the host reacts late:
+        return None                                                     # the literal program
     simulated = [d for d in devices if m.leader_of[d] == d]
     if len(simulated) != 1 or any(m.leader_of[d] != simulated[0] for d in devices):
         return None

@@ -54,6 +54,7 @@ CALIBRATION_SEED_OFFSET = 1000
 MIN_ALONE = 3           # samples of a shape run alone that make its time (else: every sample)
 MIN_OVERLAPPED = 30     # overlapped samples an in-run contention estimate needs to be used
 MIN_JITTER = 10         # samples of a shape run alone that its spread needs to count
+JITTER_QUANTILES = 32   # ratios a family's jitter is summarised by
 
 
 def calibration_runs(jobs, runs: int, log=print):
@@ -107,28 +108,32 @@ def contention_estimates(entries) -> dict:
     return estimate(_samples(entries))
 
 
-def jitter_cvs(entries, gap_s: float) -> dict:
-    """family -> (coefficient of variation, shapes, samples): per shape that ran alone at least
-    MIN_JITTER times, the standard deviation of its time plus its own dispatch delay (what varies
-    from one run of the op to the next) over its table time (its mean plus the mean dispatch gap
-    `gap_s`, what the simulator draws around); per family the mean over those shapes, weighted
-    by their samples (jitter.py)."""
+def jitter_ratios(entries) -> dict:
+    """family -> (ratios, shapes, samples) for the profile's `device.jitter` (jitter.py): per shape
+    that ran alone at least MIN_JITTER times, each sample's time plus its own dispatch delay (what
+    varies from one run of the op to the next) over the shape's mean of the same; the family's
+    ratios pooled and summarised by JITTER_QUANTILES quantiles (at the midpoints of equal
+    slices), which the simulator draws from uniformly. Quantiles, not the ratios' own moments:
+    the rare long stalls stay in the tables' means, not in the shape of every draw."""
     samples, delays = _samples(entries, with_delays=True)
     shapes: dict = {}
     for smp, delay, cov in zip(samples, delays, _overlaps(samples)):
         if not any(v > 0 for v in cov.values()):
-            shapes.setdefault((smp.family, smp.key), []).append((smp.seconds, delay))
-    per_family: dict = {}
-    for (family, _shape), pairs in shapes.items():
-        if len(pairs) < MIN_JITTER:
-            continue
-        row = statistics.fmean(s for s, _ in pairs) + gap_s
-        cv = statistics.pstdev([s + d for s, d in pairs]) / row if row > 0 else 0.0
-        per_family.setdefault(family, []).append((cv, len(pairs)))
+            shapes.setdefault((smp.family, smp.key), []).append(smp.seconds + delay)
+    pooled: dict = {}
+    for (family, _shape), times in shapes.items():
+        mean = statistics.fmean(times) if len(times) >= MIN_JITTER else 0.0
+        if mean > 0:
+            counts = pooled.setdefault(family, [0, []])
+            counts[0] += 1
+            counts[1].extend(t / mean for t in times)
     out = {}
-    for family, cvs in per_family.items():
-        n = sum(k for _, k in cvs)
-        out[family] = (sum(c * k for c, k in cvs) / n, len(cvs), n)
+    for family, (n_shapes, ratios) in pooled.items():
+        ratios.sort()
+        k = JITTER_QUANTILES
+        picked = [ratios[min(len(ratios) - 1, int((i + 0.5) / k * len(ratios)))]
+                  for i in range(k)]
+        out[family] = (picked, n_shapes, len(ratios))
     return out
 
 
@@ -167,7 +172,7 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
     means (plus `gap_s`, the in-run dispatch gap) in place of the micro-benchmarked rows of the
     same shapes, the in-run contention estimates with enough evidence, the streams' mean wake-up
     after an event they waited on (`event_waits_s`), the ops' jitter (`jitter`, from
-    `jitter_cvs`), and, given `host` (a
+    `jitter_ratios`), and, given `host` (a
     torchrt HostLog of all runs), the host's in-run costs (`host_costs`). With `host_by_label`
     (label -> HostLog), also one variant per strategy, ``STEM-inrun-host-LABEL.yaml``, with that
     strategy's own host costs (a host program's cost: liger's online scheduler costs far more per
@@ -181,7 +186,8 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
     replaced = _write_tables(data, folder, stem, times, gap_s,
                              f"{stamp}: means over {what}; their mean dispatch gap "
                              f"{gap_s * 1e6:.1f} us added")
-    for est in (contention or {}).get("estimates", ()):
+    factor = data.get("contention", {}).get("model", "factor") == "factor"
+    for est in (contention or {}).get("estimates", ()) if factor else ():
         if est["overlapped_samples"] < MIN_OVERLAPPED:     # too little evidence: keep the bench's
             continue
         data.setdefault("contention", {}).setdefault("slowdown", {})[est["pair"]] = {
@@ -192,11 +198,12 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
     if host is not None and host.launches:
         data["host"] = host_costs(host, f"{stamp}: over {what}")
     if jitter:
-        data["device"]["jitter_cv"] = {
-            family: {"value": float(f"{cv:.4g}"),
-                     "source": (f"{stamp}: spread of the op's time and dispatch delay over its "
-                                f"table time, {shapes} shapes run alone, {n} samples, over {what}")}
-            for family, (cv, shapes, n) in sorted(jitter.items())}
+        data["device"]["jitter"] = {
+            family: {"value": [float(f"{r:.4g}") for r in ratios],
+                     "source": (f"{stamp}: quantiles of the op's time plus its dispatch delay over "
+                                f"its shape's mean, {shapes} shapes run alone, {n} samples, over "
+                                f"{what}")}
+            for family, (ratios, shapes, n) in sorted(jitter.items())}
     if event_waits_s:
         data["device"]["event_wait_us"] = _us(
             statistics.fmean(event_waits_s), f"{stamp}: mean delay from an event to the stream "

@@ -11,8 +11,9 @@ What becomes what (docs/validation.md, "Calibrate"):
 - launch_overhead_us: the host thread's time per TorchRuntime.launch;
 - collectives / p2p: alpha (median of the two smallest sizes) and bus bandwidth (largest size)
   fitted from the measured all_reduce / send_recv rows;
-- contention: class-pair slowdowns measured with two threads per device; low_priority_share 0.5
-  (CPU threads have no priorities: the OS shares the cores evenly; the measured ratio is noted).
+- contention: model cores (contention.CoreContention): the devices' threads share this machine's
+  CPUs, each op using torch's intra-op threads; the class-pair measurements (two threads per
+  device) are noted in its source.
 """
 from __future__ import annotations
 
@@ -241,16 +242,18 @@ def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, lo
         p2p = {"alpha_us": _num(a * 1e6, src), "bandwidth_gb_per_s": _num(b / 1e9, src)}
     contention = None
     if cont:
-        slow = {}
-        for (a, b), r in ((k, v) for k, v in cont.items() if isinstance(k, tuple)):
-            if math.isfinite(r):
-                slow[f"{a}_by_{b}"] = _num(max(1.0, r), meas + f": {a} op with a {b} op on a "
-                                           f"second thread of each device, ratio {r:.3g}")
-        share = cont.get("share", float("nan"))
-        contention = {"model": "factor", "slowdown": slow, "low_priority_share": _num(
-            0.5, "assumed: CPU threads have no priorities and the OS shares a device's cores "
-            f"evenly; measured: a compute op beside another on its device's second thread ran at "
-            f"{share:.3g} of its speed alone (the model gives each of two equal ops 1/2)")}
+        pairs = ", ".join(f"{a} beside {b} {r:.3g}" for (a, b), r in
+                          ((k, v) for k, v in cont.items() if isinstance(k, tuple))
+                          if math.isfinite(r))
+        threads = max(1, cpu_count() // devices)
+        contention = {
+            "model": "cores",
+            "cores": _num(cpu_count(), meas + f": the CPUs this process may run on (op time "
+                          f"with an op of another class on a second thread of each of {devices} "
+                          f"devices over its time alone: {pairs}; two compute ops per device "
+                          f"each ran at {cont.get('share', float('nan')):.3g} of its speed alone)"),
+            "threads_per_op": _num(threads, f"assumed: TorchRuntime's setting, torch's intra-op "
+                                   f"threads = CPUs // devices = {threads}")}
     folder = os.path.dirname(os.path.abspath(out_path))
     stem = os.path.splitext(os.path.basename(out_path))[0]
     tables, files, counts = {}, [], {}

@@ -70,7 +70,7 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tu
     cal = calibrate(model, devices, path, shapes, reps=reps, log=log)
     if runs <= 0:
         return path, path, {}
-    from .inrun import (calibration_runs, contention_estimates, dispatch_gap, jitter_cvs,
+    from .inrun import (calibration_runs, contention_estimates, dispatch_gap, jitter_ratios,
                         measured_times, write_inrun_profile)
     run_log, what = calibration_runs([with_hardware(j, os.path.abspath(path)) for j in jobs],
                                      runs, log)
@@ -81,7 +81,7 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tu
     return (path, *write_inrun_profile(path, measured_times(run_log.ops), gap_s, what, log,
                                      run_log.host, contention_estimates(run_log.ops),
                                      run_log.host_by_label, run_log.event_waits_s,
-                                     jitter_cvs(run_log.ops, gap_s)))
+                                     jitter_ratios(run_log.ops)))
 
 
 def with_hardware(job, profile: str):
