@@ -327,6 +327,18 @@ def _hardware(args) -> int:
     if d.fp8_gemm_efficiency or d.fp8_quantize_s:
         print(f"  fp8 GEMM     {d.fp8_gemm_efficiency or d.gemm_efficiency:.3g} of the fp8 peak, input "
               f"quantisation {d.fp8_quantize_s * 1e6:.3g} us + 5 bytes per element")
+    if d.dispatch_s or d.event_wait_s or p.wakeup_s or p.callback_s:
+        print(f"  reactions    stream {d.dispatch_s * 1e6:.3g} us per op, wakes "
+              f"{d.event_wait_s * 1e6:.3g} us after an event it waits on; host wakes "
+              f"{p.wakeup_s * 1e6:.3g} us, runs callbacks {p.callback_s * 1e6:.3g} us after an event")
+    if d.jitter:
+        print("  jitter       " + ", ".join(
+            f"{f} CV {v:.3g}" if not isinstance(v, tuple) else
+            f"{f} {min(v):.2g}-{max(v):.2g}x of the mean" for f, v in d.jitter.items()))
+    c = p.contention
+    if c.model == "cores":
+        print(f"  contention   cores: {c.cores:g} shared by every device, {c.threads_per_op:g} "
+              "per running op")
     print(f"  topology     {p.interconnect.topology} (shared link: {p.interconnect.shared_link})")
     _print_collectives("collectives", p.interconnect.collectives)
     if p.graphs is not None:

@@ -119,7 +119,7 @@ class SimRuntime(ServingVerbs):
             segments, mirror = False, False    # both assume fixed times and independent devices
         self.machine = Machine(self.env, devices, self.cost, self.contention, launch_s,
                                hardware.interconnect.shared_link, self.recorder, segments,
-                               hardware.device.event_wait_s, jitter)
+                               hardware.device.event_wait_s, jitter, hardware.device.dispatch_s)
         self.serving = Serving(SimClock(self.env))
         self.segment_counts = self.machine.segment_counts
         self.mirror_groups = mirror

@@ -252,6 +252,8 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
                         if dev.has("fp8_quantize_us") else 0.0),
         event_wait_s=(r.number(dev, "event_wait_us", min_open=False) * 1e-6
                       if dev.has("event_wait_us") else 0.0),
+        dispatch_s=(r.number(dev, "dispatch_us", min_open=False) * 1e-6
+                    if dev.has("dispatch_us") else 0.0),
         jitter=_jitter(r, dev),
     )
     dev.done()

@@ -30,7 +30,7 @@ class Machine:
 
     def __init__(self, env, devices: int, cost, contention, launch_s: float, shared_link: bool,
                  recorder: TraceRecorder, segments: bool = True, event_wait_s: float = 0.0,
-                 jitter=None):
+                 jitter=None, dispatch_s: float = 0.0):
         self.env = env
         self.devices = devices
         self.cost = cost
@@ -38,6 +38,7 @@ class Machine:
         self.launch_s = launch_s
         self.event_wait_s = event_wait_s       # a stream blocked on an event wakes this late
         self.jitter = jitter                   # jitter.Jitter: op times drawn per run, or None
+        self.dispatch_s = dispatch_s           # a stream's own time per op, added to each op
         # a machine-wide contention model (contention.CoreContention) rates all devices' ops at
         # once, and any start or end changes every device's rates
         self.machine_wide = getattr(contention, "machine_wide", False)
@@ -254,7 +255,7 @@ class Machine:
         cache = self.op_cost
         if len(cache) >= OP_CACHE_ENTRIES:     # bounded: ops are re-made every step
             cache.clear()
-        hit = cache[id(op)] = (op, cost, op.family, cost.op_class, cost.seconds)
+        hit = cache[id(op)] = (op, cost, op.family, cost.op_class, cost.seconds + self.dispatch_s)
         return hit
 
     def _join(self, run: Stream, op, device: int) -> None:
@@ -276,7 +277,7 @@ class Machine:
             self.reflow((device,), ())
             return
         del self.groups[gkey]
-        seconds = run.cost.seconds
+        seconds = run.cost.seconds + self.dispatch_s
         if self.jitter is not None:            # one transfer: one draw for the group
             seconds = self.jitter.scale(op.family, seconds)
         act = self.new_activity(tuple(g.runs), group, seconds, self.env._now)

@@ -204,3 +204,25 @@ def test_profiles_read_the_cores_model_and_refuse_factor_keys_there(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_hardware(str(path))
     assert "contention.cores" in str(exc.value)
+
+
+def test_hardware_show_prints_jitter_reactions_and_cores(tmp_path, capsys):
+    from importlib import resources
+    from simulator.cli import main
+    data = yaml.safe_load(resources.files("hwprofiles").joinpath("a100-sxm4-80gb.yaml").read_text())
+    data.pop("measured_tables", None)
+    data["contention"] = {"model": "cores", "cores": {"value": 2, "source": "measured: x"}}
+    data["device"]["jitter"] = {"gemm": {"value": [0.5, 1.5], "source": "measured: x"},
+                                "all_reduce": {"value": 0.2, "source": "assumed: x"}}
+    data["device"]["dispatch_us"] = {"value": 40, "source": "measured: x"}
+    data["host"]["wakeup_us"] = {"value": 90, "source": "measured: x"}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["hardware", "show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stream 40 us per op" in out and "host wakes 90 us" in out
+    assert "gemm 0.5-1.5x of the mean" in out and "all_reduce CV 0.2" in out
+    assert "cores: 2 shared by every device, 1 per running op" in out
+    assert main(["hardware", "show", "a100-sxm4-80gb"]) == 0
+    plain = capsys.readouterr().out
+    assert "reactions" not in plain and "jitter" not in plain and "cores:" not in plain

@@ -246,3 +246,24 @@ def test_a_negative_latency_is_refused_with_its_key(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_hardware(path)
     assert "host.wakeup_us" in str(exc.value)
+
+
+def test_dispatch_is_added_to_every_op_and_to_profiled_times():
+    hw = profile()
+    hw = replace(hw, device=replace(hw.device, dispatch_s=0.25))
+    seen = {}
+
+    def host(rt):
+        reduce = ar("ar", (0, 1))
+        rt.launch(op("a"), 0, 0)
+        rt.launch(reduce, 0, 0)
+        rt.launch(reduce, 1, 0)
+        seen["profiled"] = rt.profiled_seconds(op("a"))
+        yield from ()
+    table = {"a": (1.0, "compute"), "ar": (0.5, "comm")}
+    _, trace = simulate(host, table, hw, devices=2)
+    # a: 1.0 + 0.25; the collective joins at 1.25 (device 1 waits from 0): 0.5 + 0.25
+    assert_log(trace, [(0, 0, "a", 0.0, 1.25), (0, 0, "ar", 1.25, 2.0, 1.25),
+                       (1, 0, "ar", 0.0, 2.0, 1.25)])
+    assert seen["profiled"] == pytest.approx(1.25)
+    assert trace.ops()["isolated_s"].max() == pytest.approx(1.0)   # the kernel's own time

@@ -121,7 +121,7 @@ def test_calibrate_refuses_a_model_too_big(tmp_path, capsys):
 # ------------------------------------------------------------------------ in-run calibration
 
 def test_inrun_times_are_spans_and_transfers():
-    from simulator.calibrate.inrun import dispatch_gap, measured_times
+    from simulator.calibrate.inrun import measured_times
     from simulator.ops import Collective, Gemm, RaggedAttention, SendRecv
     g = Gemm(8, 64, 32, "fp32")
     ar = Collective("all_reduce", 1024.0, (0, 1))
@@ -132,7 +132,6 @@ def test_inrun_times_are_spans_and_transfers():
            (RaggedAttention(2, 3, 4.0, 5, 2, 4, 4, 16, "fp32"), 0, 0, 6.0, 7.0, 7.0, 0.0),
            (Gemm(8, 64, 32, "fp32", count=4), 0, 0, 8.0, 9.0, 9.0, 0.7)]
     times = measured_times(log)
-    assert dispatch_gap(log) == pytest.approx(0.1)
     assert sorted(times) == ["all_reduce", "gemm", "send_recv"]
     assert sorted(times["gemm"][("8", "64", "32", "fp32")]) == pytest.approx([0.1, 0.5, 0.7])
     assert sorted(times["all_reduce"][("2", "1024")]) == pytest.approx([0.2, 0.3])
@@ -157,7 +156,8 @@ def test_inrun_profile_takes_the_runs_means(closed_loop):
     bench = frame[~frame["source"].str.startswith("measured: in-run")]
     assert len(runs) >= 1 and len(bench) >= 1           # the runs' sizes, and the others kept
     assert (runs["samples"] >= 2).all()
-    assert list(runs["seconds"]) == pytest.approx(list(runs["kernel_s"] + runs["dispatch_s"]))
+    assert "kernel_s" not in frame and "dispatch_s" not in frame   # a stream's own time is apart:
+    assert inrun.device.dispatch_s > micro.device.dispatch_s > 0    # device.dispatch_us
     for family in ("gemm", "attention"):
         f = pd.read_csv(out / f"calibrated-inrun-{family}.csv")
         assert f["source"].str.startswith("measured: in-run").any(), family

@@ -11,20 +11,21 @@ mean of what the runs measured: a compute op's span, a collective's or send/recv
 end minus the moment its last member joined, as the simulator times it). The mean, not the median:
 a run's time is the sum of its ops' times, and under load their distribution has a long tail
 (thread wake-ups) that the median drops (in-run all-reduce means were ~3x their medians). Those
-means, plus the runs' mean dispatch gap (an op's start minus the later of its launch and its
-stream's previous item: the stream thread's bookkeeping and, after an idle spell, its wake-up),
-replace the micro-benchmarked rows of the same shapes in a copy of the calibrated profile
+means replace the micro-benchmarked rows of the same shapes in a copy of the calibrated profile
 (``STEM-inrun.yaml`` and its tables); shapes the runs did not reach keep their micro-benchmarked
 rows. Table times come from samples that ran alone on their device where there are enough of them:
-what overlap costs is the contention model's, whose slowdowns are estimated from the same runs
-(trace_import.overlap). One table serves every strategy (a shape's samples from all runs
-together), and the validation runs themselves are never used.
+what overlap costs is the contention model's (`cores`: the devices share the CPU's cores). One
+table serves every strategy (a shape's samples from all runs together), and the validation runs
+themselves are never used. How the same shape's times vary from run to run becomes the profile's
+jitter (`jitter_ratios`).
 
 The host is calibrated the same way: the simulator charges each launch `host.launch_overhead_us`
 of host time, and in a real run the host thread also plans (liger's online scheduler), waits for
 the GIL and for a core. The runs' host busy time (TorchRuntime's driver: its time making progress)
-over their launches replaces the micro-benchmarked launch cost, over all runs in the in-run
-profile and per strategy in its variants (a host program's cost is its own).
+per SPMD launch replaces the micro-benchmarked launch cost, and how late the host and the streams
+react to events (`host.wakeup_us`, `host.callback_us`, `device.event_wait_us`) is measured too;
+over all runs in the in-run profile and per strategy in its variants (a host program's cost and
+reactions are its own).
 """
 from __future__ import annotations
 
@@ -46,13 +47,12 @@ from simulator.ops import Attention, Collective, Elementwise, Gemm, SendRecv
 from simulator.safe_yaml import read_yaml_file
 
 from simulator.trace_import.classify import Sample
-from simulator.trace_import.overlap import _overlaps, estimate
+from simulator.trace_import.overlap import _overlaps
 
 from .profile import _key
 
 CALIBRATION_SEED_OFFSET = 1000
 MIN_ALONE = 3           # samples of a shape run alone that make its time (else: every sample)
-MIN_OVERLAPPED = 30     # overlapped samples an in-run contention estimate needs to be used
 MIN_JITTER = 10         # samples of a shape run alone that its spread needs to count
 JITTER_QUANTILES = 32   # ratios a family's jitter is summarised by
 
@@ -68,8 +68,7 @@ def calibration_runs(jobs, runs: int, log=print):
             seed = int(job.config.get("seed", 0)) + CALIBRATION_SEED_OFFSET + i
             built = build(replace(job, config={**job.config, "seed": seed}))
             before = len(run_log.ops)
-            one = RunLog(ops=run_log.ops,         # this run's host, then added to the totals
-                         event_waits_s=run_log.event_waits_s)
+            one = RunLog(ops=run_log.ops)         # this run's host, then added to the totals
             simulate(built, 0, runtime="torch", run_log=one)
             run_log.host.add(one.host)
             run_log.host_by_label.setdefault(job.label, HostLog()).add(one.host)
@@ -87,7 +86,7 @@ def measured_times(entries) -> dict:
     and send/recv their transfer (end minus the last member's join). Ops no table covers (ragged
     attention, batched GEMMs) are left out. Where a shape ran alone (no op on another stream of its
     device overlapping it) that often, only those samples count (`MIN_ALONE`): the contention
-    model adds what overlap costs, from `contention_estimates`."""
+    model adds what overlap costs."""
     samples = _samples(entries)
     covers = _overlaps(samples)
     alone: dict = {}
@@ -100,12 +99,6 @@ def measured_times(entries) -> dict:
                            if len(alone.get(family, {}).get(key, ())) >= MIN_ALONE else times)
                      for key, times in shapes.items()}
             for family, shapes in every.items()}
-
-
-def contention_estimates(entries) -> dict:
-    """trace_import.overlap.estimate over the op log: per class pair, the slowdown of ops that ran
-    beside ops of another class on another stream of their device, against the same shapes alone."""
-    return estimate(_samples(entries))
 
 
 def jitter_ratios(entries) -> dict:
@@ -157,46 +150,23 @@ def _samples(entries, with_delays: bool = False):
     return (out, delays) if with_delays else out
 
 
-def dispatch_gap(entries) -> float | None:
-    """The mean dispatch delay of the logged ops (TorchRuntime.RunLog), or None without ops."""
-    delays = [e[6] for e in entries]
-    return statistics.fmean(delays) if delays else None
-
-
-def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, log=print,
-                        host=None, contention: dict | None = None,
-                        host_by_label: dict | None = None,
-                        event_waits_s: list | None = None,
+def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
+                        host=None, host_by_label: dict | None = None,
                         jitter: dict | None = None) -> tuple[str, dict]:
     """``STEM-inrun.yaml`` beside `calibrated`: the same profile whose tables have the in-run
-    means (plus `gap_s`, the in-run dispatch gap) in place of the micro-benchmarked rows of the
-    same shapes, the in-run contention estimates with enough evidence, the streams' mean wake-up
-    after an event they waited on (`event_waits_s`), the ops' jitter (`jitter`, from
-    `jitter_ratios`), and, given `host` (a
-    torchrt HostLog of all runs), the host's in-run costs (`host_costs`). With `host_by_label`
-    (label -> HostLog), also one variant per strategy, ``STEM-inrun-host-LABEL.yaml``, with that
-    strategy's own host costs (a host program's cost: liger's online scheduler costs far more per
-    launch, and reacts later to events, than tp's loop). Returns (the in-run profile, label ->
-    variant path)."""
+    means in place of the micro-benchmarked rows of the same shapes, the ops' jitter (`jitter`, from `jitter_ratios`) and, given `host` (a torchrt
+    HostLog of all runs), the host's and the streams' reactions (`reactions`). With
+    `host_by_label` (label -> HostLog), also one variant per strategy,
+    ``STEM-inrun-host-LABEL.yaml``, with that strategy's own reactions (a host program's cost:
+    liger's online scheduler costs far more per launch, and reacts later to events, than tp's
+    loop; its sub stream wakes from its waits on a busier machine than pp's stages do). Returns
+    (the in-run profile, label -> variant path)."""
     folder = os.path.dirname(os.path.abspath(calibrated))
     stem = os.path.splitext(os.path.basename(calibrated))[0]
     data = read_yaml_file(calibrated, "calibrated profile")
     stamp = (f"measured: in-run, parasim validate on {platform.node() or 'this host'}, "
              f"{datetime.date.today().isoformat()}")
-    replaced = _write_tables(data, folder, stem, times, gap_s,
-                             f"{stamp}: means over {what}; their mean dispatch gap "
-                             f"{gap_s * 1e6:.1f} us added")
-    factor = data.get("contention", {}).get("model", "factor") == "factor"
-    for est in (contention or {}).get("estimates", ()) if factor else ():
-        if est["overlapped_samples"] < MIN_OVERLAPPED:     # too little evidence: keep the bench's
-            continue
-        data.setdefault("contention", {}).setdefault("slowdown", {})[est["pair"]] = {
-            "value": max(1.0, float(est["ratio"])),
-            "source": (f"{stamp}: {est['pair']} over {what}: ratio {est['ratio']} "
-                       f"({est['shapes']} shapes, {est['overlapped_samples']} overlapped and "
-                       f"{est['isolated_samples']} alone samples)")}
-    if host is not None and host.launches:
-        data["host"] = host_costs(host, f"{stamp}: over {what}")
+    replaced = _write_tables(data, folder, stem, times, f"{stamp}: means over {what}")
     if jitter:
         data["device"]["jitter"] = {
             family: {"value": [float(f"{r:.4g}") for r in ratios],
@@ -204,10 +174,8 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
                                 f"its shape's mean, {shapes} shapes run alone, {n} samples, over "
                                 f"{what}")}
             for family, (ratios, shapes, n) in sorted(jitter.items())}
-    if event_waits_s:
-        data["device"]["event_wait_us"] = _us(
-            statistics.fmean(event_waits_s), f"{stamp}: mean delay from an event to the stream "
-            f"blocked on it resuming, over {what} ({len(event_waits_s)} waits)")
+    if host is not None and host.launches:
+        data = reactions(data, host, f"{stamp}: over {what}")
     out = os.path.join(folder, f"{stem}-inrun.yaml")
     header = (f"# {os.path.basename(calibrated)} with in-run op times (parasim validate; "
               "docs/validation.md, 'Validate').\n")
@@ -216,9 +184,9 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
     for label, own in (host_by_label or {}).items():
         if not own.launches:
             continue
-        variant = {**data, "host": host_costs(own, f"{stamp}: in the calibration runs of {label} "
-                                                    "alone")}
+        variant = reactions(data, own, f"{stamp}: in the calibration runs of {label} alone")
         costs[label] = {k: v["value"] for k, v in variant["host"].items()}
+        costs[label]["event_wait_us"] = variant["device"].get("event_wait_us", {}).get("value", 0.0)
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
         variants[label] = os.path.join(folder, f"{stem}-inrun-host-{safe}.yaml")
         write_text(variants[label], header.replace("in-run op times", f"in-run op times and "
@@ -227,10 +195,31 @@ def write_inrun_profile(calibrated: str, times: dict, gap_s: float, what: str, l
     log("calibrate: in-run: " + ", ".join(f"{f} {n}" for f, n in replaced.items() if n)
         + f" shapes measured; wrote {out}")
     for label, c in costs.items():
-        log(f"calibrate: in-run: {label} host: {c['launch_overhead_us']:.1f} us per launch, "
+        log(f"calibrate: in-run: {label}: host {c['launch_overhead_us']:.1f} us per launch, "
             f"wakes {c.get('wakeup_us', 0.0):.0f} us and runs callbacks "
-            f"{c.get('callback_us', 0.0):.0f} us after an event")
+            f"{c.get('callback_us', 0.0):.0f} us after an event; a stream wakes "
+            f"{c['event_wait_us']:.0f} us after an event it waits on")
     return out, variants
+
+
+def reactions(data: dict, host, source: str) -> dict:
+    """A copy of profile `data` with the `host` section from a torchrt HostLog (`host_costs`), the
+    streams' mean dispatch delay per op (`device.dispatch_us`: a stream's time per op beyond
+    the kernel's, from the moment it could start the op, the later of its launch and the
+    stream's previous item, to its start: the stream thread's bookkeeping and, after an idle
+    spell, its wake-up) and their mean wake-up after an event they waited on
+    (`device.event_wait_us`) where the runs had such waits (else none: that program's streams
+    never waited on one)."""
+    device = {k: v for k, v in data["device"].items() if k not in ("event_wait_us", "dispatch_us")}
+    if host.dispatches_s:
+        device["dispatch_us"] = _us(statistics.fmean(host.dispatches_s), f"{source}: mean delay "
+                                    "from the moment a stream could start an op to its start "
+                                    f"({len(host.dispatches_s)} ops)")
+    if host.event_waits_s:
+        device["event_wait_us"] = _us(statistics.fmean(host.event_waits_s), f"{source}: mean "
+                                      "delay from an event to the stream blocked on it resuming "
+                                      f"({len(host.event_waits_s)} waits)")
+    return {**data, "device": device, "host": host_costs(host, source)}
 
 
 def host_costs(host, source: str) -> dict:
@@ -260,8 +249,7 @@ def _us(seconds: float, source: str) -> dict:
     return {"value": float(f"{max(0.0, seconds) * 1e6:.6g}"), "source": source}
 
 
-def _write_tables(data: dict, folder: str, stem: str, times: dict, gap_s: float,
-                  source: str) -> dict:
+def _write_tables(data: dict, folder: str, stem: str, times: dict, source: str) -> dict:
     """Write ``STEM-inrun-FAMILY.csv`` per family (the profile's rows with the measured shapes
     replaced) and point `data`'s measured_tables at them; family -> shapes measured."""
     tables = data.setdefault("measured_tables", {})
@@ -273,8 +261,7 @@ def _write_tables(data: dict, folder: str, stem: str, times: dict, gap_s: float,
         kept = [r for r in rows if tuple(r.get(c, "") for c in columns) not in measured]
         for key, samples in sorted(measured.items()):
             kernel = statistics.fmean(samples)
-            kept.append({**dict(zip(columns, key)), "seconds": f"{kernel + gap_s:.9g}",
-                         "kernel_s": f"{kernel:.9g}", "dispatch_s": f"{gap_s:.9g}",
+            kept.append({**dict(zip(columns, key)), "seconds": f"{kernel:.9g}",
                          "samples": str(len(samples)), "source": source})
         name = f"{stem}-inrun-{family}.csv"
         write_text(os.path.join(folder, name), _csv(columns, kept))
@@ -292,7 +279,7 @@ def _read_rows(path: str) -> list:
 
 def _csv(columns: tuple, rows: list) -> str:
     buf = io.StringIO()
-    header = list(columns) + ["seconds", "kernel_s", "dispatch_s", "samples", "source"]
+    header = list(columns) + ["seconds", "samples", "source"]
     w = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:

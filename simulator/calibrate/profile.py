@@ -2,12 +2,12 @@
 profile (YAML, every number sourced) plus measured tables (cost_tables CSVs) beside it.
 
 What becomes what (docs/validation.md, "Calibrate"):
-- tables: every measured op, its time = the kernel's median time plus the stream thread's
-  dispatch gap (TorchRuntime's per-op bookkeeping between two ops of a stream, measured), so that a
-  stream of simulated ops is as long as the real stream's;
+- tables: every measured op, its kernel's median time; dispatch_us: the stream thread's gap
+  between two ops (TorchRuntime's per-op bookkeeping, measured), which the simulator adds to every
+  op, so that a stream of simulated ops is as long as the real stream's;
 - peak_tflops: the fastest measured GEMM rate; memory bandwidth: the fastest elementwise rate;
   gemm/attention/memory efficiencies: fitted so that the roofline (used outside the tables) meets
-  the median measured op; kernel_overhead_us: the measured time of a tiny op plus the gap;
+  the median measured op; kernel_overhead_us: the measured time of a tiny op;
 - launch_overhead_us: the host thread's time per TorchRuntime.launch;
 - collectives / p2p: alpha (median of the two smallest sizes) and bus bandwidth (largest size)
   fitted from the measured all_reduce / send_recv rows;
@@ -75,10 +75,9 @@ def _csv_text(family: str, rows: list) -> str:
             "elementwise": ("bytes",), "send_recv": ("bytes",)}.get(family, ("devices", "bytes"))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(keys + ("seconds", "kernel_s", "dispatch_s", "samples", "source"))
-    for key, kernel, gap, samples in sorted(rows, key=lambda r: tuple(str(x) for x in r[0])):
-        w.writerow(list(key) + [f"{kernel + gap:.9g}", f"{kernel:.9g}", f"{gap:.9g}", samples,
-                                _source("measured")])
+    w.writerow(keys + ("seconds", "samples", "source"))
+    for key, kernel, samples in sorted(rows, key=lambda r: tuple(str(x) for x in r[0])):
+        w.writerow(list(key) + [f"{kernel:.9g}", samples, _source("measured")])
     return buf.getvalue()
 
 
@@ -185,8 +184,10 @@ def _profile_data(devices: int, dev: dict, coll: dict, p2p: dict, cont: dict | N
             "gemm_efficiency": _num(dev["gemm_eff"], fit + " (median GEMM against its roofline)"),
             "attention_efficiency": _num(dev["attn_eff"], fit + " (median attention)"),
             "memory_efficiency": _num(dev["mem_eff"], fit + " (median elementwise op)"),
-            "kernel_overhead_us": _num(dev["kernel_s"] * 1e6, meas + ": a tiny op's time plus "
-                                       "the stream thread's gap between ops"),
+            "kernel_overhead_us": _num(dev["kernel_s"] * 1e6, meas + ": a tiny op's time"),
+            "dispatch_us": _num(dev.get("dispatch_s", 0.0) * 1e6, meas + ": the stream thread's "
+                                "gap between two back-to-back ops (its bookkeeping, the next "
+                                "op's preparation)"),
         },
         "host": {"launch_overhead_us": _num(dev["launch_s"] * 1e6, meas + ": host time per "
                                             "TorchRuntime.launch")},
@@ -214,14 +215,15 @@ def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, lo
     by_family: dict = {}
     for t in compute + comm:
         family, key = _key(t.op)
-        by_family.setdefault(family, []).append((key, t.seconds, gap, t.samples))
+        by_family.setdefault(family, []).append((key, t.seconds, t.samples))
     gemms = [t for t in compute if isinstance(t.op, Gemm)]
     attns = [t for t in compute if isinstance(t.op, Attention)]
     elems = [t for t in compute if isinstance(t.op, Elementwise)]
     peak = max((t.op.flops / t.seconds for t in gemms), default=1e9)
     bw = max((t.op.bytes / t.seconds for t in elems), default=1e9)
     dev = {"peak": {d: peak for d in _dtypes(model)}, "bw": bw,
-           "kernel_s": overheads["tiny_op_s"] + gap, "launch_s": overheads["launch_s"]}
+           "kernel_s": overheads["tiny_op_s"], "launch_s": overheads["launch_s"],
+           "dispatch_s": gap}
     unit = CostModel(_draft(devices, _dtypes(model), **dev))
     dev["gemm_eff"] = _efficiency(gemms, unit.seconds)
     dev["attn_eff"] = _efficiency(attns, unit.seconds)

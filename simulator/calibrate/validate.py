@@ -67,20 +67,14 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tu
     shapes = experiment_shapes(builts, model_shapes(model, devices, grid))
     log(f"calibrate: {shapes.sizes()} shapes for {model.name} on {devices} devices")
     path = os.path.join(out_dir, "calibrated.yaml")
-    cal = calibrate(model, devices, path, shapes, reps=reps, log=log)
+    calibrate(model, devices, path, shapes, reps=reps, log=log)
     if runs <= 0:
         return path, path, {}
-    from .inrun import (calibration_runs, contention_estimates, dispatch_gap, jitter_ratios,
-                        measured_times, write_inrun_profile)
+    from .inrun import calibration_runs, jitter_ratios, measured_times, write_inrun_profile
     run_log, what = calibration_runs([with_hardware(j, os.path.abspath(path)) for j in jobs],
                                      runs, log)
-    gap_s = dispatch_gap(run_log.ops)
-    log(f"calibrate: in-run: dispatch gap {gap_s * 1e6:.1f} us per op" if gap_s is not None
-        else "calibrate: in-run: no ops logged")
-    gap_s = cal.overheads["gap_s"] if gap_s is None else gap_s
-    return (path, *write_inrun_profile(path, measured_times(run_log.ops), gap_s, what, log,
-                                     run_log.host, contention_estimates(run_log.ops),
-                                     run_log.host_by_label, run_log.event_waits_s,
+    return (path, *write_inrun_profile(path, measured_times(run_log.ops), what, log,
+                                     run_log.host, run_log.host_by_label,
                                      jitter_ratios(run_log.ops)))
 
 

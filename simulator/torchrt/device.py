@@ -124,7 +124,7 @@ class Stream:
                     return False
             log = self.rt.run_log
             if blocked and log is not None and not self.rt.cuda:   # a thread's wake-up
-                log.event_waits_s.append(self.rt.clock.now - ev.time)
+                log.host.event_waits_s.append(self.rt.clock.now - ev.time)
             if self.rt.cuda:                         # pragma: no cover - needs CUDA
                 self.rt.cuda_stream(self).wait_event(ev.cuda)
             return True

@@ -56,12 +56,16 @@ class HostLog:
     the other, as `launch_seq` and liger do, counts once; any other launch counts once too), and
     how late it reacted to completed events: per blocking wait (synchronize, wait_any) the
     seconds from the event that ended it to the host resuming, per event with host callbacks the
-    seconds from the event to its callbacks running."""
+    seconds from the event to its callbacks running; and per stream wait on an event that
+    blocked, the seconds from the event to the stream resuming, and per op its dispatch delay
+    (CPU: the streams' reactions, kept with the host's as properties of one program's run)."""
     busy_s: float = 0.0
     launches: int = 0
     spmd_launches: int = 0
     wakeups_s: list = field(default_factory=list)
     callbacks_s: list = field(default_factory=list)
+    event_waits_s: list = field(default_factory=list)   # a stream's blocked wait: event to resume
+    dispatches_s: list = field(default_factory=list)    # per op: its RunLog dispatch delay
 
     def add(self, other: "HostLog") -> None:
         self.busy_s += other.busy_s
@@ -69,18 +73,19 @@ class HostLog:
         self.spmd_launches += other.spmd_launches
         self.wakeups_s += other.wakeups_s
         self.callbacks_s += other.callbacks_s
+        self.event_waits_s += other.event_waits_s
+        self.dispatches_s += other.dispatches_s
 
 
 @dataclass
 class RunLog:
     """What calibration runs log: every op run (op, device, stream, start, end, transfer start,
     dispatch delay: its start minus when its stream could have started it, i.e. the later of its
-    launch and the stream's previous item), per stream wait that blocked the seconds from its
-    event to the stream resuming (CPU), and the host (`HostLog`): over all runs in `host`, and
+    launch and the stream's previous item) and the host (`HostLog`): over all runs in `host`, and
     per strategy label in `host_by_label` (calibrate/inrun.py fills that)."""
     ops: list = field(default_factory=list)
     host: HostLog = field(default_factory=HostLog)
-    event_waits_s: list = field(default_factory=list)   # a blocked stream wait: event to resume
+
     host_by_label: dict = field(default_factory=dict)   # label -> HostLog
 
 
@@ -166,6 +171,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
             ready = max(item.launched_s, stream.free_s)  # when the stream could have started it
             self.run_log.ops.append((op, stream.device, stream.index, start, end, xfer,
                                      start - ready))
+            self.run_log.host.dispatches_s.append(start - ready)
 
     def reach(self, ev: TorchEvent, stream: Stream) -> None:
         """Stream thread: `stream` got to `ev`'s record."""
@@ -308,8 +314,9 @@ class TorchRuntime(CudaParts, ServingVerbs):
             self.run_log.host.wakeups_s.append(self.clock.now - fired)
 
     def profiled_seconds(self, op: Op) -> float:
-        """The op's isolated time from the hardware profile's cost model (as SimRuntime)."""
-        return self.cost.cost(op).seconds
+        """The op's isolated time from the hardware profile's cost model, with the profile's
+        per-op dispatch time (as SimRuntime)."""
+        return self.cost.cost(op).seconds + self.hw.device.dispatch_s
 
     def profiled_slowdown(self, op_class: str, beside_class: str) -> float:
         return 1.0 / self.contention.rates([_Probe(op_class), _Probe(beside_class)])[0]
