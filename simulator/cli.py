@@ -144,9 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     va.add_argument("--profile", default=None, help="a calibrated profile (default: calibrate "
                     "first, into the output folder)")
     va.add_argument("--out", default=None, help="output folder (default: results/<name>-validate)")
-    va.add_argument("--calibration-runs", type=int, default=1, metavar="N",
+    va.add_argument("--calibration-runs", type=int, default=2, metavar="N",
                     help="in-run calibration: N TorchRuntime runs of each strategy on other "
-                    "requests before validating (0: micro-benchmarks only; default 1)")
+                    "requests before validating (0: micro-benchmarks only; default 2)")
     va.add_argument("--repeat", type=int, default=2, help="measured runs per strategy (default 2; "
                     "their spread is the noise)")
     return p

@@ -22,8 +22,8 @@ TOLERANCE = 0.25
 @pytest.fixture(scope="module")
 def closed_loop(tmp_path_factory):
     out = tmp_path_factory.mktemp("validate")
-    result = validate(str(EXPERIMENT), str(out), repeat=2, reps=3, grid=CI_GRID,
-                      log=lambda line: None)
+    result = validate(str(EXPERIMENT), str(out), repeat=3, reps=3, grid=CI_GRID,
+                      calibration_runs=2, log=lambda line: None)
     return out, result
 
 
@@ -51,15 +51,18 @@ def test_validate_writes_the_profile_the_csv_and_the_trace(closed_loop):
     assert "tp measured / device 0" in procs and "tp predicted / device 1" in procs
 
 
-@pytest.mark.xfail(strict=False, reason="not enforced: on the shared 2-core machine the runs' own "
-                   "spread is 5-30% of JCT; with in-run calibration the errors ranged -28%..+14% "
-                   "over sittings (liger's the largest), so about half the sittings pass "
-                   "(docs/validation.md, 'Errors measured')")
+HELD = ("tp", "pp[tp=1]", "iso")   # held to TOLERANCE; liger to LIGER_BOUND (docs/validation.md)
+LIGER_BOUND = 0.5
+
+
 def test_predicted_jct_within_tolerance_and_ranked_as_measured(closed_loop):
+    """tp, pp and iso within 25% of the measured mean JCT, liger within 50%, and every pair whose
+    measured JCTs differ by more than the runs' spread ranked as measured."""
     _out, result = closed_loop
     frame = result.frame
     errors = dict(zip(frame["strategy"], frame["jct_rel_error"]))
-    assert all(abs(e) <= TOLERANCE for e in errors.values()), errors
+    assert all(abs(errors[s]) <= TOLERANCE for s in HELD), errors
+    assert abs(errors["liger"]) <= LIGER_BOUND, errors
     noise = frame["measured_jct_noise"].max()
     meas = dict(zip(frame["strategy"], frame["measured_jct_mean_s"]))
     pred = dict(zip(frame["strategy"], frame["predicted_jct_mean_s"]))
@@ -67,6 +70,16 @@ def test_predicted_jct_within_tolerance_and_ranked_as_measured(closed_loop):
         for b in meas:
             if meas[a] > meas[b] * (1 + noise):            # a clearly slower than b
                 assert pred[a] > pred[b], (a, b, meas, pred)
+
+
+@pytest.mark.xfail(strict=False, reason="not enforced: liger's real runs are erratic on 2 cores "
+                   "(its second stream's backlog; measured 281-342 ms over sittings, errors "
+                   "-29%..+5%, one sitting in four outside 25%; docs/validation.md, 'Errors "
+                   "measured')")
+def test_liger_predicted_within_tolerance(closed_loop):
+    _out, result = closed_loop
+    errors = dict(zip(result.frame["strategy"], result.frame["jct_rel_error"]))
+    assert abs(errors["liger"]) <= TOLERANCE, errors
 
 
 def test_calibrate_refuses_cuda_without_a_gpu(tmp_path, capsys):

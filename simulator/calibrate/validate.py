@@ -96,7 +96,7 @@ def _predict(job, profile: str):
 
 def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 2,
              reps: int = 5, grid=None, log=print, plan=None,
-             calibration_runs: int = 1) -> Validation:
+             calibration_runs: int = 2) -> Validation:
     """Measure and predict every feasible strategy of the experiment at `path` (module doc).
     `repeat`: measured runs per strategy (their spread is the noise); `calibration_runs`: in-run
     calibration runs per strategy when calibrating (0: micro-benchmarks only)."""
