@@ -154,8 +154,9 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
                         host=None, host_by_label: dict | None = None,
                         jitter: dict | None = None) -> tuple[str, dict]:
     """``STEM-inrun.yaml`` beside `calibrated`: the same profile whose tables have the in-run
-    means in place of the micro-benchmarked rows of the same shapes, the ops' jitter (`jitter`, from `jitter_ratios`) and, given `host` (a torchrt
-    HostLog of all runs), the host's and the streams' reactions (`reactions`). With
+    means in place of the micro-benchmarked rows of the same shapes, the ops' jitter (`jitter`,
+    from `jitter_ratios`) and, given `host` (a torchrt HostLog of all runs), the host's and the
+    streams' reactions (`reactions`). With
     `host_by_label` (label -> HostLog), also one variant per strategy,
     ``STEM-inrun-host-LABEL.yaml``, with that strategy's own reactions (a host program's cost:
     liger's online scheduler costs far more per launch, and reacts later to events, than tp's

@@ -1,0 +1,74 @@
+"""The closed loop's errors: predicted against measured mean JCT, per strategy, over sittings.
+
+Each sitting is what `tests/test_validation.py` runs (docs/validation.md, "The closed loop"):
+calibrate this machine on the CI grid, two in-run calibration runs per strategy, three measured
+runs, on `experiments/validation/validate-cpu.yaml`. Prints each sitting's errors as it ends and
+then, per strategy, the range and the mean of the error and of the runs' spread; `--csv` also
+writes every row. The test holds tp, pp and iso to 25% and liger to 50%; the aim is 10%. About
+105 s a sitting on the 2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
+
+Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE]``
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd  # noqa: E402
+
+EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "validation" / "validate-cpu.yaml"
+COLUMNS = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
+           "measured_jct_noise", "throughput_rel_error", "microbench_jct_rel_error"]
+
+
+def sitting(index: int) -> pd.DataFrame:
+    from simulator.calibrate.shapes import CI_GRID
+    from simulator.calibrate.validate import validate
+    with tempfile.TemporaryDirectory(prefix="parasim-loop-") as out:
+        result = validate(str(EXPERIMENT), out, repeat=3, reps=3, grid=CI_GRID,
+                          calibration_runs=2, log=lambda line: None)
+    frame = result.frame[[c for c in COLUMNS if c in result.frame]].copy()
+    frame.insert(0, "sitting", index)
+    return frame
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sittings", type=int, default=3)
+    p.add_argument("--csv", default=None, help="also write every sitting's rows here")
+    args = p.parse_args(argv)
+    if importlib.util.find_spec("torch") is None:
+        print("needs torch: pip install -e '.[torch]'", file=sys.stderr)
+        return 2
+    frames = []
+    for i in range(1, args.sittings + 1):
+        t0 = time.perf_counter()
+        frame = sitting(i)
+        frames.append(frame)
+        print(f"sitting {i} ({time.perf_counter() - t0:.0f} s): " + ", ".join(
+            f"{r.strategy} {r.jct_rel_error:+.1%}" for r in frame.itertuples()), flush=True)
+    rows = pd.concat(frames, ignore_index=True)
+    summary = rows.groupby("strategy", sort=False).agg(
+        measured_ms_min=("measured_jct_mean_s", lambda s: 1e3 * s.min()),
+        measured_ms_max=("measured_jct_mean_s", lambda s: 1e3 * s.max()),
+        error_min=("jct_rel_error", "min"), error_max=("jct_rel_error", "max"),
+        error_mean=("jct_rel_error", "mean"),
+        worst_abs_error=("jct_rel_error", lambda s: s.abs().max()),
+        spread_max=("measured_jct_noise", "max"))
+    print()
+    print(summary.to_string(float_format=lambda v: f"{v:.3g}"))
+    if args.csv:
+        from simulator.io import write_csv
+        write_csv(args.csv, rows)
+        print(f"\nwrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
