@@ -149,6 +149,11 @@ def _graphs(r: _Reader, top: Section) -> GraphsSpec | None:
     return spec
 
 
+def _optional_us(r: _Reader, sec: Section, key: str) -> float:
+    """An optional ``KEY_us: {value, source}`` (>= 0) in seconds; 0 where the profile has none."""
+    return r.number(sec, key, min_open=False) * 1e-6 if sec.has(key) else 0.0
+
+
 def _jitter(r: _Reader, dev: Section) -> Mapping[str, object]:
     """``device.jitter: {FAMILY: {value, source}}`` (jitter.py), optional: a value is a
     coefficient of variation (a number >= 0) or a list of at least two op time / mean ratios
@@ -242,27 +247,21 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
         kernel_overhead_s=r.number(dev, "kernel_overhead_us", min_open=False) * 1e-6,
         attention_memory_efficiency=(r.number(dev, "attention_memory_efficiency", max=1.0)
                                      if dev.has("attention_memory_efficiency") else None),
-        attention_floor_s=(r.number(dev, "attention_floor_us", min_open=False) * 1e-6
-                           if dev.has("attention_floor_us") else 0.0),
-        attention_block_s=(r.number(dev, "attention_block_us", min_open=False) * 1e-6
-                           if dev.has("attention_block_us") else 0.0),
+        attention_floor_s=_optional_us(r, dev, "attention_floor_us"),
+        attention_block_s=_optional_us(r, dev, "attention_block_us"),
         fp8_gemm_efficiency=(r.number(dev, "fp8_gemm_efficiency", max=1.0)
                              if dev.has("fp8_gemm_efficiency") else None),
-        fp8_quantize_s=(r.number(dev, "fp8_quantize_us", min_open=False) * 1e-6
-                        if dev.has("fp8_quantize_us") else 0.0),
-        event_wait_s=(r.number(dev, "event_wait_us", min_open=False) * 1e-6
-                      if dev.has("event_wait_us") else 0.0),
-        dispatch_s=(r.number(dev, "dispatch_us", min_open=False) * 1e-6
-                    if dev.has("dispatch_us") else 0.0),
+        fp8_quantize_s=_optional_us(r, dev, "fp8_quantize_us"),
+        event_wait_s=_optional_us(r, dev, "event_wait_us"),
+        dispatch_s=_optional_us(r, dev, "dispatch_us"),
         jitter=_jitter(r, dev),
     )
     dev.done()
 
     host = top.section("host")
     launch = r.number(host, "launch_overhead_us", min_open=False) * 1e-6
-    wakeup = r.number(host, "wakeup_us", min_open=False) * 1e-6 if host.has("wakeup_us") else 0.0
-    callback = (r.number(host, "callback_us", min_open=False) * 1e-6
-                if host.has("callback_us") else 0.0)
+    wakeup = _optional_us(r, host, "wakeup_us")
+    callback = _optional_us(r, host, "callback_us")
     host.done()
 
     ic = top.section("interconnect")
