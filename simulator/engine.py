@@ -114,17 +114,21 @@ class SimRuntime(ServingVerbs):
         self.contention = contention or make_contention(hardware.contention)
         launch_s = hardware.launch_overhead_s if launch_overhead_s is None else launch_overhead_s
         self.recorder = TraceRecorder(devices, keep_ops, keep_from_s, spill_path)
-        jitter = Jitter(hardware.device.jitter, seed) if hardware.device.jitter else None
+        varies = bool(hardware.device.jitter or hardware.spreads)
+        jitter = Jitter(hardware.device.jitter, seed) if varies else None
         if jitter is not None or getattr(self.contention, "machine_wide", False):
             segments, mirror = False, False    # both assume fixed times and independent devices
         self.machine = Machine(self.env, devices, self.cost, self.contention, launch_s,
                                hardware.interconnect.shared_link, self.recorder, segments,
-                               hardware.device.event_wait_s, jitter, hardware.device.dispatch_s)
+                               hardware.device.event_wait_s, jitter, hardware.device.dispatch_s,
+                               hardware.spreads)
         self.serving = Serving(SimClock(self.env))
         self.segment_counts = self.machine.segment_counts
         self.mirror_groups = mirror
         self.wakeup_s = hardware.wakeup_s         # a blocked host resumes this long after its event
         self.callback_s = hardware.callback_s     # a host callback runs this long after its event
+        self.jitter = jitter
+        self._wakeups = hardware.spreads.get("wakeup")   # wake-up times to draw from, or None
         if type(self).launch is SimRuntime.launch:     # the hot path: no extra call per launch
             self.launch = self.machine.launch
         if type(self).launch_seq is SimRuntime.launch_seq:
@@ -208,6 +212,12 @@ class SimRuntime(ServingVerbs):
             return False
         return not self.callback_s or event.time + self.callback_s <= self.env._now + _NOTICE_EPS_S
 
+    def _resume_s(self) -> float:
+        """How long after an event a host blocked on it resumes: a wake-up (drawn where the
+        profile gives a list), and not before the event's callbacks."""
+        wake = self.jitter.pick(self._wakeups) if self._wakeups else self.wakeup_s
+        return wake if wake > self.callback_s else self.callback_s
+
     def _after(self, at_s: float) -> Generator:
         now = self.env.now
         if at_s > now:
@@ -223,7 +233,7 @@ class SimRuntime(ServingVerbs):
             yield event.signal
             self.serving.host_state = "running"
             if self.wakeup_s or self.callback_s:
-                yield from self._after(event.time + max(self.wakeup_s, self.callback_s))
+                yield from self._after(event.time + self._resume_s())
         elif not self._noticed(event):             # done, not yet noticed: until it is
             yield from self._after(event.time + self.callback_s)
         host = self.machine.host_s[event.device if event.device is not None else 0]
@@ -270,7 +280,7 @@ class SimRuntime(ServingVerbs):
         self.serving.host_state = "running"
         if self.wakeup_s or self.callback_s:
             first = min(e.time for e in events if e.done)
-            yield from self._after(first + max(self.wakeup_s, self.callback_s))
+            yield from self._after(first + self._resume_s())
 
     # ------------------------------------------------------------------------------ driving
     def run(self, strategy, source: Callable[[Serving], Generator], scheduler=None) -> Trace:

@@ -154,6 +154,28 @@ def _optional_us(r: _Reader, sec: Section, key: str) -> float:
     return r.number(sec, key, min_open=False) * 1e-6 if sec.has(key) else 0.0
 
 
+def _reaction_us(r: _Reader, sec: Section, key: str, spreads: dict, name: str) -> float:
+    """An optional ``KEY_us`` whose value is a time (>= 0) or a list of times to draw from
+    (jitter.py; at least two, each >= 0): its mean in seconds, the list in `spreads[name]`."""
+    if not sec.has(key):
+        return 0.0
+    node = sec.section(key)
+    value = node.raw("value")
+    if not isinstance(value, list):
+        return r.number(sec, key, min_open=False) * 1e-6
+    if len(value) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                 and math.isfinite(v) and v >= 0 for v in value):
+        raise node.error("value", f"a list of times must hold at least two finite numbers >= 0 "
+                         f"(us), got {value!r}")
+    source = node.get("source", str)
+    if source_problem(source):
+        raise node.error("source", source_problem(source))
+    node.done()
+    r.sources[node.path] = source
+    spreads[name] = tuple(float(v) * 1e-6 for v in value)
+    return sum(spreads[name]) / len(value)
+
+
 def _jitter(r: _Reader, dev: Section) -> Mapping[str, object]:
     """``device.jitter: {FAMILY: {value, source}}`` (jitter.py), optional: a value is a
     coefficient of variation (a number >= 0) or a list of at least two op time / mean ratios
@@ -225,6 +247,7 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
     description = top.get("description", str, "")
     max_devices = int(r.number(top, "max_devices", integer=True, min=1, min_open=False))
 
+    spreads: dict = {}                     # reaction -> times to draw from (jitter.py)
     dev = top.section("device")
     peak = dev.section("peak_tflops")
     peak_flops = {}
@@ -252,15 +275,15 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
         fp8_gemm_efficiency=(r.number(dev, "fp8_gemm_efficiency", max=1.0)
                              if dev.has("fp8_gemm_efficiency") else None),
         fp8_quantize_s=_optional_us(r, dev, "fp8_quantize_us"),
-        event_wait_s=_optional_us(r, dev, "event_wait_us"),
-        dispatch_s=_optional_us(r, dev, "dispatch_us"),
+        event_wait_s=_reaction_us(r, dev, "event_wait_us", spreads, "event_wait"),
+        dispatch_s=_reaction_us(r, dev, "dispatch_us", spreads, "dispatch"),
         jitter=_jitter(r, dev),
     )
     dev.done()
 
     host = top.section("host")
     launch = r.number(host, "launch_overhead_us", min_open=False) * 1e-6
-    wakeup = _optional_us(r, host, "wakeup_us")
+    wakeup = _reaction_us(r, host, "wakeup_us", spreads, "wakeup")
     callback = _optional_us(r, host, "callback_us")
     host.done()
 
@@ -284,7 +307,8 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
     top.done()
     return HardwareProfile(name, description, max_devices, device, launch, interconnect, contention,
                            MappingProxyType(r.sources), where, tables, graphs, database=database,
-                           wakeup_s=wakeup, callback_s=callback)
+                           wakeup_s=wakeup, callback_s=callback,
+                           spreads=MappingProxyType(spreads))
 
 
 def builtin_names() -> list[str]:

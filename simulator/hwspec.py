@@ -146,6 +146,10 @@ class HardwareProfile:
     # wait_any) resumes `wakeup_s` after it, a host callback (`when`) runs `callback_s` after it
     wakeup_s: float = 0.0
     callback_s: float = 0.0
+    # how the host's and the streams' reactions vary (jitter.py): "wakeup", "event_wait" or
+    # "dispatch" -> values in seconds to draw from uniformly (their mean is the field's value);
+    # a reaction without an entry takes its mean every time
+    spreads: Mapping[str, tuple] = field(default_factory=lambda: MappingProxyType({}))
 
     def for_execution(self, execution: str, where: str = "experiment",
                       key: str = "execution") -> "HardwareProfile":

@@ -13,8 +13,11 @@ variation, a bulk-synchronous step takes longer than the sum of its ops' means. 
   a tail of thread wake-ups), and a list keeps their shape.
 
 Each op on each device takes its own draw (a collective's transfer: one draw for the group),
-from a generator seeded by the run's seed, so a run is reproducible. Built-in profiles have no
-jitter, and then nothing here runs.
+from a generator seeded by the run's seed, so a run is reproducible. The same generator draws
+the host's and the streams' reaction times where a profile gives them as lists of times
+(`host.wakeup_us`, `device.event_wait_us`, `device.dispatch_us`; HardwareProfile.spreads): a
+stream's dispatch is drawn apart from its op's kernel time, which the jitter scales. Built-in
+profiles have neither, and then nothing here runs.
 """
 from __future__ import annotations
 
@@ -54,3 +57,9 @@ class Jitter:
         if not self.normals:
             self.normals = self.rng.standard_normal(_BATCH).tolist()
         return seconds * math.exp(d[0] + d[1] * self.normals.pop())
+
+    def pick(self, values) -> float:
+        """One of `values`, drawn uniformly (a reaction time: the profile's `spreads`)."""
+        if not self.uniforms:
+            self.uniforms = self.rng.random(_BATCH).tolist()
+        return values[int(self.uniforms.pop() * len(values))]

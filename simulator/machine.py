@@ -30,7 +30,7 @@ class Machine:
 
     def __init__(self, env, devices: int, cost, contention, launch_s: float, shared_link: bool,
                  recorder: TraceRecorder, segments: bool = True, event_wait_s: float = 0.0,
-                 jitter=None, dispatch_s: float = 0.0):
+                 jitter=None, dispatch_s: float = 0.0, spreads=None):
         self.env = env
         self.devices = devices
         self.cost = cost
@@ -39,6 +39,9 @@ class Machine:
         self.event_wait_s = event_wait_s       # a stream blocked on an event wakes this late
         self.jitter = jitter                   # jitter.Jitter: op times drawn per run, or None
         self.dispatch_s = dispatch_s           # a stream's own time per op, added to each op
+        spreads = spreads or {}                # reaction -> times to draw from (with `jitter`)
+        self.event_waits = spreads.get("event_wait")
+        self.dispatches = spreads.get("dispatch")
         # a machine-wide contention model (contention.CoreContention) rates all devices' ops at
         # once, and any start or end changes every device's rates
         self.machine_wide = getattr(contention, "machine_wide", False)
@@ -192,8 +195,8 @@ class Machine:
                 st.op_class = op_class
                 st.factor = 1.0
                 seconds = hit[4]
-                if self.jitter is not None and op_class != "comm":
-                    seconds = self.jitter.scale(hit[2], seconds)
+                if self.jitter is not None and op_class != "comm":   # kernel and dispatch drawn
+                    seconds = self.jitter.scale(hit[2], hit[1].seconds) + self._dispatch()
                 st.remaining = seconds
                 st.rate = 0.0
                 running = self.running[st.device]
@@ -235,6 +238,8 @@ class Machine:
         else:
             ev.time = time_s
         delay = self.event_wait_s
+        if self.event_waits is not None and ev.streams:
+            delay = self.jitter.pick(self.event_waits)
         for st in ev.streams:
             if delay:                              # the waiting stream wakes `delay` later
                 self.env.timeout(delay).callbacks.append(lambda _e, st=st: self._unblock(st))
@@ -258,6 +263,10 @@ class Machine:
         hit = cache[id(op)] = (op, cost, op.family, cost.op_class, cost.seconds + self.dispatch_s)
         return hit
 
+    def _dispatch(self) -> float:
+        """A stream's own time for one op: drawn where the profile gives a list, else its mean."""
+        return self.jitter.pick(self.dispatches) if self.dispatches is not None else self.dispatch_s
+
     def _join(self, run: Stream, op, device: int) -> None:
         group = op.group
         gkey = (group_key(op), run.item[6])
@@ -279,7 +288,7 @@ class Machine:
         del self.groups[gkey]
         seconds = run.cost.seconds + self.dispatch_s
         if self.jitter is not None:            # one transfer: one draw for the group
-            seconds = self.jitter.scale(op.family, seconds)
+            seconds = self.jitter.scale(op.family, run.cost.seconds) + self._dispatch()
         act = self.new_activity(tuple(g.runs), group, seconds, self.env._now)
         self.reflow(group, act.links)
 

@@ -226,3 +226,73 @@ def test_hardware_show_prints_jitter_reactions_and_cores(tmp_path, capsys):
     assert main(["hardware", "show", "a100-sxm4-80gb"]) == 0
     plain = capsys.readouterr().out
     assert "reactions" not in plain and "jitter" not in plain and "cores:" not in plain
+
+
+# ------------------------------------------------------------------------------------ spreads
+
+def test_reactions_given_as_lists_are_read_as_their_mean_and_times(tmp_path):
+    path = write_profile(tmp_path,
+                         host={"wakeup_us": {"value": [10, 30], "source": "measured: in-run"}},
+                         device={"dispatch_us": {"value": [0, 100], "source": "measured: in-run"},
+                                 "event_wait_us": {"value": 7, "source": "measured: in-run"}})
+    hw = load_hardware(path)
+    assert hw.wakeup_s == pytest.approx(20e-6) and hw.device.dispatch_s == pytest.approx(50e-6)
+    assert hw.spreads == {"wakeup": pytest.approx((10e-6, 30e-6)),
+                          "dispatch": pytest.approx((0.0, 100e-6))}
+    assert hw.device.event_wait_s == pytest.approx(7e-6)
+    with pytest.raises(ConfigError) as exc:
+        load_hardware(write_profile(tmp_path, host={"wakeup_us": {"value": [5, -1],
+                                                                  "source": "assumed: x"}}))
+    assert "host.wakeup_us" in str(exc.value) and ">= 0" in str(exc.value)
+
+
+def spread_profile(**spreads):
+    hw = profile()
+    means = {k: sum(v) / len(v) for k, v in spreads.items()}
+    return replace(hw, wakeup_s=means.get("wakeup", 0.0), spreads=MappingProxyType(spreads),
+                   device=replace(hw.device, dispatch_s=means.get("dispatch", 0.0),
+                                  event_wait_s=means.get("event_wait", 0.0)))
+
+
+def test_reaction_times_are_drawn_from_their_lists():
+    """Dispatch drawn per op from {0, 1}: each of 200 ops takes 1 + 0 or 1 + 1; a blocked host
+    resumes 0.25 or 0.75 after its event; both draws seeded by the run's seed."""
+    table = {"a": (1.0, "compute")}
+    seen = []
+
+    def host(rt):
+        for _ in range(200):
+            rt.launch(op("a"), 0, 0)
+        for _ in range(20):
+            ev = rt.new_event("e")
+            rt.launch(op("a"), 0, 0)
+            rt.record(ev, 0, 0)
+            yield from rt.synchronize(ev)
+            seen.append(round(rt.now - ev.time, 9))
+    hw = spread_profile(dispatch=(0.0, 1.0), wakeup=(0.25, 0.75))
+    _, trace = simulate(host, table, hw)
+    spans = (trace.ops()["end_s"] - trace.ops()["start_s"]).round(9)
+    assert set(spans) == {1.0, 2.0} and 60 < (spans == 2.0).sum() < 160
+    assert set(seen) == {0.25, 0.75}
+    _, again = simulate(host, table, hw)
+    assert again.ops().equals(trace.ops())
+
+
+def test_event_waits_are_drawn_per_event():
+    table = {"a": (1.0, "compute"), "b": (0.5, "compute")}
+
+    def host(rt):
+        s1 = rt.create_stream(0)
+        for i in range(40):
+            ev = rt.new_event(f"e{i}")
+            rt.launch(op("a"), 0, 0)
+            rt.record(ev, 0, 0)
+            rt.wait(0, s1, ev)
+            rt.launch(op("b"), 0, s1)
+            yield from rt.synchronize(ev)
+            yield rt.env.timeout(5.0)               # let b run before the next round
+    _, trace = simulate(host, table, spread_profile(event_wait=(0.0, 0.125)))
+    ops = trace.ops()
+    a_end = ops[ops["name"] == "a"]["end_s"].to_numpy()
+    b_start = ops[ops["name"] == "b"]["start_s"].to_numpy()
+    assert set((b_start - a_end).round(9)) == {0.0, 0.125}

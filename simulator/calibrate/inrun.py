@@ -103,16 +103,16 @@ def measured_times(entries) -> dict:
 
 def jitter_ratios(entries) -> dict:
     """family -> (ratios, shapes, samples) for the profile's `device.jitter` (jitter.py): per shape
-    that ran alone at least MIN_JITTER times, each sample's time plus its own dispatch delay (what
-    varies from one run of the op to the next) over the shape's mean of the same; the family's
+    that ran alone at least MIN_JITTER times, each sample's time (its kernel's: the dispatch is
+    drawn apart, `reactions`) over the shape's mean; the family's
     ratios pooled and summarised by JITTER_QUANTILES quantiles (at the midpoints of equal
     slices), which the simulator draws from uniformly. Quantiles, not the ratios' own moments:
     the rare long stalls stay in the tables' means, not in the shape of every draw."""
-    samples, delays = _samples(entries, with_delays=True)
+    samples = _samples(entries)
     shapes: dict = {}
-    for smp, delay, cov in zip(samples, delays, _overlaps(samples)):
+    for smp, cov in zip(samples, _overlaps(samples)):
         if not any(v > 0 for v in cov.values()):
-            shapes.setdefault((smp.family, smp.key), []).append(smp.seconds + delay)
+            shapes.setdefault((smp.family, smp.key), []).append(smp.seconds)
     pooled: dict = {}
     for (family, _shape), times in shapes.items():
         mean = statistics.fmean(times) if len(times) >= MIN_JITTER else 0.0
@@ -130,10 +130,10 @@ def jitter_ratios(entries) -> dict:
     return out
 
 
-def _samples(entries, with_delays: bool = False):
-    """The op log as trace_import Samples (and, `with_delays`, each one's dispatch delay)."""
-    out, delays = [], []
-    for op, device, stream, start, end, xfer, delay, *run in entries:
+def _samples(entries) -> list:
+    """The op log as trace_import Samples."""
+    out = []
+    for op, device, stream, start, end, xfer, _delay, *run in entries:
         if isinstance(op, Gemm) and op.count != 1:
             continue
         if isinstance(op, (Collective, SendRecv)):
@@ -146,8 +146,7 @@ def _samples(entries, with_delays: bool = False):
         where = f"{run[0]}/{device}" if run else str(device)
         out.append(Sample(family, tuple(str(k) for k in key), seconds, where, str(stream),
                           start * 1e6, end * 1e6, op.name))
-        delays.append(delay)
-    return (out, delays) if with_delays else out
+    return out
 
 
 def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
@@ -171,9 +170,8 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
     if jitter:
         data["device"]["jitter"] = {
             family: {"value": [float(f"{r:.4g}") for r in ratios],
-                     "source": (f"{stamp}: quantiles of the op's time plus its dispatch delay over "
-                                f"its shape's mean, {shapes} shapes run alone, {n} samples, over "
-                                f"{what}")}
+                     "source": (f"{stamp}: quantiles of the op's time over its shape's mean, "
+                                f"{shapes} shapes run alone, {n} samples, over {what}")}
             for family, (ratios, shapes, n) in sorted(jitter.items())}
     if host is not None and host.launches:
         data = reactions(data, host, f"{stamp}: over {what}")
@@ -186,8 +184,9 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
         if not own.launches:
             continue
         variant = reactions(data, own, f"{stamp}: in the calibration runs of {label} alone")
-        costs[label] = {k: v["value"] for k, v in variant["host"].items()}
-        costs[label]["event_wait_us"] = variant["device"].get("event_wait_us", {}).get("value", 0.0)
+        costs[label] = {k: _mean_us(v) for k, v in variant["host"].items()}
+        for key in ("event_wait_us", "dispatch_us"):
+            costs[label][key] = _mean_us(variant["device"].get(key, {"value": 0.0}))
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
         variants[label] = os.path.join(folder, f"{stem}-inrun-host-{safe}.yaml")
         write_text(variants[label], header.replace("in-run op times", f"in-run op times and "
@@ -199,51 +198,58 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
         log(f"calibrate: in-run: {label}: host {c['launch_overhead_us']:.1f} us per launch, "
             f"wakes {c.get('wakeup_us', 0.0):.0f} us and runs callbacks "
             f"{c.get('callback_us', 0.0):.0f} us after an event; a stream wakes "
-            f"{c['event_wait_us']:.0f} us after an event it waits on")
+            f"{c['event_wait_us']:.0f} us after an event it waits on and takes "
+            f"{c['dispatch_us']:.0f} us per op (means)")
     return out, variants
 
 
 def reactions(data: dict, host, source: str) -> dict:
     """A copy of profile `data` with the `host` section from a torchrt HostLog (`host_costs`), the
-    streams' mean dispatch delay per op (`device.dispatch_us`: a stream's time per op beyond
-    the kernel's, from the moment it could start the op, the later of its launch and the
-    stream's previous item, to its start: the stream thread's bookkeeping and, after an idle
-    spell, its wake-up) and their mean wake-up after an event they waited on
-    (`device.event_wait_us`) where the runs had such waits (else none: that program's streams
-    never waited on one)."""
+    streams' mean dispatch delay (`device.dispatch_us`: a stream's time per op beyond the kernel's,
+    from the moment it could start the op, the later of its launch and the stream's previous
+    item, to its start: the stream thread's bookkeeping and, after an idle spell, its wake-up)
+    and their mean wake-up after an event they waited on (`device.event_wait_us`, where the runs
+    had such waits; else none: that program's streams never waited on one)."""
     device = {k: v for k, v in data["device"].items() if k not in ("event_wait_us", "dispatch_us")}
     if host.dispatches_s:
-        device["dispatch_us"] = _us(statistics.fmean(host.dispatches_s), f"{source}: mean delay "
-                                    "from the moment a stream could start an op to its start "
-                                    f"({len(host.dispatches_s)} ops)")
+        device["dispatch_us"] = _mean(host.dispatches_s, f"{source}: mean delay from the moment "
+                                      "a stream could start an op to its start", "ops")
     if host.event_waits_s:
-        device["event_wait_us"] = _us(statistics.fmean(host.event_waits_s), f"{source}: mean "
-                                      "delay from an event to the stream blocked on it resuming "
-                                      f"({len(host.event_waits_s)} waits)")
+        device["event_wait_us"] = _mean(host.event_waits_s, f"{source}: mean delay from an event "
+                                        "to the stream blocked on it resuming", "waits")
     return {**data, "device": device, "host": host_costs(host, source)}
 
 
 def host_costs(host, source: str) -> dict:
     """The profile's `host` section from a torchrt HostLog: busy seconds per SPMD launch, and the
-    mean delay of a blocked host's wake-up and of a callback after its event (each where
-    observed). Per SPMD launch: each simulated device has its own host clock (one host process
-    per GPU, as SPMD engines run), while TorchRuntime's one host thread launches every device's
-    ops in turn; an op launched on n devices costs the simulated hosts one launch time, in
-    parallel, and the real thread n, so the busy time is spread over the SPMD launches (a launch
-    on one device, as pp's, is one). Means, as for op times: the host's reactions have a long
-    tail (thread wake-ups, the GIL)."""
+    mean delays of a blocked host's wake-up and of a callback after its event (each where
+    observed). Per SPMD launch: each simulated device has its own host clock (one host
+    process per GPU, as SPMD engines run), while TorchRuntime's one host thread launches every
+    device's ops in turn; an op launched on n devices costs the simulated hosts one launch time,
+    in parallel, and the real thread n, so the busy time is spread over the SPMD launches (a
+    launch on one device, as pp's, is one)."""
     out = {"launch_overhead_us": _us(host.busy_s / host.spmd_launches, f"{source}: the host "
                                      f"thread's busy time per SPMD launch ({host.spmd_launches} "
                                      f"of {host.launches} launches)")}
     if host.wakeups_s:
-        out["wakeup_us"] = _us(statistics.fmean(host.wakeups_s), f"{source}: mean delay from the "
-                               f"event ending a blocking wait to the host resuming "
-                               f"({len(host.wakeups_s)} waits)")
+        out["wakeup_us"] = _mean(host.wakeups_s, f"{source}: mean delay from the event ending a "
+                                 "blocking wait to the host resuming", "waits")
     if host.callbacks_s:
-        out["callback_us"] = _us(statistics.fmean(host.callbacks_s), f"{source}: mean delay from "
-                                 f"an event to its host callbacks running "
-                                 f"({len(host.callbacks_s)} events)")
+        out["callback_us"] = _mean(host.callbacks_s, f"{source}: mean delay from an event to its "
+                                   "host callbacks running", "events")
     return out
+
+
+def _mean(values_s: list, source: str, what: str) -> dict:
+    """A reaction's mean in us. Means, not the lists of times a profile may also give (jitter.py):
+    drawing them made tp's and iso's predictions noisier here, while it helped liger's
+    (docs/validation.md, 'Errors measured')."""
+    return _us(statistics.fmean(values_s), f"{source} ({len(values_s)} {what})")
+
+
+def _mean_us(entry: dict) -> float:
+    value = entry["value"]
+    return sum(value) / len(value) if isinstance(value, list) else value
 
 
 def _us(seconds: float, source: str) -> dict:
