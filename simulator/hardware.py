@@ -159,21 +159,31 @@ def _reaction_us(r: _Reader, sec: Section, key: str, spreads: dict, name: str) -
     (jitter.py; at least two, each >= 0): its mean in seconds, the list in `spreads[name]`."""
     if not sec.has(key):
         return 0.0
+    value = _number_list(r, sec, key, "times (us)", positive=False)
+    if value is None:
+        return r.number(sec, key, min_open=False) * 1e-6
+    spreads[name] = tuple(v * 1e-6 for v in value)
+    return sum(spreads[name]) / len(value)
+
+
+def _number_list(r: _Reader, sec: Section, key: str, what: str, positive: bool):
+    """``KEY: {value: [numbers...], source}`` as a list of floats (at least two, finite, > 0 or
+    >= 0), its source noted; None where the value is not a list (the caller reads a number)."""
     node = sec.section(key)
     value = node.raw("value")
     if not isinstance(value, list):
-        return r.number(sec, key, min_open=False) * 1e-6
+        return None
     if len(value) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                 and math.isfinite(v) and v >= 0 for v in value):
-        raise node.error("value", f"a list of times must hold at least two finite numbers >= 0 "
-                         f"(us), got {value!r}")
+                                 and math.isfinite(v) and (v > 0 if positive else v >= 0)
+                                 for v in value):
+        raise node.error("value", f"a list of {what} must hold at least two finite numbers "
+                         f"{'> 0' if positive else '>= 0'}, got {value!r}")
     source = node.get("source", str)
     if source_problem(source):
         raise node.error("source", source_problem(source))
     node.done()
     r.sources[node.path] = source
-    spreads[name] = tuple(float(v) * 1e-6 for v in value)
-    return sum(spreads[name]) / len(value)
+    return [float(v) for v in value]
 
 
 def _jitter(r: _Reader, dev: Section) -> Mapping[str, object]:
@@ -187,22 +197,12 @@ def _jitter(r: _Reader, dev: Section) -> Mapping[str, object]:
     for family in list(sec.data):
         if family not in FAMILIES:
             raise sec.error(family, "unknown op family; allowed: " + ", ".join(FAMILIES))
-        node = sec.section(family)
-        value = node.raw("value")
-        if isinstance(value, list):
-            if len(value) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                         and math.isfinite(v) and v > 0 for v in value):
-                raise node.error("value", "a list of jitter ratios must hold at least two "
-                                 f"finite numbers > 0, got {value!r}")
-            mean = sum(value) / len(value)
-            out[family] = tuple(float(v) / mean for v in value)
-            source = node.get("source", str)
-            if source_problem(source):
-                raise node.error("source", source_problem(source))
-            node.done()
-            r.sources[node.path] = source
-        else:
+        value = _number_list(r, sec, family, "jitter ratios", positive=True)
+        if value is None:
             out[family] = r.number(sec, family, min_open=False)
+        else:
+            mean = sum(value) / len(value)
+            out[family] = tuple(v / mean for v in value)
     sec.done()
     return MappingProxyType(out)
 
