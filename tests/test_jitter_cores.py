@@ -111,12 +111,10 @@ def test_inrun_jitter_is_the_quantiles_of_time_over_mean():
     from simulator.ops import Gemm
     g, h, k = Gemm(8, 64, 32, "fp32"), Gemm(16, 64, 32, "fp32"), Gemm(32, 64, 32, "fp32")
     times = [1.0] * 60 + [3.0] * 40                     # mean 1.8: ratios 0.556 and 1.667
-    # 90% of each time is the op's span, 10% its dispatch delay: their sum is what varies
-    log = [(g, 0, 0, 10.0 * i, 10.0 * i + 0.9 * t, 10.0 * i + 0.9 * t, 0.1 * t)
-           for i, t in enumerate(times)]
-    log += [(h, 0, 0, 5000.0 + i, 5000.0 + i + 0.5, 5000.0 + i + 0.5, 0.0)
+    log = [(g, 0, 0, 10.0 * i, 10.0 * i + t, 10.0 * i + t) for i, t in enumerate(times)]
+    log += [(h, 0, 0, 5000.0 + i, 5000.0 + i + 0.5, 5000.0 + i + 0.5)
             for i in range(MIN_JITTER - 1)]               # too few: left out
-    log += [(k, 0, 0, 9000.0 + i, 9000.0 + i + 0.25, 9000.0 + i + 0.25, 0.0)
+    log += [(k, 0, 0, 9000.0 + i, 9000.0 + i + 0.25, 9000.0 + i + 0.25)
             for i in range(MIN_JITTER)]                   # a shape that never varies
     out = jitter_ratios(log)
     assert set(out) == {"gemm"}

@@ -138,12 +138,12 @@ def test_inrun_times_are_spans_and_transfers():
     from simulator.ops import Collective, Gemm, RaggedAttention, SendRecv
     g = Gemm(8, 64, 32, "fp32")
     ar = Collective("all_reduce", 1024.0, (0, 1))
-    log = [(g, 0, 0, 1.0, 1.5, 1.5, 0.1), (g, 1, 0, 2.0, 2.7, 2.7, 0.0),
-           (g, 0, 0, 3.0, 3.1, 3.1, 0.0),
-           (ar, 0, 0, 4.0, 4.9, 4.6, 0.0), (ar, 1, 0, 4.5, 4.8, 4.6, 0.0),        # joined at 4.6
-           (SendRecv(64.0, 0, 1), 0, 0, 5.0, 5.2, 5.1, 0.0),
-           (RaggedAttention(2, 3, 4.0, 5, 2, 4, 4, 16, "fp32"), 0, 0, 6.0, 7.0, 7.0, 0.0),
-           (Gemm(8, 64, 32, "fp32", count=4), 0, 0, 8.0, 9.0, 9.0, 0.7)]
+    log = [(g, 0, 0, 1.0, 1.5, 1.5), (g, 1, 0, 2.0, 2.7, 2.7),
+           (g, 0, 0, 3.0, 3.1, 3.1),
+           (ar, 0, 0, 4.0, 4.9, 4.6), (ar, 1, 0, 4.5, 4.8, 4.6),        # joined at 4.6
+           (SendRecv(64.0, 0, 1), 0, 0, 5.0, 5.2, 5.1),
+           (RaggedAttention(2, 3, 4.0, 5, 2, 4, 4, 16, "fp32"), 0, 0, 6.0, 7.0, 7.0),
+           (Gemm(8, 64, 32, "fp32", count=4), 0, 0, 8.0, 9.0, 9.0)]
     times = measured_times(log)
     assert sorted(times) == ["all_reduce", "gemm", "send_recv"]
     assert sorted(times["gemm"][("8", "64", "32", "fp32")]) == pytest.approx([0.1, 0.5, 0.7])

@@ -133,7 +133,7 @@ def jitter_ratios(entries) -> dict:
 def _samples(entries) -> list:
     """The op log as trace_import Samples."""
     out = []
-    for op, device, stream, start, end, xfer, _delay, *run in entries:
+    for op, device, stream, start, end, xfer, *run in entries:
         if isinstance(op, Gemm) and op.count != 1:
             continue
         if isinstance(op, (Collective, SendRecv)):

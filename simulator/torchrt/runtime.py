@@ -65,7 +65,9 @@ class HostLog:
     wakeups_s: list = field(default_factory=list)
     callbacks_s: list = field(default_factory=list)
     event_waits_s: list = field(default_factory=list)   # a stream's blocked wait: event to resume
-    dispatches_s: list = field(default_factory=list)    # per op: its RunLog dispatch delay
+    # per op: its start minus when its stream could have started it (the later of its launch and
+    # the stream's previous item)
+    dispatches_s: list = field(default_factory=list)
 
     def add(self, other: "HostLog") -> None:
         self.busy_s += other.busy_s
@@ -79,13 +81,11 @@ class HostLog:
 
 @dataclass
 class RunLog:
-    """What calibration runs log: every op run (op, device, stream, start, end, transfer start,
-    dispatch delay: its start minus when its stream could have started it, i.e. the later of its
-    launch and the stream's previous item) and the host (`HostLog`): over all runs in `host`, and
-    per strategy label in `host_by_label` (calibrate/inrun.py fills that)."""
+    """What calibration runs log: every op run (op, device, stream, start, end, transfer start)
+    and the host (`HostLog`, with each op's dispatch delay): over all runs in `host`, and per
+    strategy label in `host_by_label` (calibrate/inrun.py fills that)."""
     ops: list = field(default_factory=list)
     host: HostLog = field(default_factory=HostLog)
-
     host_by_label: dict = field(default_factory=dict)   # label -> HostLog
 
 
@@ -169,8 +169,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
         stream.rows.append(op_row(stream, item, start, end, xfer))
         if self.run_log is not None:                # calibration runs (calibrate/inrun.py)
             ready = max(item.launched_s, stream.free_s)  # when the stream could have started it
-            self.run_log.ops.append((op, stream.device, stream.index, start, end, xfer,
-                                     start - ready))
+            self.run_log.ops.append((op, stream.device, stream.index, start, end, xfer))
             self.run_log.host.dispatches_s.append(start - ready)
 
     def reach(self, ev: TorchEvent, stream: Stream) -> None:
