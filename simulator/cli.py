@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="sim: simulate (default); torch: run the strategies for real on this "
                         "machine's CPU with torch (pip install parasim[torch]; tiny models only, "
                         "see docs/torch_runtime.md)")
+    r.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="with --runtime torch: run on this machine's CPU (default) or its GPUs")
     r.add_argument("--no-progress", action="store_true",
                    help="no progress on stderr (default: a bar on a terminal, else a line about "
                         "every 10 s)")
@@ -229,23 +231,33 @@ def _run(args) -> int:
     from .console import print_plan, print_problems, print_summary
     from .runner import check_out_dir, execute, plan_run
     _check_backend(args)
-    if args.runtime == "torch":
+    runtime = args.runtime
+    if args.device == "cuda" and runtime != "torch":
+        raise ConfigError("argument", "--device", "cuda runs the strategies for real: use it "
+                          "with --runtime torch")
+    if runtime == "torch":
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError:
             raise ConfigError("argument", "--runtime", "torch is not installed; pip install "
                               "'parasim[torch]' or use --runtime sim") from None
-    plan = plan_run(args.file, args.runtime)   # bad input: ConfigError (exit 2) before anything runs
+        if args.device == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError("argument", "--device", "cuda asked for but torch sees no "
+                                  "CUDA device on this machine; use --device cpu")
+            runtime = "torch-cuda"                               # pragma: no cover - needs CUDA
+    plan = plan_run(args.file, runtime)   # bad input: ConfigError (exit 2) before anything runs
     out = args.out or os.path.join("results", plan.jobs[0].experiment if plan.jobs else "run")
     check_out_dir(out)
     if args.dry_run:
         print_plan(plan)
         return EXIT_OK
     report = execute(args.file, out, workers=args.jobs, progress=not args.no_progress, plan=plan,
-                     runtime=args.runtime, backend=args.backend, ray_address=args.ray_address)
-    if args.runtime == "torch":
-        print("runtime: torch (measured on this machine's CPU; times are real seconds, not a "
-              "simulation of the hardware profile)")
+                     runtime=runtime, backend=args.backend, ray_address=args.ray_address)
+    if runtime != "sim":
+        where = "GPUs" if runtime == "torch-cuda" else "CPU"
+        print(f"runtime: torch (measured on this machine's {where}; times are real seconds, not "
+              "a simulation of the hardware profile)")
     print_summary(report.summary)
     print_problems(report, out, sys.stderr)
     for note in report.written.notes:

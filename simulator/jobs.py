@@ -168,16 +168,21 @@ def _longest(workload: Workload, seed: int) -> tuple[int, int]:
     return (max(r.prompt_tokens + r.output_tokens for r in reqs), max(r.prompt_tokens for r in reqs))
 
 
+TORCH_RUNTIMES = {"torch": "cpu", "torch-cuda": "cuda"}   # runtime -> TorchRuntime device_type
+
+
 def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
              spill_path: str | None = None, runtime: str = "sim", run_log=None) -> Trace:
     """Run one built job in a fresh SimRuntime, keeping `keep_ops` full op rows (KEEP_ALL: all)
     from `keep_from_s` on, and writing every row to `spill_path` if given; metrics come from the
-    recorder's totals either way. `runtime` "torch": run it for real on TorchRuntime (CPU; the
-    first `keep_ops` rows are kept, nothing is spilled; `run_log`: a torchrt RunLog that gets
-    every op's times and the host's busy time)."""
-    if runtime == "torch":
+    recorder's totals either way. `runtime` "torch" ("torch-cuda"): run it for real on
+    TorchRuntime on this machine's CPU (its GPUs; TORCH_RUNTIMES); the first `keep_ops` rows
+    are kept, nothing is spilled; `run_log`: a torchrt RunLog that gets every op's times and the
+    host's busy time."""
+    if runtime in TORCH_RUNTIMES:
         from .torchrt.runtime import TorchRuntime       # imports torch: only when asked for
-        rt = TorchRuntime(built.hardware, built.devices, keep_ops=keep_ops)
+        rt = TorchRuntime(built.hardware, built.devices, keep_ops=keep_ops,
+                          device_type=TORCH_RUNTIMES[runtime])
         rt.run_log = run_log
     else:
         rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
@@ -189,6 +194,7 @@ def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
 
 
 HOST_MEMORY_FRACTION = 0.5     # of this machine's RAM a TorchRuntime run may plan to use
+GPU_MEMORY_FRACTION = 0.9      # of a GPU's memory a TorchRuntime run on CUDA may plan to use
 
 
 def host_memory_bytes() -> float:
@@ -198,23 +204,44 @@ def host_memory_bytes() -> float:
         return float("inf")
 
 
-def torch_fit_problem(built: Built, memory_bytes: float | None = None) -> Optional[str]:
-    """Why `built` cannot run on TorchRuntime on this machine (``KEY: reason``), or None: all
-    its devices' memory (simulator.model.memory_per_device, as the device check counts it) must
-    fit in HOST_MEMORY_FRACTION of the RAM, since every device lives in this process."""
-    ram = host_memory_bytes() if memory_bytes is None else memory_bytes
+def torch_fit_problem(built: Built, memory_bytes: float | None = None,
+                      runtime: str = "torch") -> Optional[str]:
+    """Why `built` cannot run on TorchRuntime on this machine (``KEY: reason``), or None. On CPU
+    all its devices' memory (simulator.model.memory_per_device, as the device check counts it)
+    must fit in HOST_MEMORY_FRACTION of the RAM, since every device lives in this process; on
+    CUDA ("torch-cuda") it needs a GPU per device and each device's memory within
+    GPU_MEMORY_FRACTION of GPU 0's (`memory_bytes`: that memory, for tests)."""
     tp, pp = built.strategy.parallel_layout()
     batch = built.workload.batch * built.strategy.resident_requests()
     context, prompt = _longest(built.workload, built.seed)
     step_tokens = built.workload.batch * prompt * built.strategy.concurrent_steps()
-    need = memory_per_device(built.model, tp, pp, batch, context, built.strategy.stage_layers(),
-                             step_tokens).total_bytes * built.devices
+    per_device = memory_per_device(built.model, tp, pp, batch, context,
+                                   built.strategy.stage_layers(), step_tokens).total_bytes
+    if runtime == "torch-cuda":
+        return _gpu_fit_problem(built, per_device, memory_bytes)
+    ram = host_memory_bytes() if memory_bytes is None else memory_bytes
+    need = per_device * built.devices
     if need <= HOST_MEMORY_FRACTION * ram:
         return None
     return (f"model: {built.model.name} needs {need / 2**30:.1f} GiB over {built.devices} devices "
             f"but --runtime torch runs them all in this process, allowed "
             f"{HOST_MEMORY_FRACTION * ram / 2**30:.1f} GiB ({HOST_MEMORY_FRACTION:.0%} of the RAM); "
             "use a smaller model (e.g. fewer layers, a smaller hidden size)")
+
+
+def _gpu_fit_problem(built: Built, per_device: float, memory_bytes: float | None) -> Optional[str]:
+    if memory_bytes is None:                                       # pragma: no cover - needs CUDA
+        import torch
+        have = torch.cuda.device_count()
+        if have < built.devices:
+            return (f"devices: {built.devices} devices need as many GPUs, torch sees {have}; "
+                    "use fewer devices")
+        memory_bytes = float(torch.cuda.get_device_properties(0).total_memory)
+    if per_device <= GPU_MEMORY_FRACTION * memory_bytes:
+        return None
+    return (f"model: {built.model.name} needs {per_device / 2**30:.1f} GiB per device, more than "
+            f"{GPU_MEMORY_FRACTION:.0%} of a GPU's {memory_bytes / 2**30:.1f} GiB; use a smaller "
+            "model or more devices")
 
 
 def validate_jobs(jobs: list[Job]) -> list[Optional[str]]:

@@ -29,8 +29,8 @@ from . import outputs
 from .errors import ConfigError, SimulationError
 from .experiment import Job, load_experiment
 from .io import atomic_path, write_csv
-from .jobs import (Built, build, make_strategy, simulate, torch_fit_problem,  # noqa: F401
-                   validate_jobs)  # (Built, make_strategy: re-exported)
+from .jobs import (TORCH_RUNTIMES, Built, build, make_strategy, simulate,  # noqa: F401
+                   torch_fit_problem, validate_jobs)  # (Built, make_strategy: re-exported)
 from .batching import StepRecord
 from .metrics import request_metrics, summarize
 from .progress import Progress
@@ -71,8 +71,9 @@ def _base_row(job: Job) -> dict:
 def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None,
             runtime: str = "sim") -> JobResult:
     """Simulate one job; `keep_trace`: keep op rows for the timeline and trace.json;
-    `spill_path`: write every op row there (outputs.trace: full); `runtime` "torch": run it for
-    real on TorchRuntime (its first TRACE_ROWS rows are kept, never a re-run's middle)."""
+    `spill_path`: write every op row there (outputs.trace: full); `runtime` "torch" ("torch-cuda"):
+    run it for real on TorchRuntime (its first TRACE_ROWS rows are kept, never a re-run's
+    middle)."""
     base = _base_row(job)
     try:
         built = build(job)
@@ -184,15 +185,16 @@ class RunReport:
 
 def plan_run(path: str, runtime: str = "sim") -> RunPlan:
     """Load and validate the experiment at `path` and every job of it, without simulating.
-    With `runtime` "torch" a point that does not fit this machine is infeasible too."""
+    With `runtime` "torch" or "torch-cuda" a point that does not fit this machine (its RAM, its
+    GPUs) is infeasible too."""
     jobs = load_experiment(path)
     options = outputs.validate_outputs(path)
     errors = validate_jobs(jobs)
     infeasible = {job.index: err for job, err in zip(jobs, errors) if err}
-    if runtime == "torch":
+    if runtime in TORCH_RUNTIMES:
         for job in jobs:
             if job.index not in infeasible:
-                problem = torch_fit_problem(build(job))
+                problem = torch_fit_problem(build(job), runtime=runtime)
                 if problem:
                     infeasible[job.index] = problem
         if jobs and len(infeasible) == len(jobs):
@@ -263,7 +265,7 @@ def execute(path: str, out_dir: str, workers: int = 1, progress: bool = True,
     (at `ray_address`; see `simulator.ray_backend`), except those writing op rows to OUT/ops
     (outputs.trace: full), which run here: a remote node would write them on its own disk."""
     plan = plan or plan_run(path, runtime)
-    measured = runtime == "torch"
+    measured = runtime in TORCH_RUNTIMES
     if measured:
         workers = 1
         if backend != "local":

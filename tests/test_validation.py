@@ -93,9 +93,28 @@ def test_calibrate_refuses_cuda_without_a_gpu(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_calibrate_cuda_path(tmp_path, capsys):               # pragma: no cover - needs a GPU
-    assert main(["calibrate", "--device", "cuda", "--out", str(tmp_path / "p.yaml")]) == 2
-    assert "not implemented" in capsys.readouterr().err
+def test_calibrate_cuda_path(tmp_path, capsys, monkeypatch):  # pragma: no cover - needs a GPU
+    import simulator.calibrate.shapes as shapes
+    monkeypatch.setattr(shapes, "Grid", lambda: CI_GRID)
+    out = tmp_path / "p.yaml"
+    assert main(["calibrate", "--device", "cuda", "--devices", "1", "--reps", "3",
+                 "--out", str(out)]) == 0
+    hw = load_hardware(str(out))
+    assert hw.contention.model == "factor" and "gemm" in hw.measured_tables
+    assert hw.device.name == torch.cuda.get_device_properties(0).name
+    assert "two-stream contention" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_validate_cuda_one_gpu(tmp_path, capsys):             # pragma: no cover - needs a GPU
+    exp = tmp_path / "one.yaml"
+    exp.write_text(EXPERIMENT.read_text().replace("devices: 2", "devices: 1")
+                   .replace("  - {name: pp, tp: 1}\n", ""))
+    out = tmp_path / "out"
+    assert main(["validate", str(exp), "--device", "cuda", "--repeat", "1",
+                 "--calibration-runs", "1", "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "validation.csv")
+    assert (frame["measured_jct_mean_s"] > 0).all() and (frame["predicted_jct_mean_s"] > 0).all()
 
 
 def test_validate_refuses_a_model_that_does_not_fit(tmp_path, capsys):

@@ -93,21 +93,28 @@ def time_compute(pool: DeviceThreads, ops: Sequence, reps: int,
 
 
 def time_comm(devices: int, ops: Sequence, reps: int, comm: Comm | None = None,
-              stream: int = 0, before=None) -> list[Timed]:
+              stream: int = 0, before=None, device_type: str = "cpu") -> list[Timed]:
     """Each collective / send-recv on its members' threads (a barrier before each call). One
     sample: the median member's end minus the last member's start (the transfer once everyone has
     joined, what a trace row's transfer time is). `before`: a compute op each member runs between
     the barrier and the call (untimed), so the transfer starts as in a strategy's step, right
-    after a kernel, rather than from threads that were all waiting at the barrier."""
-    comm = comm or Comm("gloo", torch.float32, 120.0)
+    after a kernel, rather than from threads that were all waiting at the barrier. `device_type` "cuda": member
+    d is GPU d, the transfers are NCCL's, and a call ends when its GPU has finished it."""
+    cuda = device_type == "cuda"
+    if comm is None:
+        comm = Comm("nccl", torch.float16, 120.0, lambda d: torch.device("cuda", d)) if cuda \
+            else Comm("gloo", torch.float32, 120.0)
+    done = (lambda d: torch.cuda.synchronize(d)) if cuda else (lambda d: None)
     members = sorted({d for op in ops for d in op.group})
     barriers = {tuple(sorted(op.group)): None for op in ops}
     barriers = {g: threading.Barrier(len(g)) for g in barriers}
     starts: dict = {}
     lock = threading.Lock()
-    works = {d: Work("cpu") for d in members}
+    works = {d: Work(torch.device("cuda", d) if cuda else "cpu") for d in members}
 
     def body(d: int) -> list:
+        if cuda:                                          # pragma: no cover - needs CUDA
+            torch.cuda.set_device(d)
         mine = []
         for i, op in enumerate(ops):
             if d not in op.group:
@@ -115,13 +122,16 @@ def time_comm(devices: int, ops: Sequence, reps: int, comm: Comm | None = None,
             barrier = barriers[tuple(sorted(op.group))]
             run = comm.prepare(op, d, stream)[1]
             run()                                          # warm-up (connections)
+            done(d)
             pre = works[d].prepare(before) if before is not None else None
             for r in range(reps + 1):
                 barrier.wait()
                 if pre is not None:
                     pre()
+                    done(d)
                 t0 = time.perf_counter()
                 run()
+                done(d)
                 t1 = time.perf_counter()
                 if r:                                      # the first timed call warms too
                     with lock:
@@ -242,9 +252,10 @@ class _Probe:
         yield from rt.synchronize(ev)
 
 
-def runtime_overheads(hardware, devices: int, n: int = 400) -> dict:
-    """Host launch cost per `launch` call and the stream thread's gap between back-to-back ops
-    (its own bookkeeping and the next op's preparation), measured on a TorchRuntime run."""
+def runtime_overheads(hardware, devices: int, n: int = 400, device_type: str = "cpu") -> dict:
+    """Host launch cost per `launch` call and the stream's gap between back-to-back ops (the
+    thread's own bookkeeping and the next op's preparation; on a GPU, the gap between the
+    kernels), measured on a TorchRuntime run."""
     from simulator.torchrt.runtime import TorchRuntime
 
     def source(serving):
@@ -252,7 +263,8 @@ def runtime_overheads(hardware, devices: int, n: int = 400) -> dict:
         return
         yield                                             # noqa: unreachable (a generator)
     probe = _Probe(n)
-    trace = TorchRuntime(hardware, devices, stall_s=60).run(probe, source)
+    trace = TorchRuntime(hardware, devices, stall_s=60, device_type=device_type).run(probe,
+                                                                                    source)
     rows = sorted(trace.rows, key=lambda r: r.start_s)[n // 10:]      # past the first ops
     gaps = [b.start_s - a.end_s for a, b in zip(rows, rows[1:])]
     kernels = [r.end_s - r.start_s for r in rows]

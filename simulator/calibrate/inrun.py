@@ -57,10 +57,10 @@ MIN_JITTER = 10         # samples of a shape run alone that its spread needs to 
 JITTER_QUANTILES = 32   # ratios a family's jitter is summarised by
 
 
-def calibration_runs(jobs, runs: int, log=print):
-    """Run every job `runs` times on TorchRuntime with seeds offset from the experiment's; return
-    the RunLog of all runs (each op entry ends with its run's name) and a description of them
-    for the sources."""
+def calibration_runs(jobs, runs: int, log=print, runtime: str = "torch"):
+    """Run every job `runs` times on TorchRuntime (`runtime`: "torch" on the CPU, "torch-cuda"
+    on GPUs) with seeds offset from the experiment's; return the RunLog of all runs (each op
+    entry ends with its run's name) and a description of them for the sources."""
     from simulator.torchrt.runtime import HostLog, RunLog
     run_log = RunLog()
     for job in jobs:
@@ -69,7 +69,7 @@ def calibration_runs(jobs, runs: int, log=print):
             built = build(replace(job, config={**job.config, "seed": seed}))
             before = len(run_log.ops)
             one = RunLog(ops=run_log.ops)         # this run's host, then added to the totals
-            simulate(built, 0, runtime="torch", run_log=one)
+            simulate(built, 0, runtime=runtime, run_log=one)
             run_log.host.add(one.host)
             run_log.host_by_label.setdefault(job.label, HostLog()).add(one.host)
             run = f"{job.label}#{i}"        # each run's clock starts at 0: keep runs apart

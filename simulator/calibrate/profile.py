@@ -113,11 +113,12 @@ def _efficiency(timed: list, model_s) -> float:
 
 def calibrate(model: ModelSpec, devices: int, out_path: str, shapes: ShapeSet, reps: int = 5,
               device_type: str = "cpu", log=print) -> Calibration:
-    """Measure `shapes` on `devices` device threads and write the profile at `out_path` and its
-    tables in the profile's folder (named PROFILE-FAMILY.csv). CPU only (the CUDA path refuses in
-    the CLI before anything runs)."""
-    if device_type != "cpu":                             # pragma: no cover - refused by the CLI
-        raise ValueError("only --device cpu is implemented")
+    """Measure `shapes` on `devices` device threads (on `devices` GPUs with device_type "cuda":
+    gpu_profile.py) and write the profile at `out_path` and its tables in the profile's folder
+    (named PROFILE-FAMILY.csv)."""
+    if device_type != "cpu":
+        from .gpu_profile import calibrate_gpu
+        return calibrate_gpu(model, devices, out_path, shapes, reps=reps, log=log)
     t_start = time.perf_counter()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, cpu_count() // devices))
@@ -173,7 +174,8 @@ def _profile_data(devices: int, dev: dict, coll: dict, p2p: dict, cont: dict | N
         "max_devices": _num(devices, meas + f" (--devices {devices})"),
         "device": {
             "name": f"{platform.processor() or platform.machine()} x{threads} threads",
-            "sms": _num(1, "assumed: one execution unit: CPU kernels have no thread-block waves"),
+            "sms": _num(dev.get("sms", 1), "assumed: one execution unit: CPU kernels have no "
+                        "thread-block waves"),
             "peak_tflops": {k: _num(v / 1e12, meas + ", the fastest GEMM rate"
                                     + (" (fp16 runs as float32 on CPU)" if k == "fp16" else ""))
                             for k, v in dev["peak"].items()},
@@ -209,25 +211,30 @@ def _profile_data(devices: int, dev: dict, coll: dict, p2p: dict, cont: dict | N
     return data
 
 
-def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, log) -> Calibration:
-    meas, fit = _source("measured"), _source("fitted")
-    gap = overheads["gap_s"]
-    by_family: dict = {}
-    for t in compute + comm:
-        family, key = _key(t.op)
-        by_family.setdefault(family, []).append((key, t.seconds, t.samples))
+def measured_device(model, devices, compute, overheads, peaks: dict | None = None,
+                    sms: int = 1) -> dict:
+    """The device numbers measured ops make: peak per dtype (`peaks`, else the fastest GEMM
+    rate for every dtype), memory bandwidth, overheads, and the efficiencies fitted against the
+    roofline of a device of `sms` execution units."""
     gemms = [t for t in compute if isinstance(t.op, Gemm)]
     attns = [t for t in compute if isinstance(t.op, Attention)]
     elems = [t for t in compute if isinstance(t.op, Elementwise)]
-    peak = max((t.op.flops / t.seconds for t in gemms), default=1e9)
-    bw = max((t.op.bytes / t.seconds for t in elems), default=1e9)
-    dev = {"peak": {d: peak for d in _dtypes(model)}, "bw": bw,
+    fastest = max((t.op.flops / t.seconds for t in gemms), default=1e9)
+    dev = {"peak": peaks or {d: fastest for d in _dtypes(model)},
+           "bw": max((t.op.bytes / t.seconds for t in elems), default=1e9),
            "kernel_s": overheads["tiny_op_s"], "launch_s": overheads["launch_s"],
-           "dispatch_s": gap}
-    unit = CostModel(_draft(devices, _dtypes(model), **dev))
+           "dispatch_s": overheads["gap_s"], "sms": sms}
+    unit = CostModel(_draft(devices, list(dev["peak"]), **dev))
     dev["gemm_eff"] = _efficiency(gemms, unit.seconds)
     dev["attn_eff"] = _efficiency(attns, unit.seconds)
     dev["mem_eff"] = _efficiency(elems, unit.seconds)
+    return dev
+
+
+def measured_links(devices, comm) -> tuple[dict, dict]:
+    """(collectives by group size, p2p) alpha-beta fits of the measured all_reduce and send/recv
+    rows ({} where none were measured)."""
+    fit = _source("fitted")
     coll = {}
     for n in range(2, devices + 1):
         rows = [t for t in comm if isinstance(t.op, Collective) and t.op.kind == "all_reduce"
@@ -242,6 +249,13 @@ def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, lo
         a, b = _alpha_beta(sr, "send_recv")
         src = fit + " (alpha-beta of the measured send/recv)"
         p2p = {"alpha_us": _num(a * 1e6, src), "bandwidth_gb_per_s": _num(b / 1e9, src)}
+    return coll, p2p
+
+
+def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, log) -> Calibration:
+    meas = _source("measured")
+    dev = measured_device(model, devices, compute, overheads)
+    coll, p2p = measured_links(devices, comm)
     contention = None
     if cont:
         pairs = ", ".join(f"{a} beside {b} {r:.3g}" for (a, b), r in
@@ -256,6 +270,18 @@ def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, lo
                           f"each ran at {cont.get('share', float('nan')):.3g} of its speed alone)"),
             "threads_per_op": _num(threads, f"assumed: TorchRuntime's setting, torch's intra-op "
                                    f"threads = CPUs // devices = {threads}")}
+    data = _profile_data(devices, dev, coll, p2p, contention, {})
+    return emit(model, devices, out_path, data, compute + comm, overheads, cont, seconds, log)
+
+
+def emit(model, devices, out_path, data: dict, timed: list, overheads, cont, seconds,
+         log) -> Calibration:
+    """Write `timed`'s tables beside `out_path` (PROFILE-FAMILY.csv), name them in `data`'s
+    measured_tables and write the profile."""
+    by_family: dict = {}
+    for t in timed:
+        family, key = _key(t.op)
+        by_family.setdefault(family, []).append((key, t.seconds, t.samples))
     folder = os.path.dirname(os.path.abspath(out_path))
     stem = os.path.splitext(os.path.basename(out_path))[0]
     tables, files, counts = {}, [], {}
@@ -266,10 +292,11 @@ def _write(model, devices, out_path, compute, comm, cont, overheads, seconds, lo
         name = f"{stem}-{family}.csv"
         write_text(os.path.join(folder, name), _csv_text(family, rows))
         files.append(os.path.join(folder, name))
-        tables[family] = {"csv": name, "source": meas}
+        tables[family] = {"csv": name, "source": _source("measured")}
         counts[family] = len(rows)
     import yaml
-    data = _profile_data(devices, dev, coll, p2p, contention, tables)
+    if tables:
+        data["measured_tables"] = tables
     header = (f"# Calibrated by parasim calibrate on {platform.node()} ({devices} devices, model "
               f"{model.name}), torch {torch.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}"
               f", {seconds:.0f} s.\n# Tables beside this file; docs/validation.md says what each "

@@ -19,7 +19,7 @@ import pandas as pd
 
 from simulator.errors import ConfigError
 from simulator.io import write_csv, write_text
-from simulator.jobs import build
+from simulator.jobs import TORCH_RUNTIMES, build
 from simulator.outputs import OutputOptions, _ops_frame, chrome_trace
 from simulator.runner import plan_run, run_job
 
@@ -45,16 +45,18 @@ def busy_per_class(trace, devices: int) -> dict:
     return {c: v / max(1, devices) for c, v in out.items()}
 
 
-def plan_validation(path: str):
-    """The experiment's feasible jobs on this machine (ConfigError, one line, if none fits)."""
-    plan = plan_run(path, "torch")
+def plan_validation(path: str, runtime: str = "torch"):
+    """The experiment's feasible jobs on this machine (ConfigError, one line, if none fits);
+    `runtime` "torch-cuda": on its GPUs."""
+    plan = plan_run(path, runtime)
     jobs = plan.feasible
     if not jobs:                                        # pragma: no cover - plan_run raises
         raise ConfigError(path, "", "no point of the experiment can run on this machine")
     return plan, jobs
 
 
-def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tuple:
+def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1,
+                  runtime: str = "torch") -> tuple:
     """Calibrate for the experiment: its model's shapes plus every op its simulated runs cost
     (micro-benchmarks), then, with `runs` > 0, in-run op times from `runs` TorchRuntime runs of
     each strategy on other requests (inrun.py). Returns (micro-benchmarked profile, the profile
@@ -67,12 +69,13 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1) -> tu
     shapes = experiment_shapes(builts, model_shapes(model, devices, grid))
     log(f"calibrate: {shapes.sizes()} shapes for {model.name} on {devices} devices")
     path = os.path.join(out_dir, "calibrated.yaml")
-    calibrate(model, devices, path, shapes, reps=reps, log=log)
+    calibrate(model, devices, path, shapes, reps=reps, log=log,
+              device_type=TORCH_RUNTIMES[runtime])
     if runs <= 0:
         return path, path, {}
     from .inrun import calibration_runs, jitter_ratios, measured_times, write_inrun_profile
     run_log, what = calibration_runs([with_hardware(j, os.path.abspath(path)) for j in jobs],
-                                     runs, log)
+                                     runs, log, runtime)
     return (path, *write_inrun_profile(path, measured_times(run_log.ops), what, log,
                                      run_log.host, run_log.host_by_label,
                                      jitter_ratios(run_log.ops)))
@@ -96,18 +99,19 @@ def _predict(job, profile: str):
 
 def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 2,
              reps: int = 5, grid=None, log=print, plan=None,
-             calibration_runs: int = 2) -> Validation:
+             calibration_runs: int = 2, runtime: str = "torch") -> Validation:
     """Measure and predict every feasible strategy of the experiment at `path` (module doc).
     `repeat`: measured runs per strategy (their spread is the noise); `calibration_runs`: in-run
-    calibration runs per strategy when calibrating (0: micro-benchmarks only)."""
+    calibration runs per strategy when calibrating (0: micro-benchmarks only); `runtime`
+    "torch-cuda": measure on this machine's GPUs."""
     from .shapes import Grid
-    plan, jobs = plan or plan_validation(path)
+    plan, jobs = plan or plan_validation(path, runtime)
     os.makedirs(out_dir, exist_ok=True)
     files = []
     microbench, per_strategy = None, {}
     if profile is None:
         microbench, profile, per_strategy = calibrate_for(jobs, out_dir, reps, grid or Grid(),
-                                                          log, calibration_runs)
+                                                          log, calibration_runs, runtime)
         files += sorted({microbench, profile, *per_strategy.values()})
         microbench = os.path.abspath(microbench) if microbench != profile else None
     profile = os.path.abspath(profile)
@@ -118,7 +122,7 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
         base = _predict(job, microbench) if microbench else None
         runs = []
         for i in range(repeat):      # the host program plans with the profile it is predicted with
-            res = run_job(with_hardware(job, own), keep_trace=True, runtime="torch")
+            res = run_job(with_hardware(job, own), keep_trace=True, runtime=runtime)
             if res.error:
                 raise ConfigError(path, job.strategy_key, f"the measured run failed: {res.error}")
             runs.append(res)
