@@ -7,7 +7,7 @@ then, per strategy, the range and the mean of the error and of the runs' spread;
 writes every row. The test holds tp, pp and iso to 25% and liger to 50%; the aim is 10%. About
 105 s a sitting on the 2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
 
-Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE]``
+Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE] [--experiment FILE]``
 """
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ import pandas as pd  # noqa: E402
 
 EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "validation" / "validate-cpu.yaml"
 COLUMNS = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
-           "measured_jct_noise", "throughput_rel_error", "microbench_jct_rel_error"]
+           "measured_jct_noise", "measured_jct_sem", "throughput_rel_error",
+           "microbench_jct_rel_error"]
 
 
-def sitting(index: int) -> pd.DataFrame:
+def sitting(index: int, experiment: Path = EXPERIMENT) -> pd.DataFrame:
     from simulator.calibrate.shapes import CI_GRID
     from simulator.calibrate.validate import validate
     with tempfile.TemporaryDirectory(prefix="parasim-loop-") as out:
-        result = validate(str(EXPERIMENT), out, repeat=3, reps=3, grid=CI_GRID,
+        result = validate(str(experiment), out, repeat=3, reps=3, grid=CI_GRID,
                           calibration_runs=2, log=lambda line: None)
     frame = result.frame[[c for c in COLUMNS if c in result.frame]].copy()
     frame.insert(0, "sitting", index)
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sittings", type=int, default=3)
     p.add_argument("--csv", default=None, help="also write every sitting's rows here")
+    p.add_argument("--experiment", default=str(EXPERIMENT),
+                   help="the experiment to validate (default: the CI's validate-cpu.yaml)")
     args = p.parse_args(argv)
     if importlib.util.find_spec("torch") is None:
         print("needs torch: pip install -e '.[torch]'", file=sys.stderr)
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
     frames = []
     for i in range(1, args.sittings + 1):
         t0 = time.perf_counter()
-        frame = sitting(i)
+        frame = sitting(i, Path(args.experiment))
         frames.append(frame)
         print(f"sitting {i} ({time.perf_counter() - t0:.0f} s): " + ", ".join(
             f"{r.strategy} {r.jct_rel_error:+.1%}" for r in frame.itertuples()), flush=True)

@@ -24,6 +24,7 @@ Semantics, in short:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Generator
 
@@ -90,6 +91,15 @@ class SimClock:
 _NOTICE_EPS_S = 1e-9     # an event noticed at t + callback_s: float slack of the timeout there
 
 
+@dataclass(frozen=True)
+class Planner:
+    """What a host program's offline profile says (`profiled_*`) when it is not the machine's own
+    profile: a planning profile's cost model, contention model and per-op dispatch."""
+    cost: CostModel
+    contention: ContentionModel
+    dispatch_s: float
+
+
 class SimRuntime(ServingVerbs):
     """The simulated machine: `devices` devices of `hardware`, costed by `cost`, as a Runtime.
 
@@ -99,12 +109,15 @@ class SimRuntime(ServingVerbs):
     A profile with op-time jitter (`device.jitter`, jitter.py) draws each op's time from a
     generator seeded by `seed`; with it, or with a machine-wide contention model (`cores`), every
     device is simulated op by op (no segments, no mirroring: those assume identical, fixed times
-    and devices that do not slow each other)."""
+    and devices that do not slow each other). `planning`: the profile the host program plans with
+    (`profiled_seconds`, `profiled_slowdown`) where that is not `hardware`: a scheduler's
+    offline profile next to the machine as it runs (parasim validate, docs/validation.md)."""
 
     def __init__(self, hardware: HardwareProfile, devices: int, *, cost: CostModel | None = None,
                  contention: ContentionModel | None = None, launch_overhead_s: float | None = None,
                  keep_ops: int = KEEP_ALL, keep_from_s: float = 0.0, segments: bool = True,
-                 mirror: bool = True, spill_path: str | None = None, seed: int = 0):
+                 mirror: bool = True, spill_path: str | None = None, seed: int = 0,
+                 planning: HardwareProfile | None = None):
         if devices < 1:
             raise ValueError("devices must be >= 1")
         self.hw = hardware
@@ -129,6 +142,8 @@ class SimRuntime(ServingVerbs):
         self.callback_s = hardware.callback_s     # a host callback runs this long after its event
         self.jitter = jitter
         self._wakeups = hardware.spreads.get("wakeup")   # wake-up times to draw from, or None
+        self._planning = None if planning is None else Planner(
+            CostModel(planning), make_contention(planning.contention), planning.device.dispatch_s)
         if type(self).launch is SimRuntime.launch:     # the hot path: no extra call per launch
             self.launch = self.machine.launch
         if type(self).launch_seq is SimRuntime.launch_seq:
@@ -191,7 +206,11 @@ class SimRuntime(ServingVerbs):
 
     def profiled_seconds(self, op: Op) -> float:
         """The op's isolated time, as a profiler would have measured it (the cost model here;
-        through the machine's cache of ops by identity, which its launch then finds)."""
+        through the machine's cache of ops by identity, which its launch then finds). With a
+        `planning` profile: that profile's cost model and dispatch, as the program's offline
+        profile would say while the machine runs as `hardware` says."""
+        if self._planning is not None:
+            return self._planning.cost.cost(op).seconds + self._planning.dispatch_s
         m = self.machine
         hit = m.op_cost.get(id(op))
         if hit is None or hit[0] is not op:
@@ -202,7 +221,8 @@ class SimRuntime(ServingVerbs):
         """How much slower an op of `op_class` runs beside one of `beside_class` on one device, as
         an overlapped profiling run would measure it (here: the contention model's answer)."""
         pair = [_Probe(op_class), _Probe(beside_class)]
-        return 1.0 / self.contention.rates(pair)[0]
+        model = self.contention if self._planning is None else self._planning.contention
+        return 1.0 / model.rates(pair)[0]
 
     def _noticed(self, event: Event) -> bool:
         """Whether the host has taken note of `event`: it completed `callback_s` ago or more (the

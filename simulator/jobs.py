@@ -8,6 +8,7 @@ heads); `validate_jobs` sorts a sweep's jobs into feasible and infeasible ones.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -28,7 +29,7 @@ from .metrics import Slo, parse_slo
 from .model import PRESETS, ModelSpec, check_fits, dtype_problem, load_model, memory_per_device
 from .schema import Section, check_value
 from .trace import Trace
-from .workload import Workload, parse_workload
+from .workload import Workload, open_loop, parse_workload
 
 
 @dataclass
@@ -171,25 +172,37 @@ def _longest(workload: Workload, seed: int) -> tuple[int, int]:
 TORCH_RUNTIMES = {"torch": "cpu", "torch-cuda": "cuda"}   # runtime -> TorchRuntime device_type
 
 
+WARMUP_REQUESTS = 2    # a TorchRuntime run first serves this many of its requests, unmeasured
+
+
 def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
-             spill_path: str | None = None, runtime: str = "sim", run_log=None) -> Trace:
+             spill_path: str | None = None, runtime: str = "sim", run_log=None,
+             warm_up: bool = True, planning: HardwareProfile | None = None) -> Trace:
     """Run one built job in a fresh SimRuntime, keeping `keep_ops` full op rows (KEEP_ALL: all)
     from `keep_from_s` on, and writing every row to `spill_path` if given; metrics come from the
     recorder's totals either way. `runtime` "torch" ("torch-cuda"): run it for real on
     TorchRuntime on this machine's CPU (its GPUs; TORCH_RUNTIMES); the first `keep_ops` rows
     are kept, nothing is spilled; `run_log`: a torchrt RunLog that gets every op's times and the
-    host's busy time."""
+    host's busy time; `warm_up`: first serve the workload's first WARMUP_REQUESTS requests, all
+    arriving at once, on a runtime of their own and unmeasured, so that the measured run finds its
+    tensors allocated and filled (torchrt.work.POOL) as a serving engine's are after its warm-up).
+    `planning`: simulated, the host program plans with this profile (SimRuntime's)."""
+    scheduler = Scheduler(built.serving, built.kv_blocks) if built.serving.continuous else None
     if runtime in TORCH_RUNTIMES:
         from .torchrt.runtime import TorchRuntime       # imports torch: only when asked for
+        device_type = TORCH_RUNTIMES[runtime]
+        if warm_up:
+            reqs = built.workload.generate(np.random.default_rng(built.seed))[:WARMUP_REQUESTS]
+            warm = TorchRuntime(built.hardware, built.devices, keep_ops=0, device_type=device_type)
+            fresh = Scheduler(built.serving, built.kv_blocks) if scheduler is not None else None
+            warm.run(copy.deepcopy(built.strategy), open_loop([replace(r, arrival_s=0.0) for r in reqs]), fresh)
         rt = TorchRuntime(built.hardware, built.devices, keep_ops=keep_ops,
-                          device_type=TORCH_RUNTIMES[runtime])
+                          device_type=device_type)
         rt.run_log = run_log
     else:
         rt = SimRuntime(built.hardware, built.devices, keep_ops=keep_ops, keep_from_s=keep_from_s,
-                        seed=built.seed,
-                        spill_path=spill_path)
+                        seed=built.seed, spill_path=spill_path, planning=planning)
     source = built.workload.source(np.random.default_rng(built.seed))
-    scheduler = Scheduler(built.serving, built.kv_blocks) if built.serving.continuous else None
     return rt.run(built.strategy, source, scheduler)
 
 

@@ -69,7 +69,7 @@ def _base_row(job: Job) -> dict:
 
 
 def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None,
-            runtime: str = "sim") -> JobResult:
+            runtime: str = "sim", planning=None) -> JobResult:
     """Simulate one job; `keep_trace`: keep op rows for the timeline and trace.json;
     `spill_path`: write every op row there (outputs.trace: full); `runtime` "torch" ("torch-cuda"):
     run it for real on TorchRuntime (its first TRACE_ROWS rows are kept, never a re-run's
@@ -78,9 +78,9 @@ def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None
     try:
         built = build(job)
         trace = simulate(built, TRACE_ROWS if keep_trace else 0, spill_path=spill_path,
-                         runtime=runtime)
+                         runtime=runtime, planning=planning)
         if keep_trace and not trace.complete and runtime == "sim":
-            trace = _middle_rows(job, trace)
+            trace = _middle_rows(job, trace, planning)
     except (ConfigError, SimulationError) as exc:
         return JobResult(job.index, {**base, "error": str(exc)}, None, None, str(exc), STATUS_FAILED)
     except Exception as exc:      # a bug, not bad input: record it with its type and go on
@@ -101,12 +101,12 @@ def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None
     return JobResult(job.index, row, req, trace_kept, None, steps=steps)
 
 
-def _middle_rows(job: Job, trace: Trace) -> Trace:
+def _middle_rows(job: Job, trace: Trace, planning=None) -> Trace:
     """A traced job with more ops than `TRACE_ROWS`: simulate it again (same seed, same result),
     keeping `TRACE_ROWS` rows from about the middle op on (mid-run the load is steady; the
     timeline and trace.json draw from these rows)."""
     start_s = trace.time_of_op(max(0, trace.total_ops // 2 - TRACE_ROWS // 2))
-    again = simulate(build(job), TRACE_ROWS, start_s)
+    again = simulate(build(job), TRACE_ROWS, start_s, planning=planning)
     trace.rows = again.rows
     trace.meta["rows_from_s"] = start_s
     return trace

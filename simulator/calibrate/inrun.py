@@ -55,30 +55,42 @@ CALIBRATION_SEED_OFFSET = 1000
 MIN_ALONE = 3           # samples of a shape run alone that make its time (else: every sample)
 MIN_JITTER = 10         # samples of a shape run alone that its spread needs to count
 JITTER_QUANTILES = 32   # ratios a family's jitter is summarised by
+WINSOR_QUANTILE = 0.999  # reaction times above this quantile count as this quantile (robust_mean)
 
 
 def calibration_runs(jobs, runs: int, log=print, runtime: str = "torch"):
     """Run every job `runs` times on TorchRuntime (`runtime`: "torch" on the CPU, "torch-cuda"
     on GPUs) with seeds offset from the experiment's; return the RunLog of all runs (each op
-    entry ends with its run's name) and a description of them for the sources."""
-    from simulator.torchrt.runtime import HostLog, RunLog
+    entry ends with its run's name) and a description of them for the sources. (`parasim
+    validate` interleaves these runs with its measured runs: validate.measure.)"""
+    from simulator.torchrt.runtime import RunLog
     run_log = RunLog()
     for job in jobs:
         for i in range(runs):
-            seed = int(job.config.get("seed", 0)) + CALIBRATION_SEED_OFFSET + i
-            built = build(replace(job, config={**job.config, "seed": seed}))
-            before = len(run_log.ops)
-            one = RunLog(ops=run_log.ops)         # this run's host, then added to the totals
-            simulate(built, 0, runtime=runtime, run_log=one)
-            run_log.host.add(one.host)
-            run_log.host_by_label.setdefault(job.label, HostLog()).add(one.host)
-            run = f"{job.label}#{i}"        # each run's clock starts at 0: keep runs apart
-            run_log.ops[before:] = [entry + (run,) for entry in run_log.ops[before:]]
-            log(f"calibrate: in-run: {job.label} (seed {seed}): {len(run_log.ops) - before} ops")
+            calibration_run(job, i, run_log, log, runtime)
+    return run_log, describe_runs(jobs, runs)
+
+
+def calibration_run(job, i: int, run_log, log=print, runtime: str = "torch") -> None:
+    """The job's calibration run `i` (seed: the experiment's + CALIBRATION_SEED_OFFSET + i),
+    its ops and host costs added to `run_log` (its host costs under the job's label too)."""
+    from simulator.torchrt.runtime import HostLog, RunLog
+    seed = int(job.config.get("seed", 0)) + CALIBRATION_SEED_OFFSET + i
+    built = build(replace(job, config={**job.config, "seed": seed}))
+    before = len(run_log.ops)
+    one = RunLog(ops=run_log.ops)         # this run's host, then added to the totals
+    simulate(built, 0, runtime=runtime, run_log=one)
+    run_log.host.add(one.host)
+    run_log.host_by_label.setdefault(job.label, HostLog()).add(one.host)
+    run = f"{job.label}#{i}"        # each run's clock starts at 0: keep runs apart
+    run_log.ops[before:] = [entry + (run,) for entry in run_log.ops[before:]]
+    log(f"calibrate: in-run: {job.label} (seed {seed}): {len(run_log.ops) - before} ops")
+
+
+def describe_runs(jobs, runs: int) -> str:
     labels = ", ".join(j.label for j in jobs)
-    what = (f"{runs} run(s) of each of {labels} on TorchRuntime with seeds offset by "
+    return (f"{runs} run(s) of each of {labels} on TorchRuntime with seeds offset by "
             f"{CALIBRATION_SEED_OFFSET} from the experiment's")
-    return run_log, what
 
 
 def measured_times(entries) -> dict:
@@ -243,8 +255,22 @@ def host_costs(host, source: str) -> dict:
 def _mean(values_s: list, source: str, what: str) -> dict:
     """A reaction's mean in us. Means, not the lists of times a profile may also give (jitter.py):
     drawing them made tp's and iso's predictions noisier here, while it helped liger's
-    (docs/validation.md, 'Errors measured')."""
-    return _us(statistics.fmean(values_s), f"{source} ({len(values_s)} {what})")
+    (docs/validation.md, 'Errors measured'). Winsorised (`robust_mean`)."""
+    return _us(robust_mean(values_s), f"{source} ({len(values_s)} {what}, the top "
+               f"{1 - WINSOR_QUANTILE:.1%} capped at their {WINSOR_QUANTILE:.1%} quantile)")
+
+
+def robust_mean(values: list) -> float:
+    """The mean with the values above the WINSOR_QUANTILE quantile capped there. A run's long
+    tail of reactions counts (a run's time is their sum), but one stall of a thread for a
+    tenth of a second in a whole run (seen in one of a dozen runs here) would, as part of a
+    per-op mean, lengthen every op of every predicted run. Fewer than 1 / (1 - quantile) values
+    have no such tail to cap: their plain mean."""
+    if len(values) * (1 - WINSOR_QUANTILE) < 1:
+        return statistics.fmean(values)
+    ordered = sorted(values)
+    cap = ordered[int(WINSOR_QUANTILE * (len(ordered) - 1))]
+    return statistics.fmean(min(v, cap) for v in ordered)
 
 
 def _mean_us(entry: dict) -> float:

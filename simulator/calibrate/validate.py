@@ -19,6 +19,7 @@ import pandas as pd
 
 from simulator.errors import ConfigError
 from simulator.io import write_csv, write_text
+from simulator.hardware import load_hardware
 from simulator.jobs import TORCH_RUNTIMES, build
 from simulator.outputs import OutputOptions, _ops_frame, chrome_trace
 from simulator.runner import plan_run, run_job
@@ -55,13 +56,9 @@ def plan_validation(path: str, runtime: str = "torch"):
     return plan, jobs
 
 
-def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1,
-                  runtime: str = "torch") -> tuple:
-    """Calibrate for the experiment: its model's shapes plus every op its simulated runs cost
-    (micro-benchmarks), then, with `runs` > 0, in-run op times from `runs` TorchRuntime runs of
-    each strategy on other requests (inrun.py). Returns (micro-benchmarked profile, the profile
-    to predict with: the in-run one, or the same path with runs == 0, and label -> the in-run
-    profile with that strategy's own host cost)."""
+def calibrate_micro(jobs, out_dir: str, reps: int, grid, log, runtime: str = "torch") -> str:
+    """Micro-benchmark this machine for the experiment (its model's shapes plus every op its
+    simulated runs cost) into OUT/calibrated.yaml; returns that path."""
     from .profile import calibrate
     from .shapes import experiment_shapes, model_shapes
     builts = [build(j) for j in jobs]
@@ -71,26 +68,55 @@ def calibrate_for(jobs, out_dir: str, reps: int, grid, log, runs: int = 1,
     path = os.path.join(out_dir, "calibrated.yaml")
     calibrate(model, devices, path, shapes, reps=reps, log=log,
               device_type=TORCH_RUNTIMES[runtime])
-    if runs <= 0:
-        return path, path, {}
-    from .inrun import calibration_runs, jitter_ratios, measured_times, write_inrun_profile
-    run_log, what = calibration_runs([with_hardware(j, os.path.abspath(path)) for j in jobs],
-                                     runs, log, runtime)
-    return (path, *write_inrun_profile(path, measured_times(run_log.ops), what, log,
-                                     run_log.host, run_log.host_by_label,
-                                     jitter_ratios(run_log.ops)))
+    return path
+
+
+@dataclass
+class Measured:
+    """Every strategy's measured runs (label -> JobResults) and, where there were calibration
+    runs, their RunLog and its description for the sources."""
+    runs: dict
+    run_log: object = None
+    what: str = ""
+
+
+def measure(jobs, planner: str, repeat: int, calibration: int, log,
+            runtime: str = "torch") -> Measured:
+    """`repeat` measured runs (the experiment's requests) and `calibration` in-run calibration
+    runs (other requests; inrun.py) of every strategy, all planning with the profile at
+    `planner`, interleaved: round r runs, strategy by strategy, calibration run r and then
+    measured run r. A shared machine's speed drifts (here, +-20% over a minute); runs taken in
+    the same minutes see the same machine, where calibrating first and measuring after compared
+    two different minutes."""
+    from .inrun import calibration_run, describe_runs
+    from simulator.torchrt.runtime import RunLog
+    out = Measured({j.label: [] for j in jobs}, RunLog() if calibration > 0 else None)
+    for r in range(max(repeat, calibration)):
+        for job in jobs:
+            if r < calibration:
+                calibration_run(with_hardware(job, planner), r, out.run_log, log, runtime)
+            if r < repeat:
+                res = run_job(with_hardware(job, planner), keep_trace=True, runtime=runtime)
+                if res.error:
+                    raise ConfigError(job.where, job.strategy_key,
+                                      f"the measured run failed: {res.error}")
+                out.runs[job.label].append(res)
+    if calibration > 0:
+        out.what = describe_runs(jobs, calibration)
+    return out
 
 
 def with_hardware(job, profile: str):
-    """The job with the hardware profile at `profile` in place of its own. A measured run takes
-    it too: a host program that plans with profiled times (liger's fill budget) must see the
-    same times on both runtimes, or the two runs make different decisions."""
+    """The job with the hardware profile at `profile` in place of its own."""
     return replace(job, config={**job.config, "hardware": profile})
 
 
-def _predict(job, profile: str):
-    """The job simulated with `profile` in place of its hardware (ConfigError if it cannot run)."""
-    predicted = run_job(with_hardware(job, profile), keep_trace=True)
+def _predict(job, profile: str, planning=None):
+    """The job simulated with `profile` in place of its hardware, its host program planning with
+    the HardwareProfile `planning` where given (ConfigError if it cannot run). A host program
+    that plans with profiled times (liger's fill budget, iso's chunks, pp's pacing) must see the
+    same times as in the measured run, or the two runs make different decisions."""
+    predicted = run_job(with_hardware(job, profile), keep_trace=True, planning=planning)
     if predicted.error:
         raise ConfigError(profile, "", f"{job.label}: the simulator cannot run it with this "
                           f"profile: {predicted.error}")
@@ -110,22 +136,28 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
     files = []
     microbench, per_strategy = None, {}
     if profile is None:
-        microbench, profile, per_strategy = calibrate_for(jobs, out_dir, reps, grid or Grid(),
-                                                          log, calibration_runs, runtime)
+        microbench = os.path.abspath(calibrate_micro(jobs, out_dir, reps, grid or Grid(), log,
+                                                     runtime))
+    planner = microbench or os.path.abspath(profile)
+    measured = measure(jobs, planner, repeat, calibration_runs if profile is None else 0, log,
+                       runtime)
+    if profile is None:
+        profile = microbench
+        if measured.run_log is not None:
+            from .inrun import jitter_ratios, measured_times, write_inrun_profile
+            run_log = measured.run_log
+            profile, per_strategy = write_inrun_profile(
+                microbench, measured_times(run_log.ops), measured.what, log, run_log.host,
+                run_log.host_by_label, jitter_ratios(run_log.ops))
         files += sorted({microbench, profile, *per_strategy.values()})
-        microbench = os.path.abspath(microbench) if microbench != profile else None
     profile = os.path.abspath(profile)
+    planning = load_hardware(planner)
     rows, traced = [], []
     for job in jobs:
         own = os.path.abspath(per_strategy.get(job.label, profile))
-        predicted = _predict(job, own)
-        base = _predict(job, microbench) if microbench else None
-        runs = []
-        for i in range(repeat):      # the host program plans with the profile it is predicted with
-            res = run_job(with_hardware(job, own), keep_trace=True, runtime=runtime)
-            if res.error:
-                raise ConfigError(path, job.strategy_key, f"the measured run failed: {res.error}")
-            runs.append(res)
+        predicted = _predict(job, own, planning if own != planner else None)
+        base = _predict(job, microbench) if microbench and own != microbench else None
+        runs = measured.runs[job.label]
         jcts = [r.row["jct_mean_s"] for r in runs]
         thr = [r.row["throughput_rps"] for r in runs]
         meas_jct, meas_thr = statistics.mean(jcts), statistics.mean(thr)
@@ -136,6 +168,8 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
                "predicted_jct_mean_s": predicted.row["jct_mean_s"],
                "jct_rel_error": rel(predicted.row["jct_mean_s"], meas_jct),
                "measured_jct_noise": (max(jcts) - min(jcts)) / meas_jct if meas_jct else 0.0,
+               "measured_jct_sem": statistics.stdev(jcts) / len(jcts) ** 0.5 / meas_jct
+               if len(jcts) > 1 and meas_jct else 0.0,
                "measured_throughput_rps": meas_thr,
                "predicted_throughput_rps": predicted.row["throughput_rps"],
                "throughput_rel_error": rel(predicted.row["throughput_rps"], meas_thr),

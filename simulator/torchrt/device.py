@@ -68,7 +68,7 @@ class Stream:
         self.stopping = False
         self.free_s = 0.0                 # clock time the previous item (any kind) was done
         self.rows: list = []
-        self.work = rt.make_work(device)
+        self.work = rt.make_work(device, index)
         self.thread = threading.Thread(target=self._loop, daemon=True,
                                        name=f"torchrt-dev{device}-s{index}")
         self.thread.start()

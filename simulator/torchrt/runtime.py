@@ -30,7 +30,7 @@ from .clock import RealClock
 from .comm import Comm
 from .cuda import CudaParts
 from .device import OP, RECORD, WAIT, Completer, Item, Stream, TorchEvent, op_row
-from .work import Work
+from .work import POOL, Work
 
 _INFO_ENTRIES = 100_000
 
@@ -133,8 +133,10 @@ class TorchRuntime(CudaParts, ServingVerbs):
         self.streams: list[list[Stream]] = [[Stream(self, d, 0, 0)] for d in range(devices)]
 
     # ------------------------------------------------------------------------------ threads
-    def make_work(self, device: int) -> Work:
-        return Work(torch.device("cuda", device) if self.cuda else "cpu")
+    def make_work(self, device: int, index: int) -> Work:
+        """The stream's Work from the process's pool (work.POOL; given back by `close`)."""
+        on = torch.device("cuda", device) if self.cuda else torch.device("cpu")
+        return POOL.take(on, device, index)
 
     def enter_thread(self, device: int) -> None:
         if self.cuda:                                              # pragma: no cover
@@ -380,6 +382,8 @@ class TorchRuntime(CudaParts, ServingVerbs):
         for sts in self.streams:
             for st in sts:
                 st.thread.join(timeout=2.0)
+                if not st.thread.is_alive():
+                    POOL.give(st.work, st.device, st.index)
         if not self.cuda:
             torch.set_num_threads(self._threads_before)
 

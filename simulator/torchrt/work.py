@@ -5,6 +5,8 @@
 Tensors are cached per role in growing flat buffers (a view of the first numel elements per
 shape), so a run whose shapes change every step (decode's kv_len, continuous batching's m) does not
 allocate per op; GEMM weights are cached per (k, n, dtype). A `Work` is not shared between threads.
+`POOL` keeps each (device, stream)'s Work across TorchRuntime runs of one process, so a run after
+a warm-up finds its tensors allocated and filled, as a serving engine's are (jobs.py warms up).
 
 What runs (docs/torch_runtime.md):
 - Gemm: ``torch.matmul(A[m,k], B[k,n], out=C)``; count > 1: ``torch.bmm`` over count instances.
@@ -26,6 +28,7 @@ op's whatever the dtype.
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 from typing import Callable
 
@@ -149,3 +152,30 @@ class Work:
                 k = k.repeat_interleave(heads // kv_heads, 1)
                 v = v.repeat_interleave(heads // kv_heads, 1)
         return lambda: F.scaled_dot_product_attention(q, k, v, **kw)
+
+
+class WorkPool:
+    """Works kept across runs, per (simulated device, stream index) and torch device (on the CPU
+    every simulated device is torch's "cpu"): `take` hands out the one an earlier run gave back
+    (or a new one), `give` takes it back. A Work in use is never handed out twice: a second
+    runtime at the same time gets a new one."""
+
+    def __init__(self):
+        self._free: dict = {}
+        self._lock = threading.Lock()
+
+    def take(self, on: torch.device, device: int, stream: int) -> Work:
+        with self._lock:
+            work = self._free.pop((str(on), device, stream), None)
+        return work if work is not None else Work(on)
+
+    def give(self, work: Work, device: int, stream: int) -> None:
+        with self._lock:
+            self._free.setdefault((str(work.device), device, stream), work)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+POOL = WorkPool()

@@ -1,0 +1,79 @@
+"""A host program may plan with a profile that is not the machine's (SimRuntime's `planning`), and
+`parasim validate` measures and calibrates in interleaved rounds, every run planning with the
+micro-benchmarked profile (validate.measure)."""
+from __future__ import annotations
+
+import pytest
+
+from simulator.engine import SimRuntime
+from simulator.experiment import load_experiment
+from simulator.hardware import load_hardware
+from simulator.jobs import build, simulate
+from simulator.ops import Gemm
+
+FAST = load_hardware("h100-sxm5-80gb")
+SLOW = load_hardware("a100-sxm4-80gb")
+GEMM = Gemm(4096, 4096, 4096, "fp16", "g")
+
+
+def test_profiled_times_come_from_the_planning_profile():
+    planned = SimRuntime(FAST, 1, planning=SLOW)
+    assert planned.profiled_seconds(GEMM) == pytest.approx(SimRuntime(SLOW, 1).profiled_seconds(GEMM))
+    assert SimRuntime(FAST, 1).profiled_seconds(GEMM) < planned.profiled_seconds(GEMM)
+
+
+def test_profiled_slowdown_comes_from_the_planning_profile():
+    planned = SimRuntime(FAST, 2, planning=SLOW)
+    for a, b in (("compute", "comm"), ("memory", "compute")):
+        assert planned.profiled_slowdown(a, b) == \
+            pytest.approx(SimRuntime(SLOW, 2).profiled_slowdown(a, b))
+
+
+def test_the_machine_still_runs_as_its_own_profile():
+    """tp plans nothing: the same run whatever it plans with; liger plans its fill budget with
+    profiled times, so a slower planning profile changes its decisions, not the op times."""
+    job = load_experiment("experiments/quickstart.yaml")[0]
+    built = build(job)
+    alone = simulate(built, 0)
+    planned = simulate(build(job), 0, planning=load_hardware("v100-sxm2-32gb"))
+    assert planned.meta["makespan_s"] == alone.meta["makespan_s"]
+    assert [r.finish_s for r in planned.requests] == [r.finish_s for r in alone.requests]
+
+
+def test_liger_decides_by_its_planning_profile():
+    job = next(j for j in load_experiment("experiments/liger-artifact-2xv100.yaml")
+               if j.label.startswith("liger"))
+    own = simulate(build(job), 0)
+    other = simulate(build(job), 0, planning=load_hardware("l4-24gb"))
+    assert other.meta["makespan_s"] != pytest.approx(own.meta["makespan_s"], rel=1e-9)
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_measure_interleaves_calibration_and_measured_runs(monkeypatch):
+    from simulator.calibrate import inrun, validate
+    from simulator.runner import JobResult
+    jobs = validate.plan_validation("experiments/validation/validate-cpu.yaml")[1]
+    order = []
+
+    def cal(job, i, run_log, log, runtime):
+        order.append(("cal", job.label, i, job.config["hardware"]))
+
+    def run(job, keep_trace=False, spill_path=None, runtime="sim", planning=None):
+        order.append(("run", job.label, len([o for o in order if o[:2] == ("run", job.label)]),
+                      job.config["hardware"]))
+        return JobResult(0, {}, None, None, None)
+    monkeypatch.setattr(inrun, "calibration_run", cal)
+    monkeypatch.setattr(validate, "run_job", run)
+    measured = validate.measure(jobs, "/p/micro.yaml", repeat=3, calibration=2, log=print)
+    labels = [j.label for j in jobs]
+    expected = [(kind, label, r) for r in range(3) for label in labels
+                for kind in ("cal", "run") if kind == "run" or r < 2]
+    assert [o[:3] for o in order] == expected
+    assert {o[3] for o in order} == {"/p/micro.yaml"}              # every run plans with it
+    assert {k: len(v) for k, v in measured.runs.items()} == {label: 3 for label in labels}
+    assert "2 run(s) of each of" in measured.what
+    order.clear()
+    none = validate.measure(jobs, "/p/given.yaml", repeat=2, calibration=0, log=print)
+    assert none.run_log is None and [o[0] for o in order] == ["run"] * 2 * len(labels)
