@@ -4,8 +4,9 @@ Each sitting is what `tests/test_validation.py` runs (docs/validation.md, "The c
 calibrate this machine on the CI grid, two in-run calibration runs per strategy, three measured
 runs, on `experiments/validation/validate-cpu.yaml`. Prints each sitting's errors as it ends and
 then, per strategy, the range and the mean of the error and of the runs' spread; `--csv` also
-writes every row. The test holds tp, pp and iso to 25% and liger to 50%; the aim is 10%. About
-105 s a sitting on the 2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
+writes every row. The test holds every strategy to 25% widened by two standard errors of the
+measured mean (`measured_jct_sem`), at most 50%; the aim is 10%. About 115 s a sitting on the
+2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
 
 Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE] [--experiment FILE]``
 """
