@@ -24,7 +24,7 @@ from simulator.safe_yaml import parse_yaml
 
 from . import bench, gpu
 from .profile import (Calibration, _draft, _dtypes, _num, _profile_data, _source, emit,
-                      measured_device, measured_links)
+                      measured_device, measured_links, time_families)
 
 COMM_PAIRS = ("compute_by_comm", "comm_by_compute", "memory_by_comm", "comm_by_memory")
 
@@ -35,13 +35,8 @@ def calibrate_gpu(model, devices: int, out_path: str, shapes, reps: int = 5, log
     default; gpu.HostTiming drives the same steps on this CPU (the tests)."""
     t_start = time.perf_counter()
     timing = timing or gpu.CudaTiming(0)                        # pragma: no cover - needs CUDA
-    compute = []
-    for family in ("gemm", "attention", "elementwise"):
-        ops = sorted(getattr(shapes, family), key=repr)
-        t0 = time.perf_counter()
-        compute += gpu.time_ops(timing, ops, reps)
-        log(f"calibrate: {family}: {len(ops)} shapes on {timing.device} "
-            f"({time.perf_counter() - t0:.1f} s)")
+    compute = time_families(shapes, lambda ops: gpu.time_ops(timing, ops, reps),
+                            str(timing.device), log)
     peaks = {}
     for dt in _dtypes(model):
         big = gpu.time_ops(timing, [gpu.peak_gemm(model.hidden, dt)], reps)[0]

@@ -124,13 +124,8 @@ def calibrate(model: ModelSpec, devices: int, out_path: str, shapes: ShapeSet, r
     torch.set_num_threads(max(1, cpu_count() // devices))
     try:
         pool = bench.DeviceThreads(devices)
-        compute = []
-        for family in ("gemm", "attention", "elementwise"):
-            ops = sorted(getattr(shapes, family), key=repr)
-            t0 = time.perf_counter()
-            compute += bench.time_compute(pool, ops, reps)
-            log(f"calibrate: {family}: {len(ops)} shapes on {devices} device threads "
-                f"({time.perf_counter() - t0:.1f} s)")
+        compute = time_families(shapes, lambda ops: bench.time_compute(pool, ops, reps),
+                                f"{devices} device threads", log)
         t0 = time.perf_counter()
         comm = bench.time_comm(devices, sorted(shapes.comm, key=repr), reps)
         log(f"calibrate: collectives and send/recv: {len(comm)} (kind, group, size) "
@@ -145,6 +140,18 @@ def calibrate(model: ModelSpec, devices: int, out_path: str, shapes: ShapeSet, r
         f"stream gap {overheads['gap_s'] * 1e6:.1f} us between ops")
     return _write(model, devices, out_path, compute, comm, cont, overheads,
                   time.perf_counter() - t_start, log)
+
+
+def time_families(shapes: ShapeSet, time_ops, where: str, log) -> list:
+    """`time_ops(ops)` over each compute family of `shapes` (sorted), with a line per family."""
+    compute = []
+    for family in ("gemm", "attention", "elementwise"):
+        ops = sorted(getattr(shapes, family), key=repr)
+        t0 = time.perf_counter()
+        compute += time_ops(ops)
+        log(f"calibrate: {family}: {len(ops)} shapes on {where} "
+            f"({time.perf_counter() - t0:.1f} s)")
+    return compute
 
 
 def _dtypes(model) -> list[str]:

@@ -135,8 +135,8 @@ class TorchRuntime(CudaParts, ServingVerbs):
     # ------------------------------------------------------------------------------ threads
     def make_work(self, device: int, index: int) -> Work:
         """The stream's Work from the process's pool (work.POOL; given back by `close`)."""
-        on = torch.device("cuda", device) if self.cuda else torch.device("cpu")
-        return POOL.take(on, device, index)
+        return POOL.take(torch.device("cuda", device) if self.cuda else torch.device("cpu"),
+                         device, index)
 
     def enter_thread(self, device: int) -> None:
         if self.cuda:                                              # pragma: no cover
