@@ -202,8 +202,11 @@ def test_inrun_profile_takes_the_runs_means(closed_loop):
     host = {v: load_hardware(str(out / v)).launch_overhead_s for v in variants}
     assert all(h > load_hardware(str(out / "calibrated.yaml")).launch_overhead_s for h in
                host.values())                       # under load, above the idle micro-benchmark
-    assert load_hardware(str(out / variants[0])).measured_tables["gemm"].rows == \
-        load_hardware(result.profile).measured_tables["gemm"].rows
+    iso = load_hardware(str(out / "calibrated-inrun-host-iso.yaml"))
+    own = pd.read_csv(out / "calibrated-iso-inrun-gemm.csv")     # iso's tables: its own runs
+    assert own["source"].str.contains("calibration runs of iso alone").any()
+    assert iso.measured_tables["gemm"].rows != load_hardware(result.profile).measured_tables["gemm"].rows
+    assert "calibration runs of iso alone" in iso.sources["device.jitter.gemm"]
     micro, inrun = load_hardware(str(out / "calibrated.yaml")), load_hardware(result.profile)
     assert set(inrun.measured_tables) >= set(micro.measured_tables)
     frame = pd.read_csv(out / "calibrated-inrun-all_reduce.csv")

@@ -29,6 +29,7 @@ reactions are its own).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import datetime
 import io
@@ -163,7 +164,8 @@ def _samples(entries) -> list:
 
 def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
                         host=None, host_by_label: dict | None = None,
-                        jitter: dict | None = None) -> tuple[str, dict]:
+                        jitter: dict | None = None,
+                        ops_by_label: dict | None = None) -> tuple[str, dict]:
     """``STEM-inrun.yaml`` beside `calibrated`: the same profile whose tables have the in-run
     means in place of the micro-benchmarked rows of the same shapes, the ops' jitter (`jitter`,
     from `jitter_ratios`) and, given `host` (a torchrt HostLog of all runs), the host's and the
@@ -171,8 +173,13 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
     `host_by_label` (label -> HostLog), also one variant per strategy,
     ``STEM-inrun-host-LABEL.yaml``, with that strategy's own reactions (a host program's cost:
     liger's online scheduler costs far more per launch, and reacts later to events, than tp's
-    loop; its sub stream wakes from its waits on a busier machine than pp's stages do). Returns
-    (the in-run profile, label -> variant path)."""
+    loop; its sub stream wakes from its waits on a busier machine than pp's stages do). With
+    `ops_by_label` (label -> that strategy's op log entries) a variant's tables and jitter are
+    that strategy's own runs' too (``STEM-LABEL-inrun-FAMILY.csv``; shapes its runs did not
+    reach keep the pooled rows): a shape's time in a run depends on what else the machine runs
+    then, which is the strategy's own (pooled tables overpredicted iso by 35-46% beside tp's
+    runs in a two-client workload, and by under 1% from iso's runs alone). Returns (the in-run
+    profile, label -> variant path)."""
     folder = os.path.dirname(os.path.abspath(calibrated))
     stem = os.path.splitext(os.path.basename(calibrated))[0]
     data = read_yaml_file(calibrated, "calibrated profile")
@@ -196,10 +203,20 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
         if not own.launches:
             continue
         variant = reactions(data, own, f"{stamp}: in the calibration runs of {label} alone")
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
+        mine = (ops_by_label or {}).get(label)
+        if mine:
+            variant = copy.deepcopy(variant)
+            src = f"{stamp}: means over the calibration runs of {label} alone"
+            _write_tables(variant, folder, f"{stem}-{safe}", measured_times(mine), src)
+            for family, (ratios, shapes, n) in sorted(jitter_ratios(mine).items()):
+                variant["device"].setdefault("jitter", {})[family] = {
+                    "value": [float(f"{r:.4g}") for r in ratios],
+                    "source": (f"{src}: quantiles of the op's time over its shape's mean, "
+                               f"{shapes} shapes run alone, {n} samples")}
         costs[label] = {k: _mean_us(v) for k, v in variant["host"].items()}
         for key in ("event_wait_us", "dispatch_us"):
             costs[label][key] = _mean_us(variant["device"].get(key, {"value": 0.0}))
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
         variants[label] = os.path.join(folder, f"{stem}-inrun-host-{safe}.yaml")
         write_text(variants[label], header.replace("in-run op times", f"in-run op times and "
                                                    f"{label}'s host costs")
