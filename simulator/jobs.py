@@ -195,7 +195,8 @@ def simulate(built: Built, keep_ops: int = 0, keep_from_s: float = 0.0,
             reqs = built.workload.generate(np.random.default_rng(built.seed))[:WARMUP_REQUESTS]
             warm = TorchRuntime(built.hardware, built.devices, keep_ops=0, device_type=device_type)
             fresh = Scheduler(built.serving, built.kv_blocks) if scheduler is not None else None
-            warm.run(copy.deepcopy(built.strategy), open_loop([replace(r, arrival_s=0.0) for r in reqs]), fresh)
+            first = open_loop([replace(r, arrival_s=0.0) for r in reqs])
+            warm.run(copy.deepcopy(built.strategy), first, fresh)
         rt = TorchRuntime(built.hardware, built.devices, keep_ops=keep_ops,
                           device_type=device_type)
         rt.run_log = run_log

@@ -4,8 +4,11 @@ simulator with a calibrated profile, on the same requests (the experiment's seed
 Writes OUT/validation.csv (one row per strategy: measured and predicted mean JCT and throughput,
 their relative errors, the measured run-to-run noise, busy seconds per op class per device) and
 OUT/validation_trace.json (Perfetto / chrome://tracing: for each strategy a "measured" and a
-"predicted" process per device, side by side). Without a profile it first calibrates into
-OUT/calibrated.yaml (the model's shapes plus every op a simulated run of the experiment costs).
+"predicted" process per device, side by side). Without a profile it first micro-benchmarks into
+OUT/calibrated.yaml (the model's shapes plus every op a simulated run of the experiment costs),
+then takes the measured runs and the in-run calibration runs in interleaved rounds (`measure`),
+all planning with that profile, and predicts with the in-run profiles (inrun.py) while the
+simulated host program plans with that same micro-benchmarked profile.
 """
 from __future__ import annotations
 
