@@ -98,8 +98,9 @@ def time_comm(devices: int, ops: Sequence, reps: int, comm: Comm | None = None,
     sample: the median member's end minus the last member's start (the transfer once everyone has
     joined, what a trace row's transfer time is). `before`: a compute op each member runs between
     the barrier and the call (untimed), so the transfer starts as in a strategy's step, right
-    after a kernel, rather than from threads that were all waiting at the barrier. `device_type` "cuda": member
-    d is GPU d, the transfers are NCCL's, and a call ends when its GPU has finished it."""
+    after a kernel, rather than from threads that were all waiting at the barrier.
+    `device_type` "cuda": member d is GPU d, the transfers are NCCL's, and a call ends when its
+    GPU has finished it."""
     cuda = device_type == "cuda"
     if comm is None:
         comm = Comm("nccl", torch.float16, 120.0, lambda d: torch.device("cuda", d)) if cuda \
