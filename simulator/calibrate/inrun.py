@@ -187,11 +187,7 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
              f"{datetime.date.today().isoformat()}")
     replaced = _write_tables(data, folder, stem, times, f"{stamp}: means over {what}")
     if jitter:
-        data["device"]["jitter"] = {
-            family: {"value": [float(f"{r:.4g}") for r in ratios],
-                     "source": (f"{stamp}: quantiles of the op's time over its shape's mean, "
-                                f"{shapes} shapes run alone, {n} samples, over {what}")}
-            for family, (ratios, shapes, n) in sorted(jitter.items())}
+        data["device"]["jitter"] = _jitter_section(jitter, f"{stamp}: over {what}")
     if host is not None and host.launches:
         data = reactions(data, host, f"{stamp}: over {what}")
     out = os.path.join(folder, f"{stem}-inrun.yaml")
@@ -209,11 +205,8 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
             variant = copy.deepcopy(variant)
             src = f"{stamp}: means over the calibration runs of {label} alone"
             _write_tables(variant, folder, f"{stem}-{safe}", measured_times(mine), src)
-            for family, (ratios, shapes, n) in sorted(jitter_ratios(mine).items()):
-                variant["device"].setdefault("jitter", {})[family] = {
-                    "value": [float(f"{r:.4g}") for r in ratios],
-                    "source": (f"{src}: quantiles of the op's time over its shape's mean, "
-                               f"{shapes} shapes run alone, {n} samples")}
+            variant["device"].setdefault("jitter", {}).update(
+                _jitter_section(jitter_ratios(mine), src))
         costs[label] = {k: _mean_us(v) for k, v in variant["host"].items()}
         for key in ("event_wait_us", "dispatch_us"):
             costs[label][key] = _mean_us(variant["device"].get(key, {"value": 0.0}))
@@ -230,6 +223,14 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
             f"{c['event_wait_us']:.0f} us after an event it waits on and takes "
             f"{c['dispatch_us']:.0f} us per op (means)")
     return out, variants
+
+
+def _jitter_section(jitter: dict, source: str) -> dict:
+    """The profile's `device.jitter` entries from `jitter_ratios`' output."""
+    return {family: {"value": [float(f"{r:.4g}") for r in ratios],
+                     "source": (f"{source}: quantiles of the op's time over its shape's mean, "
+                                f"{shapes} shapes run alone, {n} samples")}
+            for family, (ratios, shapes, n) in sorted(jitter.items())}
 
 
 def reactions(data: dict, host, source: str) -> dict:
