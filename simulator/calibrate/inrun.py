@@ -37,7 +37,7 @@ import os
 import platform
 import re
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import yaml
 
@@ -241,12 +241,7 @@ def reactions(data: dict, host, source: str) -> dict:
     and their mean wake-up after an event they waited on (`device.event_wait_us`, where the runs
     had such waits; else none: that program's streams never waited on one)."""
     device = {k: v for k, v in data["device"].items() if k not in ("event_wait_us", "dispatch_us")}
-    if host.dispatches_s:
-        device["dispatch_us"] = _mean(host.dispatches_s, f"{source}: mean delay from the moment "
-                                      "a stream could start an op to its start", "ops")
-    if host.event_waits_s:
-        device["event_wait_us"] = _mean(host.event_waits_s, f"{source}: mean delay from an event "
-                                        "to the stream blocked on it resuming", "waits")
+    device.update(_reaction_means(host, source, "device"))
     return {**data, "device": device, "host": host_costs(host, source)}
 
 
@@ -261,13 +256,37 @@ def host_costs(host, source: str) -> dict:
     out = {"launch_overhead_us": _us(host.busy_s / host.spmd_launches, f"{source}: the host "
                                      f"thread's busy time per SPMD launch ({host.spmd_launches} "
                                      f"of {host.launches} launches)")}
-    if host.wakeups_s:
-        out["wakeup_us"] = _mean(host.wakeups_s, f"{source}: mean delay from the event ending a "
-                                 "blocking wait to the host resuming", "waits")
-    if host.callbacks_s:
-        out["callback_us"] = _mean(host.callbacks_s, f"{source}: mean delay from an event to its "
-                                   "host callbacks running", "events")
+    out.update(_reaction_means(host, source, "host"))
     return out
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """A reaction time a profile takes from a HostLog: its profile section and key, the
+    HostLog list it is the mean of, what the delay is, and what one sample counts."""
+    section: str
+    key: str
+    samples: str
+    delay: str
+    each: str
+
+
+REACTIONS = (
+    Reaction("device", "dispatch_us", "dispatches_s",
+             "from the moment a stream could start an op to its start", "ops"),
+    Reaction("device", "event_wait_us", "event_waits_s",
+             "from an event to the stream blocked on it resuming", "waits"),
+    Reaction("host", "wakeup_us", "wakeups_s",
+             "from the event ending a blocking wait to the host resuming", "waits"),
+    Reaction("host", "callback_us", "callbacks_s",
+             "from an event to its host callbacks running", "events"),
+)
+
+
+def _reaction_means(host, source: str, section: str) -> dict:
+    """The `section`'s reaction means (REACTIONS) that the HostLog observed."""
+    return {r.key: _mean(getattr(host, r.samples), f"{source}: mean delay {r.delay}", r.each)
+            for r in REACTIONS if r.section == section and getattr(host, r.samples)}
 
 
 def _mean(values_s: list, source: str, what: str) -> dict:
