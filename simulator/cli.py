@@ -339,9 +339,12 @@ def _hardware(args) -> int:
     if d.fp8_gemm_efficiency or d.fp8_quantize_s:
         print(f"  fp8 GEMM     {d.fp8_gemm_efficiency or d.gemm_efficiency:.3g} of the fp8 peak, input "
               f"quantisation {d.fp8_quantize_s * 1e6:.3g} us + 5 bytes per element")
-    if d.dispatch_s or d.event_wait_s or p.wakeup_s or p.callback_s:
-        print(f"  reactions    stream {d.dispatch_s * 1e6:.3g} us per op, wakes "
-              f"{d.event_wait_s * 1e6:.3g} us after an event it waits on; host wakes "
+    if d.dispatch_s or d.event_wait_s or d.idle_wakeup_s or d.record_s or p.wakeup_s \
+            or p.callback_s:
+        print(f"  reactions    stream {d.dispatch_s * 1e6:.3g} us per op, "
+              f"{d.record_s * 1e6:.3g} us per event record, wakes "
+              f"{d.event_wait_s * 1e6:.3g} us after an event it waits on and "
+              f"{d.idle_wakeup_s * 1e6:.3g} us after a launch when idle; host wakes "
               f"{p.wakeup_s * 1e6:.3g} us, runs callbacks {p.callback_s * 1e6:.3g} us after an event")
     if d.jitter:
         print("  jitter       " + ", ".join(

@@ -129,12 +129,16 @@ class SimRuntime(ServingVerbs):
         self.recorder = TraceRecorder(devices, keep_ops, keep_from_s, spill_path)
         varies = bool(hardware.device.jitter or hardware.spreads)
         jitter = Jitter(hardware.device.jitter, seed) if varies else None
-        if jitter is not None or getattr(self.contention, "machine_wide", False):
-            segments, mirror = False, False    # both assume fixed times and independent devices
+        dev = hardware.device
+        # segments and mirroring assume fixed op times, devices that do not slow each other,
+        # and streams that take no time of their own between ops (nor after a collective)
+        if jitter is not None or getattr(self.contention, "machine_wide", False) \
+                or dev.idle_wakeup_s or dev.record_s or dev.comm_lag_s:
+            segments, mirror = False, False
         self.machine = Machine(self.env, devices, self.cost, self.contention, launch_s,
                                hardware.interconnect.shared_link, self.recorder, segments,
-                               hardware.device.event_wait_s, jitter, hardware.device.dispatch_s,
-                               hardware.spreads)
+                               dev.event_wait_s, jitter, dev.dispatch_s, hardware.spreads,
+                               dev.idle_wakeup_s, dev.record_s, dev.comm_lag_s)
         self.serving = Serving(SimClock(self.env))
         self.segment_counts = self.machine.segment_counts
         self.mirror_groups = mirror

@@ -277,6 +277,9 @@ def _parse(data, where: str, base_dir: str = ".") -> HardwareProfile:
         fp8_quantize_s=_optional_us(r, dev, "fp8_quantize_us"),
         event_wait_s=_reaction_us(r, dev, "event_wait_us", spreads, "event_wait"),
         dispatch_s=_reaction_us(r, dev, "dispatch_us", spreads, "dispatch"),
+        idle_wakeup_s=_optional_us(r, dev, "idle_wakeup_us"),
+        record_s=_optional_us(r, dev, "record_us"),
+        comm_lag_s=_reaction_us(r, dev, "comm_lag_us", spreads, "comm_lag"),
         jitter=_jitter(r, dev),
     )
     dev.done()

@@ -48,6 +48,16 @@ class DeviceSpec:
     # a stream blocked on another stream's event (Runtime.wait) resumes this long after it
     # completes (0 on GPUs, where the wait is the hardware's; a thread's wake-up on a CPU)
     event_wait_s: float = 0.0
+    # an idle stream (it finished every item before) starts an item launched to it this long
+    # after the launch (a worker thread's wake-up on TorchRuntime's CPU devices; 0 on a GPU, whose
+    # launch-to-start time is in kernel_overhead_s), and a stream's own time to record an event
+    # (the event completes as the stream reaches it; the stream's next item waits this long)
+    idle_wakeup_s: float = 0.0
+    record_s: float = 0.0
+    # a collective's (or send/recv's) member stream ends this long after the group's transfer
+    # ends (mean; `spreads["comm_lag"]`: the times each member draws from): the members of a
+    # gloo collective finish each on its own thread, not at one instant
+    comm_lag_s: float = 0.0
     # op family -> how its time varies from run to run (jitter.py): a coefficient of variation
     # (lognormal draws) or a tuple of time / mean ratios (draws from them); empty: none
     jitter: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
@@ -146,8 +156,9 @@ class HardwareProfile:
     # wait_any) resumes `wakeup_s` after it, a host callback (`when`) runs `callback_s` after it
     wakeup_s: float = 0.0
     callback_s: float = 0.0
-    # how the host's and the streams' reactions vary (jitter.py): "wakeup", "event_wait" or
-    # "dispatch" -> values in seconds to draw from uniformly (their mean is the field's value);
+    # how the host's and the streams' reactions vary (jitter.py): "wakeup", "event_wait",
+    # "dispatch" or "comm_lag" -> values in seconds to draw from uniformly (their mean is the
+    # field's value);
     # a reaction without an entry takes its mean every time
     spreads: Mapping[str, tuple] = field(default_factory=lambda: MappingProxyType({}))
 

@@ -5,9 +5,10 @@ fluid (DESIGN §2; engine.py states the semantics).
 collective instances waiting for members; the trace recorder. It advances stream FIFOs, completes
 events, starts ops (a collective joins its group's instance and spins until every member has
 started), recomputes rates whenever the set of running ops on a device or link changes, and
-records finished ops. Sequences launched with `launch_seq` go through segment.py. The hot path (an
-op alone on an idle device) skips the contention model and SimPy's Timeout checks, and builds stream
-items and op rows as plain tuples in `StreamItem` and `OpRecord` field order (a named tuple's
+records finished ops. Sequences launched with `launch_seq` go through segment.py, a collective's
+join and finish through collectives.py. The hot path (an op alone on an idle device) skips the
+contention model and SimPy's Timeout checks, and builds stream items and op rows as plain tuples
+in `StreamItem` and `OpRecord` field order (a named tuple's
 constructor and getters cost a quarter of the op rate); code off the hot path reads them by name
 (`StreamItem._make`, or the recorder, which keeps rows as OpRecords).
 """
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from . import mirror, segment
+from . import collectives, mirror, segment
 from .errors import SimulationError
 from .ops import COMM_TYPES
-from .streams import (OP, RECORD, SEGMENT, WAIT, Activity, Event, Finish, Group, Stream,
+from .streams import (OP, RECORD, SEGMENT, WAIT, Activity, Event, Finish, Stream,
                       StreamItem, describe, describe_stream, group_key)
 from .trace import CHUNK_OPS, TraceRecorder
 
@@ -30,7 +31,8 @@ class Machine:
 
     def __init__(self, env, devices: int, cost, contention, launch_s: float, shared_link: bool,
                  recorder: TraceRecorder, segments: bool = True, event_wait_s: float = 0.0,
-                 jitter=None, dispatch_s: float = 0.0, spreads=None):
+                 jitter=None, dispatch_s: float = 0.0, spreads=None, idle_wakeup_s: float = 0.0,
+                 record_s: float = 0.0, comm_lag_s: float = 0.0):
         self.env = env
         self.devices = devices
         self.cost = cost
@@ -39,9 +41,13 @@ class Machine:
         self.event_wait_s = event_wait_s       # a stream blocked on an event wakes this late
         self.jitter = jitter                   # jitter.Jitter: op times drawn per run, or None
         self.dispatch_s = dispatch_s           # a stream's own time per op, added to each op
+        self.idle_wakeup_s = idle_wakeup_s     # an idle stream starts what is launched this late
+        self.record_s = record_s               # a stream's own time to record an event
         spreads = spreads or {}                # reaction -> times to draw from (with `jitter`)
         self.event_waits = spreads.get("event_wait")
         self.dispatches = spreads.get("dispatch")
+        self.comm_lag_s = comm_lag_s           # a collective's member ends this long after it
+        self.comm_lags = spreads.get("comm_lag")   # or one of these, drawn per member
         # a machine-wide contention model (contention.CoreContention) rates all devices' ops at
         # once, and any start or end changes every device's rates
         self.machine_wide = getattr(contention, "machine_wide", False)
@@ -171,9 +177,12 @@ class Machine:
         while q and not st.busy and not st.blocked:
             item = q[0]
             now = env._now
-            if item[2] > now:
+            ready = item[2]
+            if self.idle_wakeup_s and ready >= st.free_s:   # launched to an idle stream: it
+                ready = st.free_s = ready + self.idle_wakeup_s   # wakes late (free: awake then)
+            if ready > now:
                 st.blocked = True
-                env.timeout(item[2] - now).callbacks.append(lambda _e, st=st: self._unblock(st))
+                env.timeout(ready - now).callbacks.append(lambda _e, st=st: self._unblock(st))
                 return
             kind = item[0]
             if kind == OP:
@@ -215,12 +224,20 @@ class Machine:
             if kind == RECORD:
                 q.popleft()
                 self.complete_event(item[3])
+                if self.record_s:              # the stream's own time recording it, after it
+                    st.free_s = now + self.record_s
+                    st.blocked = True
+                    env.timeout(self.record_s).callbacks.append(
+                        lambda _e, st=st: self._unblock(st))
+                    return
+                st.free_s = now
             elif kind == SEGMENT:
                 q.popleft()
                 segment.arrive(self, st, item[1])
                 return
             elif item[3].done:
                 q.popleft()
+                st.free_s = now
             else:
                 st.blocked = True
                 item[3].streams.append(st)
@@ -267,40 +284,8 @@ class Machine:
         """A stream's own time for one op: drawn where the profile gives a list, else its mean."""
         return self.jitter.pick(self.dispatches) if self.dispatches is not None else self.dispatch_s
 
-    def _join(self, run: Stream, op, device: int) -> None:
-        group = op.group
-        gkey = (group_key(op), run.item[6])
-        g = self.groups.get(gkey)
-        if g is None:
-            size = len(group)
-            if self.mirrored:                  # followers' launches are their leaders'
-                size = self.group_size.get(group)
-                if size is None:
-                    size = self.group_size[group] = sum(self.leader_of[d] == d for d in group)
-            g = self.groups[gkey] = Group(op, size)
-        elif g.op.bytes != op.bytes:
-            raise SimulationError(f"{describe(op)} on device {device} does not match the "
-                                  f"{g.op.bytes:.0f} bytes its other members launched")
-        g.runs.append(run)
-        if len(g.runs) < g.size:
-            self.reflow((device,), ())
-            return
-        del self.groups[gkey]
-        seconds = run.cost.seconds + self.dispatch_s
-        if self.jitter is not None:            # one transfer: one draw for the group
-            seconds = self.jitter.scale(op.family, run.cost.seconds) + self._dispatch()
-        act = self.new_activity(tuple(g.runs), group, seconds, self.env._now)
-        self.reflow(group, act.links)
-
-    def new_activity(self, runs, group, seconds: float, now: float) -> Activity:
-        """A collective's transfer over its members' ports (and the shared link, if any)."""
-        links = tuple(("port", d) for d in group) + ((("shared",),) if self.shared else ())
-        act = Activity(runs, links, seconds, now)
-        for r in runs:
-            r.activity = act
-        for link in links:
-            self.links.setdefault(link, {})[act] = None
-        return act
+    _join = collectives.join
+    new_activity = collectives.new_activity
 
     def finish_event(self, act, callback, delay: float) -> Finish:
         """Call callback(the event) `delay` seconds from now; the event's `act` is `act`."""
@@ -375,6 +360,7 @@ class Machine:
                                         st.cost.seconds))
         st.busy = False
         st.activity = None
+        st.free_s = now
         if len(rows) >= CHUNK_OPS:
             self.fold()
         if running or self.machine_wide:
@@ -382,34 +368,7 @@ class Machine:
         if st.queue:
             self.advance(st)
 
-    def _finish_collective(self, act: Activity) -> None:
-        now = self.end_s = self.env._now
-        rows = self.rows
-        busy = []
-        for st in act.runs:
-            item = st.item
-            d = st.device
-            running = self.running[d]
-            running.remove(st)
-            if running:
-                busy.append(d)
-            rows.append((d, st.index, st.priority, item[1].name, st.kind,
-                                            st.op_class, item[4], item[5], st.start, now,
-                                            act.start, st.cost.seconds))
-            st.busy = False
-            st.activity = None
-        if len(rows) >= CHUNK_OPS:
-            self.fold()
-        links = []
-        for link in act.links:
-            members = self.links[link]
-            del members[act]
-            if members:
-                links.append(link)
-        if busy or links or self.machine_wide:
-            self.reflow(busy, links)
-        for st in act.runs:
-            self.advance(st)
+    _finish_collective = collectives.finish
 
     def fold(self) -> None:
         """Fold the recorded rows into the recorder's totals. No op not yet recorded can have

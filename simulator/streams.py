@@ -52,7 +52,7 @@ class Stream:
     the fluid activity itself; a collective's member streams share one `Activity`)."""
     __slots__ = ("device", "index", "priority", "queue", "busy", "blocked",
                  "item", "cost", "kind", "start", "op_class", "factor", "activity", "runs",
-                 "links", "remaining", "rate", "last", "ev")
+                 "links", "remaining", "rate", "last", "ev", "free_s")
 
     def __init__(self, device: int, index: int, priority: int):
         self.device, self.index, self.priority = device, index, priority
@@ -63,6 +63,7 @@ class Stream:
         self.runs = (self,)
         self.links = ()
         self.ev = None
+        self.free_s = 0.0          # when it finished its last item (Machine.idle_wakeup_s)
 
 
 class Activity:

@@ -212,6 +212,10 @@ def test_a_run_log_records_how_late_the_host_and_streams_react():
     assert len(log.host.wakeups_s) == 1 and 0 <= log.host.wakeups_s[0] < 1.0
     assert len(log.host.callbacks_s) == 1 and 0 <= log.host.callbacks_s[0] < 1.0
     assert len(log.host.event_waits_s) == 1 and 0 <= log.host.event_waits_s[0] < 1.0
+    assert len(log.host.records_s) == 1 and 0 <= log.host.records_s[0] < 1.0
+    # every stream starts idle: at least one wake-up per stream, none of them negative
+    assert len(log.host.idle_wakeups_s) >= 3 and min(log.host.idle_wakeups_s) >= 0
+    assert len(log.host.dispatches_s) == 7 and min(log.host.dispatches_s) >= 0
     assert seen[1] >= seen[0] + log.host.wakeups_s[0] - 1e-9     # resumed that long after
     assert log.host.busy_s > 0
 

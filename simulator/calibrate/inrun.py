@@ -50,6 +50,7 @@ from simulator.safe_yaml import read_yaml_file
 from simulator.trace_import.classify import Sample
 from simulator.trace_import.overlap import _overlaps
 
+from .lags import first_ends, lag_section, member_lags, transfer_seconds
 from .profile import _key
 
 CALIBRATION_SEED_OFFSET = 1000
@@ -144,13 +145,16 @@ def jitter_ratios(entries) -> dict:
 
 
 def _samples(entries) -> list:
-    """The op log as trace_import Samples."""
+    """The op log as trace_import Samples; a collective's (or send/recv's) members each carry
+    their group's transfer, to its first member's end (lags.py: the later members' lags are the
+    profile's `device.comm_lag_us`)."""
     out = []
+    firsts = first_ends(entries)
     for op, device, stream, start, end, xfer, *run in entries:
         if isinstance(op, Gemm) and op.count != 1:
             continue
         if isinstance(op, (Collective, SendRecv)):
-            seconds = end - max(xfer, start)
+            seconds = transfer_seconds(firsts, op, xfer, start, end, run)
         elif isinstance(op, (Gemm, Attention, Elementwise)):
             seconds = end - start
         else:
@@ -165,10 +169,12 @@ def _samples(entries) -> list:
 def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
                         host=None, host_by_label: dict | None = None,
                         jitter: dict | None = None,
-                        ops_by_label: dict | None = None) -> tuple[str, dict]:
+                        ops_by_label: dict | None = None,
+                        lags: list | None = None) -> tuple[str, dict]:
     """``STEM-inrun.yaml`` beside `calibrated`: the same profile whose tables have the in-run
     means in place of the micro-benchmarked rows of the same shapes, the ops' jitter (`jitter`,
-    from `jitter_ratios`) and, given `host` (a torchrt HostLog of all runs), the host's and the
+    from `jitter_ratios`), the collective members' lags (`lags`, from lags.member_lags) and,
+    given `host` (a torchrt HostLog of all runs), the host's and the
     streams' reactions (`reactions`). With
     `host_by_label` (label -> HostLog), also one variant per strategy,
     ``STEM-inrun-host-LABEL.yaml``, with that strategy's own reactions (a host program's cost:
@@ -188,6 +194,7 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
     replaced = _write_tables(data, folder, stem, times, f"{stamp}: means over {what}")
     if jitter:
         data["device"]["jitter"] = _jitter_section(jitter, f"{stamp}: over {what}")
+    _put_lags(data, lags, f"{stamp}: over {what}")
     if host is not None and host.launches:
         data = reactions(data, host, f"{stamp}: over {what}")
     out = os.path.join(folder, f"{stem}-inrun.yaml")
@@ -207,8 +214,9 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
             _write_tables(variant, folder, f"{stem}-{safe}", measured_times(mine), src)
             variant["device"].setdefault("jitter", {}).update(
                 _jitter_section(jitter_ratios(mine), src))
+            _put_lags(variant, member_lags(mine), src)
         costs[label] = {k: _mean_us(v) for k, v in variant["host"].items()}
-        for key in ("event_wait_us", "dispatch_us"):
+        for key in (r.key for r in REACTIONS if r.section == "device"):
             costs[label][key] = _mean_us(variant["device"].get(key, {"value": 0.0}))
         variants[label] = os.path.join(folder, f"{stem}-inrun-host-{safe}.yaml")
         write_text(variants[label], header.replace("in-run op times", f"in-run op times and "
@@ -220,9 +228,18 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
         log(f"calibrate: in-run: {label}: host {c['launch_overhead_us']:.1f} us per launch, "
             f"wakes {c.get('wakeup_us', 0.0):.0f} us and runs callbacks "
             f"{c.get('callback_us', 0.0):.0f} us after an event; a stream wakes "
-            f"{c['event_wait_us']:.0f} us after an event it waits on and takes "
-            f"{c['dispatch_us']:.0f} us per op (means)")
+            f"{c['event_wait_us']:.0f} us after an event it waits on and "
+            f"{c['idle_wakeup_us']:.0f} us after a launch when idle, takes "
+            f"{c['dispatch_us']:.0f} us per op and {c['record_us']:.0f} us per event record "
+            "(means)")
     return out, variants
+
+
+def _put_lags(data: dict, lags: list | None, source: str) -> None:
+    """`device.comm_lag_us` of profile `data` from `lags` (none: left as it was)."""
+    section = lag_section(lags or [], source)
+    if section is not None:
+        data["device"]["comm_lag_us"] = section
 
 
 def _jitter_section(jitter: dict, source: str) -> dict:
@@ -240,7 +257,8 @@ def reactions(data: dict, host, source: str) -> dict:
     item, to its start: the stream thread's bookkeeping and, after an idle spell, its wake-up)
     and their mean wake-up after an event they waited on (`device.event_wait_us`, where the runs
     had such waits; else none: that program's streams never waited on one)."""
-    device = {k: v for k, v in data["device"].items() if k not in ("event_wait_us", "dispatch_us")}
+    device = {k: v for k, v in data["device"].items()
+              if k not in {r.key for r in REACTIONS if r.section == "device"}}
     device.update(_reaction_means(host, source, "device"))
     return {**data, "device": device, "host": host_costs(host, source)}
 
@@ -263,29 +281,32 @@ def host_costs(host, source: str) -> dict:
 @dataclass(frozen=True)
 class Reaction:
     """A reaction time a profile takes from a HostLog: its profile section and key, the
-    HostLog list it is the mean of, what the delay is, and what one sample counts."""
+    HostLog list it is the mean of, what it measures, and what one sample counts."""
     section: str
     key: str
     samples: str
-    delay: str
+    what: str
     each: str
 
 
 REACTIONS = (
     Reaction("device", "dispatch_us", "dispatches_s",
-             "from the moment a stream could start an op to its start", "ops"),
+             "delay from the moment a stream could start an op to its start", "ops"),
     Reaction("device", "event_wait_us", "event_waits_s",
-             "from an event to the stream blocked on it resuming", "waits"),
+             "delay from an event to the stream blocked on it resuming", "waits"),
+    Reaction("device", "idle_wakeup_us", "idle_wakeups_s",
+             "delay from a launch to an idle stream to its thread waking for it", "launches"),
+    Reaction("device", "record_us", "records_s", "time a stream takes to record an event", "records"),
     Reaction("host", "wakeup_us", "wakeups_s",
-             "from the event ending a blocking wait to the host resuming", "waits"),
+             "delay from the event ending a blocking wait to the host resuming", "waits"),
     Reaction("host", "callback_us", "callbacks_s",
-             "from an event to its host callbacks running", "events"),
+             "delay from an event to its host callbacks running", "events"),
 )
 
 
 def _reaction_means(host, source: str, section: str) -> dict:
     """The `section`'s reaction means (REACTIONS) that the HostLog observed."""
-    return {r.key: _mean(getattr(host, r.samples), f"{source}: mean delay {r.delay}", r.each)
+    return {r.key: _mean(getattr(host, r.samples), f"{source}: mean {r.what}", r.each)
             for r in REACTIONS if r.section == section and getattr(host, r.samples)}
 
 

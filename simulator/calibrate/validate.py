@@ -148,12 +148,14 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
         profile = microbench
         if measured.run_log is not None:
             from .inrun import jitter_ratios, measured_times, write_inrun_profile
+            from .lags import member_lags
             run_log = measured.run_log
             by_label = {j.label: [e for e in run_log.ops if e[-1].rsplit("#", 1)[0] == j.label]
                         for j in jobs}
             profile, per_strategy = write_inrun_profile(
                 microbench, measured_times(run_log.ops), measured.what, log, run_log.host,
-                run_log.host_by_label, jitter_ratios(run_log.ops), by_label)
+                run_log.host_by_label, jitter_ratios(run_log.ops), by_label,
+                member_lags(run_log.ops))
         files += sorted({microbench, profile, *per_strategy.values()})
     profile = os.path.abspath(profile)
     planning = load_hardware(planner)

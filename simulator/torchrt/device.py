@@ -32,7 +32,7 @@ class Item(NamedTuple):
     info: tuple                   # OP: (kind, op_class, isolated seconds) for its trace row
     request: int
     phase: str
-    launched_s: float = 0.0       # OP: the host's clock when it launched the op
+    launched_s: float = 0.0       # the host's clock when it launched the item
 
 
 class TorchEvent:
@@ -66,7 +66,8 @@ class Stream:
         self.cond = threading.Condition()
         self.pending = 0
         self.stopping = False
-        self.free_s = 0.0                 # clock time the previous item (any kind) was done
+        self.free_s = 0.0                 # clock time the previous item (any kind) ended
+        self.woke_s: Optional[float] = None   # when the thread woke for its item, if it was idle
         self.rows: list = []
         self.work = rt.make_work(device, index)
         self.thread = threading.Thread(target=self._loop, daemon=True,
@@ -93,18 +94,23 @@ class Stream:
         rt.enter_thread(self.device)
         while True:
             with self.cond:
+                idle = not self.queue
                 while not self.queue and not self.stopping:
                     self.cond.wait()
                 if self.stopping:
                     return
                 item = self.queue[0]
+            self.woke_s = rt.clock.now if idle else None
+            if idle and rt.run_log is not None and not rt.cuda:   # a thread's wake-up
+                rt.run_log.host.idle_wakeups_s.append(self.woke_s - item.launched_s)
             try:
                 if not self._execute(item):
                     return
             except BaseException as exc:        # handed to the host thread, which re-raises
                 rt.fail(exc, self)
                 return
-            self.free_s = rt.clock.now
+            if item.kind != OP or rt.cuda:   # a CPU op's end is its own (TorchRuntime.run_op)
+                self.free_s = rt.clock.now
             with self.cond:
                 self.queue.popleft()
                 self.pending -= 1
@@ -129,7 +135,11 @@ class Stream:
                 self.rt.cuda_stream(self).wait_event(ev.cuda)
             return True
         if item.kind == RECORD:
+            begin = self.rt.clock.now
             self.rt.reach(item.event, self)
+            log = self.rt.run_log
+            if log is not None and not self.rt.cuda:
+                log.host.records_s.append(self.rt.clock.now - begin)
             return True
         self.rt.run_op(self, item)
         return True

@@ -66,8 +66,12 @@ class HostLog:
     callbacks_s: list = field(default_factory=list)
     event_waits_s: list = field(default_factory=list)   # a stream's blocked wait: event to resume
     # per op: its start minus when its stream could have started it (the later of its launch and
-    # the stream's previous item)
+    # the stream's previous item; for an op launched to an idle stream, the moment it woke)
     dispatches_s: list = field(default_factory=list)
+    # per item (op, event record or wait) launched to an idle stream: launch to the stream's
+    # thread waking for it; per event record: the stream's time recording it
+    idle_wakeups_s: list = field(default_factory=list)
+    records_s: list = field(default_factory=list)
 
     def add(self, other: "HostLog") -> None:
         self.busy_s += other.busy_s
@@ -77,6 +81,8 @@ class HostLog:
         self.callbacks_s += other.callbacks_s
         self.event_waits_s += other.event_waits_s
         self.dispatches_s += other.dispatches_s
+        self.idle_wakeups_s += other.idle_wakeups_s
+        self.records_s += other.records_s
 
 
 @dataclass
@@ -168,9 +174,13 @@ class TorchRuntime(CudaParts, ServingVerbs):
             start = clock.now
             fn()
             end = xfer = clock.now
+        # when the stream could have started it: the later of its launch and the end of the
+        # stream's previous item (or, launched to an idle stream, the moment its thread woke)
+        ready = stream.woke_s if stream.woke_s is not None else max(item.launched_s,
+                                                                    stream.free_s)
+        stream.free_s = end           # what follows (this row, the FIFO's turn) is the next op's
         stream.rows.append(op_row(stream, item, start, end, xfer))
         if self.run_log is not None:                # calibration runs (calibrate/inrun.py)
-            ready = max(item.launched_s, stream.free_s)  # when the stream could have started it
             self.run_log.ops.append((op, stream.device, stream.index, start, end, xfer))
             self.run_log.host.dispatches_s.append(start - ready)
 
@@ -266,7 +276,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
         if event.recorded:
             raise SimulationError(f"event {event.name!r} recorded twice (events are single-use)")
         event.recorded, event.device = True, device
-        st.put(Item(RECORD, None, event, (), -1, ""))
+        st.put(Item(RECORD, None, event, (), -1, "", self.clock.now))
 
     def record_all(self, name: str, devices, stream: int = 0) -> list:
         evs = [self.new_event(name) for _ in devices]
@@ -275,7 +285,7 @@ class TorchRuntime(CudaParts, ServingVerbs):
         return evs
 
     def wait(self, device: int, stream: int, event: TorchEvent) -> None:
-        self._stream(device, stream).put(Item(WAIT, None, event, (), -1, ""))
+        self._stream(device, stream).put(Item(WAIT, None, event, (), -1, "", self.clock.now))
 
     def query(self, event: TorchEvent) -> bool:
         return event.done
