@@ -3,10 +3,11 @@
 Each sitting is what `tests/test_validation.py` runs (docs/validation.md, "The closed loop"):
 calibrate this machine on the CI grid, two in-run calibration runs per strategy, three measured
 runs, on `experiments/validation/validate-cpu.yaml`. Prints each sitting's errors as it ends and
-then, per strategy, the range and the mean of the error and of the runs' spread; `--csv` also
-writes every row. The test holds every strategy to 25% widened by two standard errors of the
-measured mean (`measured_jct_sem`), at most 50%; the aim is 10%. About 115 s a sitting on the
-2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
+then, per strategy, the range and the mean of the error and of the runs' spread, and the range
+of the in-sample error (each measured run predicted from its own log: the model's error apart
+from run-to-run noise); `--csv` also writes every row. The test holds every strategy to 25%
+widened by two standard errors of the measured mean (`measured_jct_sem`), at most 50%; the aim
+is 10%. About 130 s a sitting on the 2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
 
 Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE] [--experiment FILE]``
 """
@@ -26,7 +27,7 @@ import pandas as pd  # noqa: E402
 EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "validation" / "validate-cpu.yaml"
 COLUMNS = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
            "measured_jct_noise", "measured_jct_sem", "throughput_rel_error",
-           "microbench_jct_rel_error"]
+           "microbench_jct_rel_error", "insample_jct_rel_error", "insample_jct_rel_errors"]
 
 
 def sitting(index: int, experiment: Path = EXPERIMENT) -> pd.DataFrame:
@@ -56,7 +57,8 @@ def main(argv=None) -> int:
         frame = sitting(i, Path(args.experiment))
         frames.append(frame)
         print(f"sitting {i} ({time.perf_counter() - t0:.0f} s): " + ", ".join(
-            f"{r.strategy} {r.jct_rel_error:+.1%}" for r in frame.itertuples()), flush=True)
+            f"{r.strategy} {r.jct_rel_error:+.1%} (in-sample {r.insample_jct_rel_error:+.1%})"
+            for r in frame.itertuples()), flush=True)
     rows = pd.concat(frames, ignore_index=True)
     summary = rows.groupby("strategy", sort=False).agg(
         measured_ms_min=("measured_jct_mean_s", lambda s: 1e3 * s.min()),
@@ -64,7 +66,9 @@ def main(argv=None) -> int:
         error_min=("jct_rel_error", "min"), error_max=("jct_rel_error", "max"),
         error_mean=("jct_rel_error", "mean"),
         worst_abs_error=("jct_rel_error", lambda s: s.abs().max()),
-        spread_max=("measured_jct_noise", "max"))
+        spread_max=("measured_jct_noise", "max"),
+        insample_min=("insample_jct_rel_error", "min"),
+        insample_max=("insample_jct_rel_error", "max"))
     print()
     print(summary.to_string(float_format=lambda v: f"{v:.3g}"))
     if args.csv:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -29,38 +28,14 @@ EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "validatio
 
 
 def logged_run(job, runtime: str = "torch"):
-    """(mean JCT, RunLog) of one TorchRuntime run of `job`, its op entries tagged as run 0."""
+    """(mean JCT, RunLog) of one TorchRuntime run of `job`."""
     from simulator.jobs import build, simulate
     from simulator.metrics import summarize
     from simulator.torchrt.runtime import RunLog
     built = build(job)
     run_log = RunLog()
     trace = simulate(built, 0, runtime=runtime, run_log=run_log)
-    run_log.ops[:] = [entry + (f"{job.label}#0",) for entry in run_log.ops]
     return summarize(trace, built.slo)["jct_mean_s"], run_log
-
-
-def predict_from_log(job, run_log, micro: str, folder: str) -> float:
-    """The mean JCT the simulator predicts for `job` with the in-run variant profile written
-    from `run_log` (in `folder`, beside a copy of the micro-benchmarked profile `micro`)."""
-    from simulator.calibrate.inrun import jitter_ratios, measured_times, write_inrun_profile
-    from simulator.calibrate.lags import member_lags
-    from simulator.calibrate.validate import with_hardware
-    from simulator.hardware import load_hardware
-    from simulator.runner import run_job
-    here = os.path.dirname(micro)
-    for name in os.listdir(here):
-        if name.startswith("calibrated") and "inrun" not in name:
-            shutil.copy(os.path.join(here, name), folder)
-    ops = run_log.ops
-    _, variants = write_inrun_profile(
-        os.path.join(folder, os.path.basename(micro)), measured_times(ops), "one run",
-        lambda line: None, run_log.host, {job.label: run_log.host}, jitter_ratios(ops),
-        {job.label: ops}, member_lags(ops))
-    res = run_job(with_hardware(job, variants[job.label]), planning=load_hardware(micro))
-    if res.error:
-        raise SystemExit(f"{job.label}: the simulator cannot run it: {res.error}")
-    return res.row["jct_mean_s"]
 
 
 def main(argv=None) -> int:
@@ -73,18 +48,20 @@ def main(argv=None) -> int:
         print("needs torch: pip install -e '.[torch]'", file=sys.stderr)
         return 2
     import pandas as pd
+    from simulator.calibrate.insample import in_sample_prediction
     from simulator.calibrate.shapes import CI_GRID
+    from simulator.hardware import load_hardware
     from simulator.calibrate.validate import calibrate_micro, plan_validation, with_hardware
     rows = []
     with tempfile.TemporaryDirectory(prefix="parasim-insample-") as out:
         _plan, jobs = plan_validation(args.experiment)
         micro = os.path.abspath(calibrate_micro(jobs, out, 3, CI_GRID, lambda line: None))
+        planning = load_hardware(micro)
         for r in range(args.rounds):
             for job in jobs:
                 job = with_hardware(job, micro)
                 measured, run_log = logged_run(job)
-                folder = tempfile.mkdtemp(dir=out)
-                predicted = predict_from_log(job, run_log, micro, folder)
+                predicted = in_sample_prediction(job, run_log, micro, planning)
                 err = predicted / measured - 1
                 rows.append({"round": r, "strategy": job.label, "measured_jct_mean_s": measured,
                              "predicted_jct_mean_s": predicted, "jct_rel_error": err})

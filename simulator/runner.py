@@ -69,16 +69,16 @@ def _base_row(job: Job) -> dict:
 
 
 def run_job(job: Job, keep_trace: bool = False, spill_path: Optional[str] = None,
-            runtime: str = "sim", planning=None) -> JobResult:
+            runtime: str = "sim", planning=None, run_log=None) -> JobResult:
     """Simulate one job; `keep_trace`: keep op rows for the timeline and trace.json;
     `spill_path`: write every op row there (outputs.trace: full); `runtime` "torch" ("torch-cuda"):
     run it for real on TorchRuntime (its first TRACE_ROWS rows are kept, never a re-run's
-    middle)."""
+    middle), logging every op into the torchrt RunLog `run_log` if given."""
     base = _base_row(job)
     try:
         built = build(job)
         trace = simulate(built, TRACE_ROWS if keep_trace else 0, spill_path=spill_path,
-                         runtime=runtime, planning=planning)
+                         runtime=runtime, planning=planning, run_log=run_log)
         if keep_trace and not trace.complete and runtime == "sim":
             trace = _middle_rows(job, trace, planning)
     except (ConfigError, SimulationError) as exc:

@@ -45,7 +45,7 @@ def test_validate_writes_the_profile_the_csv_and_the_trace(closed_loop):
     for col in ("measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
                 "measured_throughput_rps", "predicted_throughput_rps", "throughput_rel_error",
                 "measured_jct_noise", "measured_jct_sem", "measured_busy_compute_s",
-                "predicted_busy_comm_s"):
+                "predicted_busy_comm_s", "insample_jct_rel_error"):
         assert frame[col].notna().all(), col
     import json
     trace = json.loads((out / "validation_trace.json").read_text())
@@ -97,6 +97,24 @@ def test_every_strategy_within_plain_tolerance(closed_loop):
     _out, result = closed_loop
     errors = dict(zip(result.frame["strategy"], result.frame["jct_rel_error"]))
     assert all(abs(e) <= TOLERANCE for e in errors.values()), errors
+
+
+IN_SAMPLE_TOLERANCE = 0.15
+
+
+def test_each_measured_run_predicted_from_its_own_log_within_the_model_tolerance(closed_loop):
+    """In-sample (simulator/calibrate/insample.py): each measured run predicted from its own op
+    log, so how much two runs of the machine differ is out of it and what is left is the
+    model's error. Its median over a strategy's runs within 15% (docs/validation.md,
+    'In-sample': the median, as one run in a few is predicted far off from its own log);
+    every run's error is in validation.csv."""
+    _out, result = closed_loop
+    for row in result.frame.itertuples():
+        errors = sorted(float(e) for e in row.insample_jct_rel_errors.split())
+        assert len(errors) == row.measured_runs
+        assert row.insample_jct_rel_error == pytest.approx(errors[len(errors) // 2], abs=1e-4)
+        assert abs(row.insample_jct_rel_error) <= IN_SAMPLE_TOLERANCE, \
+            (row.strategy, row.insample_jct_rel_errors)
 
 
 def test_bound_widens_with_the_measured_uncertainty_up_to_a_hard_limit():
@@ -189,8 +207,12 @@ def test_inrun_times_are_spans_and_transfers():
     times = measured_times(log)
     assert sorted(times) == ["all_reduce", "gemm", "send_recv"]
     assert sorted(times["gemm"][("8", "64", "32", "fp32")]) == pytest.approx([0.1, 0.5, 0.7])
-    assert sorted(times["all_reduce"][("2", "1024")]) == pytest.approx([0.2, 0.3])
+    # each member carries its group's transfer, to the first member's end (device 1 at 4.8);
+    # device 0's 0.1 later is its lag (lags.py); a send/recv with one member logged keeps its own
+    assert sorted(times["all_reduce"][("2", "1024")]) == pytest.approx([0.2, 0.2])
     assert times["send_recv"][("64",)] == pytest.approx([0.1])
+    from simulator.calibrate.lags import member_lags
+    assert sorted(member_lags(log)) == pytest.approx([0.0, 0.1])
 
 
 def test_inrun_profile_takes_the_runs_means(closed_loop):

@@ -2,7 +2,8 @@
 simulator with a calibrated profile, on the same requests (the experiment's seed).
 
 Writes OUT/validation.csv (one row per strategy: measured and predicted mean JCT and throughput,
-their relative errors, the measured run-to-run noise, busy seconds per op class per device) and
+their relative errors, the measured run-to-run noise, busy seconds per op class per device, and
+the in-sample error: each measured run predicted from its own op log, insample.py) and
 OUT/validation_trace.json (Perfetto / chrome://tracing: for each strategy a "measured" and a
 "predicted" process per device, side by side). Without a profile it first micro-benchmarks into
 OUT/calibrated.yaml (the model's shapes plus every op a simulated run of the experiment costs),
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 import pandas as pd
@@ -26,6 +27,8 @@ from simulator.hardware import load_hardware
 from simulator.jobs import TORCH_RUNTIMES, build
 from simulator.outputs import OutputOptions, _ops_frame, chrome_trace
 from simulator.runner import plan_run, run_job
+
+from .insample import in_sample_prediction
 
 CLASSES = ("compute", "memory", "comm")
 
@@ -81,13 +84,15 @@ class Measured:
     runs: dict
     run_log: object = None
     what: str = ""
+    logs: dict = field(default_factory=dict)   # label -> each measured run's own RunLog
 
 
 def measure(jobs, planner: str, repeat: int, calibration: int, log,
             runtime: str = "torch") -> Measured:
-    """`repeat` measured runs (the experiment's requests) and `calibration` in-run calibration
-    runs (other requests; inrun.py) of every strategy, all planning with the profile at
-    `planner`, interleaved: round r runs, strategy by strategy, calibration run r and then
+    """`repeat` measured runs (the experiment's requests, each logged as calibration runs are:
+    the same work, and its own log for the in-sample prediction) and `calibration` in-run
+    calibration runs (other requests; inrun.py) of every strategy, all planning with the profile
+    at `planner`, interleaved: round r runs, strategy by strategy, calibration run r and then
     measured run r. A shared machine's speed drifts (here, +-20% over a minute); runs taken in
     the same minutes see the same machine, where calibrating first and measuring after compared
     two different minutes."""
@@ -99,11 +104,14 @@ def measure(jobs, planner: str, repeat: int, calibration: int, log,
             if r < calibration:
                 calibration_run(with_hardware(job, planner), r, out.run_log, log, runtime)
             if r < repeat:
-                res = run_job(with_hardware(job, planner), keep_trace=True, runtime=runtime)
+                own = RunLog()
+                res = run_job(with_hardware(job, planner), keep_trace=True, runtime=runtime,
+                              run_log=own)
                 if res.error:
                     raise ConfigError(job.where, job.strategy_key,
                                       f"the measured run failed: {res.error}")
                 out.runs[job.label].append(res)
+                out.logs.setdefault(job.label, []).append(own)
     if calibration > 0:
         out.what = describe_runs(jobs, calibration)
     return out
@@ -159,6 +167,7 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
         files += sorted({microbench, profile, *per_strategy.values()})
     profile = os.path.abspath(profile)
     planning = load_hardware(planner)
+    own_base = planner if os.path.isfile(planner) else None
     rows, traced = [], []
     for job in jobs:
         own = os.path.abspath(per_strategy.get(job.label, profile))
@@ -188,6 +197,12 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
         if base is not None:           # what the micro-benchmarks alone predicted
             row["microbench_jct_mean_s"] = base.row["jct_mean_s"]
             row["microbench_jct_rel_error"] = rel(base.row["jct_mean_s"], meas_jct)
+        if own_base is not None:       # each measured run from its own log (insample.py);
+            # the median: one run in a few is predicted far off from its own log
+            errors = [rel(in_sample_prediction(job, run_log, own_base, planning), jct)
+                      for run_log, jct in zip(measured.logs[job.label], jcts)]
+            row["insample_jct_rel_error"] = statistics.median(errors)
+            row["insample_jct_rel_errors"] = " ".join(f"{e:+.4f}" for e in errors)
         rows.append(row)
         log(f"validate: {job.label}: JCT measured {meas_jct * 1e3:.1f} ms "
             f"(runs {', '.join(f'{j * 1e3:.1f}' for j in jcts)}), predicted "
