@@ -61,7 +61,8 @@ def test_measure_interleaves_calibration_and_measured_runs(monkeypatch):
     def cal(job, i, run_log, log, runtime):
         order.append(("cal", job.label, i, job.config["hardware"]))
 
-    def run(job, keep_trace=False, spill_path=None, runtime="sim", planning=None):
+    def run(job, keep_trace=False, spill_path=None, runtime="sim", planning=None, run_log=None):
+        assert run_log is not None                     # every measured run is logged
         order.append(("run", job.label, len([o for o in order if o[:2] == ("run", job.label)]),
                       job.config["hardware"]))
         return JobResult(0, {}, None, None, None)
