@@ -5,10 +5,12 @@ on a shared CPU an op starts when its thread wakes from the previous one, gloo's
 and the peer compete for the same cores, and a collective's transfer waits on those wake-ups: on
 the 2-core development machine collectives took 5-10x and decode GEMMs 1.5-2.5x their
 micro-benchmarked times (docs/validation.md). So `parasim validate` also runs each strategy of the
-experiment on TorchRuntime on *other* requests (the experiment's seed plus CALIBRATION_SEED_OFFSET,
-a different arrival sequence), logs every op (TorchRuntime.run_log) and takes, per table shape, the
+experiment on TorchRuntime on *other* requests (the experiment's seed plus CALIBRATION_SEED_OFFSET;
+they arrive at the experiment's own inter-arrival gaps in another order, arrivals.py: the same
+offered load, another pattern), logs every op (TorchRuntime.run_log) and takes, per table shape, the
 mean of what the runs measured: a compute op's span, a collective's or send/recv's transfer (its
-end minus the moment its last member joined, as the simulator times it). The mean, not the median:
+group's first member's end minus the moment its last member joined, as the simulator times it;
+the later members' ends are their lags, lags.py). The mean, not the median:
 a run's time is the sum of its ops' times, and under load their distribution has a long tail
 (thread wake-ups) that the median drops (in-run all-reduce means were ~3x their medians). Those
 means replace the micro-benchmarked rows of the same shapes in a copy of the calibrated profile
@@ -50,6 +52,7 @@ from simulator.safe_yaml import read_yaml_file
 from simulator.trace_import.classify import Sample
 from simulator.trace_import.overlap import _overlaps
 
+from .arrivals import same_load
 from .lags import first_ends, lag_section, member_lags, transfer_seconds
 from .profile import _key
 
@@ -73,12 +76,17 @@ def calibration_runs(jobs, runs: int, log=print, runtime: str = "torch"):
     return run_log, describe_runs(jobs, runs)
 
 
-def calibration_run(job, i: int, run_log, log=print, runtime: str = "torch") -> None:
+def calibration_run(job, i: int, run_log, log=print, runtime: str = "torch",
+                    keep_load: bool = True) -> None:
     """The job's calibration run `i` (seed: the experiment's + CALIBRATION_SEED_OFFSET + i),
-    its ops and host costs added to `run_log` (its host costs under the job's label too)."""
+    its ops and host costs added to `run_log` (its host costs under the job's label too);
+    `keep_load`: its requests arrive at the experiment's inter-arrival gaps in another order
+    (arrivals.same_load), else at its own seed's arrival times."""
     from simulator.torchrt.runtime import HostLog, RunLog
     seed = int(job.config.get("seed", 0)) + CALIBRATION_SEED_OFFSET + i
     built = build(replace(job, config={**job.config, "seed": seed}))
+    if keep_load:
+        built = replace(built, workload=same_load(build(job), built))
     before = len(run_log.ops)
     one = RunLog(ops=run_log.ops)         # this run's host, then added to the totals
     simulate(built, 0, runtime=runtime, run_log=one)
@@ -92,7 +100,8 @@ def calibration_run(job, i: int, run_log, log=print, runtime: str = "torch") -> 
 def describe_runs(jobs, runs: int) -> str:
     labels = ", ".join(j.label for j in jobs)
     return (f"{runs} run(s) of each of {labels} on TorchRuntime with seeds offset by "
-            f"{CALIBRATION_SEED_OFFSET} from the experiment's")
+            f"{CALIBRATION_SEED_OFFSET} from the experiment's, arriving at the experiment's "
+            "inter-arrival gaps in another order")
 
 
 def measured_times(entries) -> dict:
