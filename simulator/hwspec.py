@@ -41,9 +41,9 @@ class DeviceSpec:
     # time of quantising their 16-bit input (0: taken as fused into the producer, free).
     fp8_gemm_efficiency: float | None = None
     fp8_quantize_s: float = 0.0
-    # a stream's own time per op beyond the kernel's (its thread's bookkeeping, its wake-up after
-    # an idle spell: TorchRuntime's CPU streams), added to every op's time; 0 on a GPU, whose
-    # launch-to-start time is in kernel_overhead_s
+    # a stream's own time per op beyond the kernel's (its thread's bookkeeping between ops:
+    # TorchRuntime's CPU streams), added to every op's time; 0 on a GPU, whose launch-to-start
+    # time is in kernel_overhead_s
     dispatch_s: float = 0.0
     # a stream blocked on another stream's event (Runtime.wait) resumes this long after it
     # completes (0 on GPUs, where the wait is the hardware's; a thread's wake-up on a CPU)

@@ -260,12 +260,13 @@ def _jitter_section(jitter: dict, source: str) -> dict:
 
 
 def reactions(data: dict, host, source: str) -> dict:
-    """A copy of profile `data` with the `host` section from a torchrt HostLog (`host_costs`), the
-    streams' mean dispatch delay (`device.dispatch_us`: a stream's time per op beyond the kernel's,
-    from the moment it could start the op, the later of its launch and the stream's previous
-    item, to its start: the stream thread's bookkeeping and, after an idle spell, its wake-up)
-    and their mean wake-up after an event they waited on (`device.event_wait_us`, where the runs
-    had such waits; else none: that program's streams never waited on one)."""
+    """A copy of profile `data` with the `host` section from a torchrt HostLog (`host_costs`) and
+    the streams' mean reactions (REACTIONS, each where the runs had samples of it; else none):
+    `device.dispatch_us`, a stream's time per op beyond the kernel's, from the moment it could
+    start the op (the later of its launch and the end of the stream's previous item, or when
+    its idle thread woke) to its start: the thread's bookkeeping; `device.idle_wakeup_us`, an
+    idle stream's wake-up after a launch; `device.record_us`, its time recording an event; and
+    `device.event_wait_us`, its wake-up after an event it waited on."""
     device = {k: v for k, v in data["device"].items()
               if k not in {r.key for r in REACTIONS if r.section == "device"}}
     device.update(_reaction_means(host, source, "device"))

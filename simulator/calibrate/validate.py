@@ -206,7 +206,9 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
         rows.append(row)
         log(f"validate: {job.label}: JCT measured {meas_jct * 1e3:.1f} ms "
             f"(runs {', '.join(f'{j * 1e3:.1f}' for j in jcts)}), predicted "
-            f"{predicted.row['jct_mean_s'] * 1e3:.1f} ms ({row['jct_rel_error']:+.1%})")
+            f"{predicted.row['jct_mean_s'] * 1e3:.1f} ms ({row['jct_rel_error']:+.1%})"
+            + (f"; each run from its own log: {row['insample_jct_rel_error']:+.1%} (median)"
+               if "insample_jct_rel_error" in row else ""))
         label = job.label
         traced.append((SimpleNamespace(label=f"{label} measured", point=job.point),
                        _ops_frame(runs[0].trace)))
