@@ -116,10 +116,11 @@ def test_stream_costs_turn_off_segments_and_mirroring():
         rt.launch_seq([op("a"), op("b")], (0, 1))
         yield from ()
     for hw, fast in ((profile(), True), (costly(idle_wakeup_s=0.25), False),
-                     (costly(record_s=0.25), False)):
+                     (costly(record_s=0.25), False), (lagging(0.25), False)):
         rt, trace = simulate(host, TABLE, hw, devices=2)
         assert (rt.segment_counts["run"] > 0) == fast
-        assert {r.device for r in trace.records()} == {0, 1} or fast
+        assert rt.machine.mirrored == fast
+        assert {r.device for r in trace.records()} == {0, 1}
 
 
 def test_zero_stream_costs_leave_the_log_unchanged():
