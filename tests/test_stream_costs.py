@@ -56,16 +56,21 @@ def test_a_launch_that_finds_the_stream_busy_but_lands_after_it_ends_wakes_it():
     assert_log(trace, [(0, 0, "b", 1.25, 1.75), (0, 0, "b", 2.25, 2.75)])
 
 
+def waited_across_streams(rt):
+    """a on stream 0, an event after it; stream 1 waits on that event, then runs b."""
+    s1 = rt.create_stream(0)
+    ev = rt.new_event("a_done")
+    rt.launch(op("a"), 0, 0)
+    rt.record(ev, 0, 0)
+    rt.wait(0, s1, ev)
+    rt.launch(op("b"), 0, s1)
+    yield from ()
+
+
 def test_a_blocked_wait_pays_the_event_wait_and_what_follows_it_no_wake_up():
-    def host(rt):
-        s1 = rt.create_stream(0)
-        ev = rt.new_event("a_done")
-        rt.launch(op("a"), 0, 0)
-        rt.record(ev, 0, 0)
-        rt.wait(0, s1, ev)                  # s1 wakes at 0.25 for it, then blocks until 1.25
-        rt.launch(op("b"), 0, s1)
-        yield from ()
-    _, trace = simulate(host, TABLE, costly(idle_wakeup_s=0.25, event_wait_s=0.5))
+    # s1 wakes at 0.25 for its wait, then blocks until the event
+    _, trace = simulate(waited_across_streams, TABLE,
+                        costly(idle_wakeup_s=0.25, event_wait_s=0.5))
     # a [0.25, 1.25]; the event at 1.25, s1 resumes at 1.75 and b follows at once
     assert_log(trace, [(0, 0, "a", 0.25, 1.25), (0, 1, "b", 1.75, 2.25)])
 
@@ -124,16 +129,8 @@ def test_stream_costs_turn_off_segments_and_mirroring():
 
 
 def test_zero_stream_costs_leave_the_log_unchanged():
-    def host(rt):
-        s1 = rt.create_stream(0)
-        ev = rt.new_event("a_done")
-        rt.launch(op("a"), 0, 0)
-        rt.record(ev, 0, 0)
-        rt.wait(0, s1, ev)
-        rt.launch(op("b"), 0, s1)
-        yield from ()
-    _, t1 = simulate(host, TABLE, costly())
-    _, t0 = simulate(host, TABLE, profile())
+    _, t1 = simulate(waited_across_streams, TABLE, costly())
+    _, t0 = simulate(waited_across_streams, TABLE, profile())
     assert t1.ops().equals(t0.ops())
 
 
