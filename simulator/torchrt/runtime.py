@@ -26,7 +26,7 @@ from simulator.ops import Op, is_comm
 from simulator.serving import Serving, ServingVerbs
 from simulator.trace import KEEP_ALL, Trace, TraceRecorder
 
-from .clock import RealClock
+from .clock import RealClock, frozen_heap
 from .comm import Comm
 from .cuda import CudaParts
 from .device import OP, RECORD, WAIT, Completer, Item, Stream, TorchEvent, op_row
@@ -336,6 +336,10 @@ class TorchRuntime(CudaParts, ServingVerbs):
     def run(self, strategy, source: Callable[[Serving], Generator], scheduler=None) -> Trace:
         """Run `strategy.host(self)` (or `batch_host` with a batch `scheduler`) and
         `source(serving)` in real time until every request is done and the devices are idle."""
+        with frozen_heap():
+            return self._run(strategy, source, scheduler)
+
+    def _run(self, strategy, source, scheduler) -> Trace:
         try:
             strategy.setup(self)
             self.clock.start()
