@@ -9,7 +9,8 @@ from run-to-run noise); `--csv` also writes every row. The test holds every stra
 widened by two standard errors of the measured mean (`measured_jct_sem`), at most 50%; the aim
 is 10%. About 130 s a sitting on the 2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
 
-Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE] [--experiment FILE]``
+Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE] [--experiment FILE]
+[--repeat 3] [--calibration-runs 2]``
 """
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ COLUMNS = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_e
            "microbench_jct_rel_error", "insample_jct_rel_error", "insample_jct_rel_errors"]
 
 
-def sitting(index: int, experiment: Path = EXPERIMENT) -> pd.DataFrame:
+def sitting(index: int, experiment: Path = EXPERIMENT, repeat: int = 3,
+            calibration_runs: int = 2) -> pd.DataFrame:
     from simulator.calibrate.shapes import CI_GRID
     from simulator.calibrate.validate import validate
     with tempfile.TemporaryDirectory(prefix="parasim-loop-") as out:
-        result = validate(str(experiment), out, repeat=3, reps=3, grid=CI_GRID,
-                          calibration_runs=2, log=lambda line: None)
+        result = validate(str(experiment), out, repeat=repeat, reps=3, grid=CI_GRID,
+                          calibration_runs=calibration_runs, log=lambda line: None)
     frame = result.frame[[c for c in COLUMNS if c in result.frame]].copy()
     frame.insert(0, "sitting", index)
     return frame
@@ -47,6 +49,10 @@ def main(argv=None) -> int:
     p.add_argument("--csv", default=None, help="also write every sitting's rows here")
     p.add_argument("--experiment", default=str(EXPERIMENT),
                    help="the experiment to validate (default: the CI's validate-cpu.yaml)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="measured runs per strategy and sitting (the test's: 3)")
+    p.add_argument("--calibration-runs", type=int, default=2,
+                   help="in-run calibration runs per strategy and sitting (the test's: 2)")
     args = p.parse_args(argv)
     if importlib.util.find_spec("torch") is None:
         print("needs torch: pip install -e '.[torch]'", file=sys.stderr)
@@ -54,7 +60,7 @@ def main(argv=None) -> int:
     frames = []
     for i in range(1, args.sittings + 1):
         t0 = time.perf_counter()
-        frame = sitting(i, Path(args.experiment))
+        frame = sitting(i, Path(args.experiment), args.repeat, args.calibration_runs)
         frames.append(frame)
         print(f"sitting {i} ({time.perf_counter() - t0:.0f} s): " + ", ".join(
             f"{r.strategy} {r.jct_rel_error:+.1%} (in-sample {r.insample_jct_rel_error:+.1%})"

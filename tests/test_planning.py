@@ -52,6 +52,20 @@ def test_liger_decides_by_its_planning_profile():
 torch = pytest.importorskip("torch")
 
 
+@pytest.mark.parametrize("repeat, calibration", [(3, 2), (2, 2), (5, 3), (1, 4), (4, 0), (0, 2)])
+def test_a_sitting_centres_both_kinds_of_run_on_the_same_moment(repeat, calibration):
+    from simulator.calibrate.validate import schedule
+    order = schedule(repeat, calibration)
+    assert order.count("measured") == repeat and order.count("calibration") == calibration
+    for kind, n in (("measured", repeat), ("calibration", calibration)):
+        at = [i for i, k in enumerate(order) if k == kind]
+        if n:                               # its runs' mean position is the sitting's middle
+            assert abs(sum(at) / n - (len(order) - 1) / 2) <= 0.5, order
+        if n > 1:                           # and they are spread, not bunched
+            assert max(b - a for a, b in zip(at, at[1:])) <= -(-len(order) // n) + 1, order
+    assert schedule(3, 2) == ["measured", "calibration", "measured", "calibration", "measured"]
+
+
 def test_measure_interleaves_calibration_and_measured_runs(monkeypatch):
     from simulator.calibrate import inrun, validate
     from simulator.runner import JobResult
@@ -70,8 +84,8 @@ def test_measure_interleaves_calibration_and_measured_runs(monkeypatch):
     monkeypatch.setattr(validate, "run_job", run)
     measured = validate.measure(jobs, "/p/micro.yaml", repeat=3, calibration=2, log=print)
     labels = [j.label for j in jobs]
-    expected = [(kind, label, r) for r in range(3) for label in labels
-                for kind in ("cal", "run") if kind == "run" or r < 2]
+    steps = [("run", 0), ("cal", 0), ("run", 1), ("cal", 1), ("run", 2)]
+    expected = [(kind, label, i) for kind, i in steps for label in labels]
     assert [o[:3] for o in order] == expected
     assert {o[3] for o in order} == {"/p/micro.yaml"}              # every run plans with it
     assert {k: len(v) for k, v in measured.runs.items()} == {label: 3 for label in labels}

@@ -87,31 +87,45 @@ class Measured:
     logs: dict = field(default_factory=dict)   # label -> each measured run's own RunLog
 
 
+def schedule(repeat: int, calibration: int) -> list:
+    """The order of a sitting's runs: "measured" `repeat` times and "calibration" `calibration`
+    times, each kind spread evenly over the sitting (run i of n at (i + 0.5) / n of it; a tie
+    goes to the measured run), so that both kinds' runs are centred on the same moment: for 3
+    and 2, measured, calibration, measured, calibration, measured."""
+    slots = [((i + 0.5) / repeat, 0, "measured") for i in range(repeat)]
+    slots += [((i + 0.5) / calibration, 1, "calibration") for i in range(calibration)]
+    return [kind for _, _, kind in sorted(slots)]
+
+
 def measure(jobs, planner: str, repeat: int, calibration: int, log,
             runtime: str = "torch") -> Measured:
     """`repeat` measured runs (the experiment's requests, each logged as calibration runs are:
     the same work, and its own log for the in-sample prediction) and `calibration` in-run
     calibration runs (other requests; inrun.py) of every strategy, all planning with the profile
-    at `planner`, interleaved: round r runs, strategy by strategy, calibration run r and then
-    measured run r. A shared machine's speed drifts (here, +-20% over a minute); runs taken in
-    the same minutes see the same machine, where calibrating first and measuring after compared
-    two different minutes."""
+    at `planner`, in the order `schedule` gives, every strategy at each step of it. A shared
+    machine's speed drifts (here, +-20% over a minute, and by a third within a minute after a
+    pause): runs taken in the same minutes see the same machine, where calibrating first and
+    measuring after compared two different minutes; and with both kinds centred on the same
+    moment, a steady drift favours neither."""
     from .inrun import calibration_run, describe_runs
     from simulator.torchrt.runtime import RunLog
     out = Measured({j.label: [] for j in jobs}, RunLog() if calibration > 0 else None)
-    for r in range(max(repeat, calibration)):
+    calibrated = 0
+    for kind in schedule(repeat, calibration):
         for job in jobs:
-            if r < calibration:
-                calibration_run(with_hardware(job, planner), r, out.run_log, log, runtime)
-            if r < repeat:
-                own = RunLog()
-                res = run_job(with_hardware(job, planner), keep_trace=True, runtime=runtime,
-                              run_log=own)
-                if res.error:
-                    raise ConfigError(job.where, job.strategy_key,
-                                      f"the measured run failed: {res.error}")
-                out.runs[job.label].append(res)
-                out.logs.setdefault(job.label, []).append(own)
+            if kind == "calibration":
+                calibration_run(with_hardware(job, planner), calibrated, out.run_log, log,
+                                runtime)
+                continue
+            own = RunLog()
+            res = run_job(with_hardware(job, planner), keep_trace=True, runtime=runtime,
+                          run_log=own)
+            if res.error:
+                raise ConfigError(job.where, job.strategy_key,
+                                  f"the measured run failed: {res.error}")
+            out.runs[job.label].append(res)
+            out.logs.setdefault(job.label, []).append(own)
+        calibrated += kind == "calibration"
     if calibration > 0:
         out.what = describe_runs(jobs, calibration)
     return out
