@@ -28,7 +28,8 @@ import pandas as pd  # noqa: E402
 EXPERIMENT = Path(__file__).resolve().parent.parent / "experiments" / "validation" / "validate-cpu.yaml"
 COLUMNS = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
            "measured_jct_noise", "measured_jct_sem", "throughput_rel_error",
-           "microbench_jct_rel_error", "insample_jct_rel_error", "insample_jct_rel_errors"]
+           "microbench_jct_rel_error", "insample_jct_rel_error", "insample_jct_rel_errors",
+           "calibration_kernel_slowdown"]
 
 
 def sitting(index: int, experiment: Path = EXPERIMENT, repeat: int = 3,
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
         frame = sitting(i, Path(args.experiment), args.repeat, args.calibration_runs)
         frames.append(frame)
         print(f"sitting {i} ({time.perf_counter() - t0:.0f} s): " + ", ".join(
-            f"{r.strategy} {r.jct_rel_error:+.1%} (in-sample {r.insample_jct_rel_error:+.1%})"
+            f"{r.strategy} {r.jct_rel_error:+.1%} (in-sample {r.insample_jct_rel_error:+.1%}, "
+            f"kernels {getattr(r, 'calibration_kernel_slowdown', float('nan')):.2f}x)"
             for r in frame.itertuples()), flush=True)
     rows = pd.concat(frames, ignore_index=True)
     summary = rows.groupby("strategy", sort=False).agg(

@@ -3,11 +3,12 @@ simulator with a calibrated profile, on the same requests (the experiment's seed
 
 Writes OUT/validation.csv (one row per strategy: measured and predicted mean JCT and throughput,
 their relative errors, the measured run-to-run noise, busy seconds per op class per device, and
-the in-sample error: each measured run predicted from its own op log, insample.py) and
+the in-sample error: each measured run predicted from its own op log, insample.py; and how much
+slower the calibration runs ran the same kernels than the measured runs, steadiness.py) and
 OUT/validation_trace.json (Perfetto / chrome://tracing: for each strategy a "measured" and a
 "predicted" process per device, side by side). Without a profile it first micro-benchmarks into
 OUT/calibrated.yaml (the model's shapes plus every op a simulated run of the experiment costs),
-then takes the measured runs and the in-run calibration runs in interleaved rounds (`measure`),
+then takes the measured runs and the in-run calibration runs interleaved (`measure`, `schedule`),
 all planning with that profile, and predicts with the in-run profiles (inrun.py) while the
 simulated host program plans with that same micro-benchmarked profile.
 """
@@ -159,7 +160,7 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
     plan, jobs = plan or plan_validation(path, runtime)
     os.makedirs(out_dir, exist_ok=True)
     files = []
-    microbench, per_strategy = None, {}
+    microbench, per_strategy, by_label = None, {}, {}
     if profile is None:
         microbench = os.path.abspath(calibrate_micro(jobs, out_dir, reps, grid or Grid(), log,
                                                      runtime))
@@ -211,6 +212,13 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
         if base is not None:           # what the micro-benchmarks alone predicted
             row["microbench_jct_mean_s"] = base.row["jct_mean_s"]
             row["microbench_jct_rel_error"] = rel(base.row["jct_mean_s"], meas_jct)
+        if by_label.get(job.label):    # how fast the machine ran the same kernels (steadiness.py)
+            from .steadiness import kernel_slowdown
+            mine = [e + (f"{job.label}#m{i}",) for i, own_log in enumerate(measured.logs[job.label])
+                    for e in own_log.ops]
+            slowdown = kernel_slowdown(by_label[job.label], mine)
+            if slowdown is not None:
+                row["calibration_kernel_slowdown"] = slowdown
         if own_base is not None:       # each measured run from its own log (insample.py);
             # the median: one run in a few is predicted far off from its own log
             errors = [rel(in_sample_prediction(job, run_log, own_base, planning), jct)
@@ -222,7 +230,9 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
             f"(runs {', '.join(f'{j * 1e3:.1f}' for j in jcts)}), predicted "
             f"{predicted.row['jct_mean_s'] * 1e3:.1f} ms ({row['jct_rel_error']:+.1%})"
             + (f"; each run from its own log: {row['insample_jct_rel_error']:+.1%} (median)"
-               if "insample_jct_rel_error" in row else ""))
+               if "insample_jct_rel_error" in row else "")
+            + (f"; the calibration runs ran its kernels {row['calibration_kernel_slowdown']:.2f}x "
+               "as long as the measured runs" if "calibration_kernel_slowdown" in row else ""))
         label = job.label
         traced.append((SimpleNamespace(label=f"{label} measured", point=job.point),
                        _ops_frame(runs[0].trace)))
