@@ -86,7 +86,8 @@ def validate_command(args) -> int:
                       calibration_runs=args.calibration_runs, runtime=runtime)
     cols = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
             "measured_jct_noise", "throughput_rel_error"]
-    cols += [c for c in ("microbench_jct_rel_error", "insample_jct_rel_error")
+    cols += [c for c in ("microbench_jct_rel_error", "insample_jct_rel_error",
+                         "calibration_kernel_slowdown")
              if c in result.frame]
     print(result.frame[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"\nwrote in {out}/: " + ", ".join(os.path.basename(f) for f in result.files))
