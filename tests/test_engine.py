@@ -152,18 +152,20 @@ def test_fifo_one_stream_runs_ops_back_to_back():
 
 # ------------------------------------------------------------------------------------ 2. events
 
+def waited_across_streams(rt):
+    """a on stream 0, an event after it; stream 1 waits on that event, then runs b (also
+    test_stream_costs)."""
+    s1 = rt.create_stream(0)
+    ev = rt.new_event("a_done")
+    rt.launch(op("a"), 0, 0)
+    rt.record(ev, 0, 0)
+    rt.wait(0, s1, ev)
+    rt.launch(op("b"), 0, s1)
+
+
 def test_wait_on_event_starts_op_at_recorded_time():
     table = {"a": (1.0, "compute"), "b": (1.0, "compute")}
-
-    def host(rt):
-        s1 = rt.create_stream(0)
-        ev = rt.new_event("a_done")
-        rt.launch(op("a"), 0, 0)
-        rt.record(ev, 0, 0)
-        rt.wait(0, s1, ev)
-        rt.launch(op("b"), 0, s1)
-
-    _, trace = simulate(host, table)
+    _, trace = simulate(waited_across_streams, table)
     # a: [0, 1] alone; the event completes at 1; b on stream 1 waits for it: [1, 2], alone again
     assert_log(trace, [(0, 0, "a", 0.0, 1.0), (0, 1, "b", 1.0, 2.0)])
 

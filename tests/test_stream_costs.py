@@ -10,7 +10,7 @@ import pytest
 
 from simulator.errors import ConfigError
 from simulator.hardware import load_hardware
-from tests.test_engine import ar, assert_log, op, profile
+from tests.test_engine import ar, assert_log, op, profile, waited_across_streams
 from tests.test_reaction_latency import TABLE, simulate, write_profile
 
 
@@ -54,17 +54,6 @@ def test_a_launch_that_finds_the_stream_busy_but_lands_after_it_ends_wakes_it():
         yield from ()
     trace = rt.run(Program(host), no_requests)
     assert_log(trace, [(0, 0, "b", 1.25, 1.75), (0, 0, "b", 2.25, 2.75)])
-
-
-def waited_across_streams(rt):
-    """a on stream 0, an event after it; stream 1 waits on that event, then runs b."""
-    s1 = rt.create_stream(0)
-    ev = rt.new_event("a_done")
-    rt.launch(op("a"), 0, 0)
-    rt.record(ev, 0, 0)
-    rt.wait(0, s1, ev)
-    rt.launch(op("b"), 0, s1)
-    yield from ()
 
 
 def test_a_blocked_wait_pays_the_event_wait_and_what_follows_it_no_wake_up():
