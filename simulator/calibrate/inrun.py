@@ -110,7 +110,7 @@ def measured_times(entries) -> dict:
     attention, batched GEMMs) are left out. Where a shape ran alone (no op on another stream of its
     device overlapping it) that often, only those samples count (`MIN_ALONE`): the contention
     model adds what overlap costs."""
-    samples = _samples(entries)
+    samples = op_samples(entries)
     covers = _overlaps(samples)
     alone: dict = {}
     every: dict = {}
@@ -131,7 +131,7 @@ def jitter_ratios(entries) -> dict:
     ratios pooled and summarised by JITTER_QUANTILES quantiles (at the midpoints of equal
     slices), which the simulator draws from uniformly. Quantiles, not the ratios' own moments:
     the rare long stalls stay in the tables' means, not in the shape of every draw."""
-    samples = _samples(entries)
+    samples = op_samples(entries)
     shapes: dict = {}
     for smp, cov in zip(samples, _overlaps(samples)):
         if not any(v > 0 for v in cov.values()):
@@ -153,7 +153,7 @@ def jitter_ratios(entries) -> dict:
     return out
 
 
-def _samples(entries) -> list:
+def op_samples(entries) -> list:
     """The op log as trace_import Samples; a collective's (or send/recv's) members each carry
     their group's transfer, to its first member's end (lags.py: the later members' lags are the
     profile's `device.comm_lag_us`)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from .inrun import _samples
+from .inrun import op_samples
 
 COMPUTE_FAMILIES = ("gemm", "attention", "elementwise")
 MIN_SAMPLES = 20        # samples of a shape in each kind of run that make its ratio count
@@ -30,7 +30,7 @@ def _times_by_shape(entries) -> dict:
     """(family, key) -> [seconds] of the compute ops in a tagged op log (entries end with
     their run's name)."""
     out = defaultdict(list)
-    for s in _samples(entries):
+    for s in op_samples(entries):
         if s.family in COMPUTE_FAMILIES:
             out[(s.family, s.key)].append(s.seconds)
     return out
