@@ -66,30 +66,53 @@ def test_a_sitting_centres_both_kinds_of_run_on_the_same_moment(repeat, calibrat
     assert schedule(3, 2) == ["measured", "calibration", "measured", "calibration", "measured"]
 
 
-def test_measure_interleaves_calibration_and_measured_runs(monkeypatch):
+def test_measure_warms_up_then_interleaves_calibration_and_measured_runs(monkeypatch):
     from simulator.calibrate import inrun, validate
     from simulator.runner import JobResult
     jobs = validate.plan_validation("experiments/validation/validate-cpu.yaml")[1]
-    order = []
+    order, lines, clock = [], [], [0.0]
 
     def cal(job, i, run_log, log, runtime):
         order.append(("cal", job.label, i, job.config["hardware"]))
 
     def run(job, keep_trace=False, spill_path=None, runtime="sim", planning=None, run_log=None):
-        assert run_log is not None                     # every measured run is logged
-        order.append(("run", job.label, len([o for o in order if o[:2] == ("run", job.label)]),
+        assert runtime == "torch"
+        clock[0] += 5.0                                  # every run takes 5 s
+        kind = "run" if run_log is not None else "warm"  # every measured run is logged
+        order.append((kind, job.label, len([o for o in order if o[:2] == (kind, job.label)]),
                       job.config["hardware"]))
-        return JobResult(0, {}, None, None, None)
+        return JobResult(0, {"jct_mean_s": 0.25}, None, None, None)
     monkeypatch.setattr(inrun, "calibration_run", cal)
     monkeypatch.setattr(validate, "run_job", run)
-    measured = validate.measure(jobs, "/p/micro.yaml", repeat=3, calibration=2, log=print)
+    monkeypatch.setattr(validate.time, "perf_counter", lambda: clock[0])
     labels = [j.label for j in jobs]
-    steps = [("run", 0), ("cal", 0), ("run", 1), ("cal", 1), ("run", 2)]
+    # a round of the four strategies takes 20 s: 45 s of warm-up are three whole rounds
+    measured = validate.measure(jobs, "/p/micro.yaml", repeat=3, calibration=2, log=lines.append,
+                                warm_up_s=45.0)
+    steps = [("warm", 0), ("warm", 1), ("warm", 2),
+             ("run", 0), ("cal", 0), ("run", 1), ("cal", 1), ("run", 2)]
     expected = [(kind, label, i) for kind, i in steps for label in labels]
     assert [o[:3] for o in order] == expected
     assert {o[3] for o in order} == {"/p/micro.yaml"}              # every run plans with it
     assert {k: len(v) for k, v in measured.runs.items()} == {label: 3 for label in labels}
     assert "2 run(s) of each of" in measured.what
+    assert sum("warm-up run, JCT 250.0 ms (not measured)" in line for line in lines) == 3 * 4
     order.clear()
-    none = validate.measure(jobs, "/p/given.yaml", repeat=2, calibration=0, log=print)
-    assert none.run_log is None and [o[0] for o in order] == ["run"] * 2 * len(labels)
+    none = validate.measure(jobs, "/p/given.yaml", repeat=2, calibration=0, log=print,
+                            warm_up_s=1.0)                        # one round at least
+    assert none.run_log is None
+    assert [o[0] for o in order] == ["warm"] * len(labels) + ["run"] * 2 * len(labels)
+    order.clear()
+    validate.measure(jobs, "/p/given.yaml", repeat=1, calibration=0, log=print, warm_up_s=0)
+    assert [o[0] for o in order] == ["run"] * len(labels)
+
+
+def test_a_failed_warm_up_run_is_refused_with_one_line(monkeypatch):
+    from simulator.calibrate import validate
+    from simulator.errors import ConfigError
+    from simulator.runner import JobResult
+    jobs = validate.plan_validation("experiments/validation/validate-cpu.yaml")[1]
+    monkeypatch.setattr(validate, "run_job", lambda job, **kw: JobResult(0, {}, None, None,
+                                                                        "deadlock"))
+    with pytest.raises(ConfigError, match="the warm-up run failed: deadlock"):
+        validate.measure(jobs, "/p/micro.yaml", repeat=1, calibration=0, log=print)

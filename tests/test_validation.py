@@ -287,9 +287,10 @@ def test_measured_runs_plan_with_the_profile_they_are_predicted_with():
         {k: v for k, v in jobs[0].config.items() if k != "hardware"}
 
 
-def test_validate_refuses_negative_calibration_runs(tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--calibration-runs", "--warm-up-s"])
+def test_validate_refuses_a_negative_count_of_runs(tmp_path, capsys, option):
     out = tmp_path / "out"
-    assert main(["validate", str(EXPERIMENT), "--calibration-runs", "-1", "--out", str(out)]) == 2
+    assert main(["validate", str(EXPERIMENT), option, "-1", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--calibration-runs" in err and ">= 0" in err
+    assert err.count("\n") == 1 and option in err and ">= 0" in err
     assert not out.exists()

@@ -73,6 +73,8 @@ def validate_command(args) -> int:
     if args.calibration_runs < 0:
         raise ConfigError("argument", "--calibration-runs",
                           f"must be >= 0, got {args.calibration_runs}")
+    if not args.warm_up_s >= 0:
+        raise ConfigError("argument", "--warm-up-s", f"must be >= 0, got {args.warm_up_s}")
     _need_torch(args.device)
     runtime = "torch-cuda" if args.device == "cuda" else "torch"
     if args.profile is not None:
@@ -83,7 +85,8 @@ def validate_command(args) -> int:
     out = args.out or os.path.join("results", plan[1][0].experiment + "-validate")
     check_out_dir(out)
     result = validate(args.file, out, args.profile, repeat=args.repeat, log=_log, plan=plan,
-                      calibration_runs=args.calibration_runs, runtime=runtime)
+                      calibration_runs=args.calibration_runs, runtime=runtime,
+                      warm_up_s=args.warm_up_s)
     cols = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_error",
             "measured_jct_noise", "throughput_rel_error"]
     cols += [c for c in ("microbench_jct_rel_error", "insample_jct_rel_error",

@@ -8,15 +8,17 @@ slower the calibration runs ran the same kernels than the measured runs, steadin
 OUT/validation_trace.json (Perfetto / chrome://tracing: for each strategy a "measured" and a
 "predicted" process per device, side by side). Without a profile it first micro-benchmarks into
 OUT/calibrated.yaml (the model's shapes plus every op a simulated run of the experiment costs),
-then takes the measured runs and the in-run calibration runs interleaved (`measure`, `schedule`),
-all planning with that profile, and predicts with the in-run profiles (inrun.py) while the
-simulated host program plans with that same micro-benchmarked profile.
+then, after unmeasured warm-up rounds, takes the measured runs and the in-run calibration runs
+interleaved (`measure`, `schedule`), all planning with that profile, and predicts with the
+in-run profiles (inrun.py) while the simulated host program plans with that same
+micro-benchmarked profile.
 """
 from __future__ import annotations
 
 import json
 import os
 import statistics
+import time
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
@@ -98,9 +100,18 @@ def schedule(repeat: int, calibration: int) -> list:
     return [kind for _, _, kind in sorted(slots)]
 
 
+WARM_UP_S = 45.0        # unmeasured rounds of every strategy before a sitting's schedule
+
+
 def measure(jobs, planner: str, repeat: int, calibration: int, log,
-            runtime: str = "torch") -> Measured:
-    """`repeat` measured runs (the experiment's requests, each logged as calibration runs are:
+            runtime: str = "torch", warm_up_s: float = WARM_UP_S) -> Measured:
+    """First, unmeasured rounds (one run of every strategy each) until `warm_up_s` seconds have
+    passed (none for 0): a sitting's first runs were its slowest on this machine (three
+    sittings at 3 requests/s: tp 224, 218, 196 ms in the first round against 160-176 ms in the
+    later ones, iso 202, 193, 196 against 153-179 ms; at 5 requests/s one warm-up round left the
+    first measured round as slow as it, tp 234 against 198 ms: hence 45 s); kept, they weigh on
+    the measured mean and on no calibration run, since `schedule` starts with a measured run.
+    Then `repeat` measured runs (the experiment's requests, each logged as calibration runs are:
     the same work, and its own log for the in-sample prediction) and `calibration` in-run
     calibration runs (other requests; inrun.py) of every strategy, all planning with the profile
     at `planner`, in the order `schedule` gives, every strategy at each step of it. A shared
@@ -111,6 +122,15 @@ def measure(jobs, planner: str, repeat: int, calibration: int, log,
     from .inrun import calibration_run, describe_runs
     from simulator.torchrt.runtime import RunLog
     out = Measured({j.label: [] for j in jobs}, RunLog() if calibration > 0 else None)
+    started = time.perf_counter()
+    while time.perf_counter() - started < warm_up_s:
+        for job in jobs:
+            res = run_job(with_hardware(job, planner), keep_trace=False, runtime=runtime)
+            if res.error:
+                raise ConfigError(job.where, job.strategy_key,
+                                  f"the warm-up run failed: {res.error}")
+            log(f"validate: {job.label}: warm-up run, JCT {res.row['jct_mean_s'] * 1e3:.1f} ms "
+                "(not measured)")
     calibrated = 0
     for kind in schedule(repeat, calibration):
         for job in jobs:
@@ -151,11 +171,13 @@ def _predict(job, profile: str, planning=None):
 
 def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 2,
              reps: int = 5, grid=None, log=print, plan=None,
-             calibration_runs: int = 2, runtime: str = "torch") -> Validation:
+             calibration_runs: int = 2, runtime: str = "torch",
+             warm_up_s: float = WARM_UP_S) -> Validation:
     """Measure and predict every feasible strategy of the experiment at `path` (module doc).
     `repeat`: measured runs per strategy (their spread is the noise); `calibration_runs`: in-run
     calibration runs per strategy when calibrating (0: micro-benchmarks only); `runtime`
-    "torch-cuda": measure on this machine's GPUs."""
+    "torch-cuda": measure on this machine's GPUs; `warm_up_s`: unmeasured rounds of every
+    strategy for this long before the measured and calibration runs (`measure`)."""
     from .shapes import Grid
     plan, jobs = plan or plan_validation(path, runtime)
     os.makedirs(out_dir, exist_ok=True)
@@ -166,7 +188,7 @@ def validate(path: str, out_dir: str, profile: str | None = None, repeat: int = 
                                                      runtime))
     planner = microbench or os.path.abspath(profile)
     measured = measure(jobs, planner, repeat, calibration_runs if profile is None else 0, log,
-                       runtime)
+                       runtime, warm_up_s)
     if profile is None:
         profile = microbench
         if measured.run_log is not None:
