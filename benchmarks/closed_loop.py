@@ -7,10 +7,11 @@ then, per strategy, the range and the mean of the error and of the runs' spread,
 of the in-sample error (each measured run predicted from its own log: the model's error apart
 from run-to-run noise); `--csv` also writes every row. The test holds every strategy to 25%
 widened by two standard errors of the measured mean (`measured_jct_sem`), at most 50%; the aim
-is 10%. About 130 s a sitting on the 2-core development machine. Needs torch: ``pip install -e '.[torch]'``.
+is 10%. About 185 s a sitting on the 2-core development machine (45 s of it warm-up). Needs
+torch: ``pip install -e '.[torch]'``.
 
 Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE] [--experiment FILE]
-[--repeat 3] [--calibration-runs 2]``
+[--repeat 3] [--calibration-runs 2] [--warm-up-s 45]``
 """
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ COLUMNS = ["strategy", "measured_jct_mean_s", "predicted_jct_mean_s", "jct_rel_e
 
 
 def sitting(index: int, experiment: Path = EXPERIMENT, repeat: int = 3,
-            calibration_runs: int = 2) -> pd.DataFrame:
+            calibration_runs: int = 2, warm_up_s: float | None = None) -> pd.DataFrame:
     from simulator.calibrate.shapes import CI_GRID
-    from simulator.calibrate.validate import validate
+    from simulator.calibrate.validate import WARM_UP_S, validate
     with tempfile.TemporaryDirectory(prefix="parasim-loop-") as out:
         result = validate(str(experiment), out, repeat=repeat, reps=3, grid=CI_GRID,
-                          calibration_runs=calibration_runs, log=lambda line: None)
+                          calibration_runs=calibration_runs, log=lambda line: None,
+                          warm_up_s=WARM_UP_S if warm_up_s is None else warm_up_s)
     frame = result.frame[[c for c in COLUMNS if c in result.frame]].copy()
     frame.insert(0, "sitting", index)
     return frame
@@ -54,6 +56,8 @@ def main(argv=None) -> int:
                    help="measured runs per strategy and sitting (the test's: 3)")
     p.add_argument("--calibration-runs", type=int, default=2,
                    help="in-run calibration runs per strategy and sitting (the test's: 2)")
+    p.add_argument("--warm-up-s", type=float, default=None,
+                   help="seconds of unmeasured warm-up rounds (the test's: validate's default)")
     args = p.parse_args(argv)
     if importlib.util.find_spec("torch") is None:
         print("needs torch: pip install -e '.[torch]'", file=sys.stderr)
@@ -61,7 +65,8 @@ def main(argv=None) -> int:
     frames = []
     for i in range(1, args.sittings + 1):
         t0 = time.perf_counter()
-        frame = sitting(i, Path(args.experiment), args.repeat, args.calibration_runs)
+        frame = sitting(i, Path(args.experiment), args.repeat, args.calibration_runs,
+                        args.warm_up_s)
         frames.append(frame)
         print(f"sitting {i} ({time.perf_counter() - t0:.0f} s): " + ", ".join(
             f"{r.strategy} {r.jct_rel_error:+.1%} (in-sample {r.insample_jct_rel_error:+.1%}, "
