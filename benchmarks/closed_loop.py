@@ -7,11 +7,11 @@ then, per strategy, the range and the mean of the error and of the runs' spread,
 of the in-sample error (each measured run predicted from its own log: the model's error apart
 from run-to-run noise); `--csv` also writes every row. The test holds every strategy to 25%
 widened by two standard errors of the measured mean (`measured_jct_sem`), at most 50%; the aim
-is 10%. About 185 s a sitting on the 2-core development machine (45 s of it warm-up). Needs
+is 10%. About 130 s a sitting on the 2-core development machine (plus `--warm-up-s`). Needs
 torch: ``pip install -e '.[torch]'``.
 
 Usage: ``python benchmarks/closed_loop.py [--sittings 3] [--csv FILE] [--experiment FILE]
-[--repeat 3] [--calibration-runs 2] [--warm-up-s 45]``
+[--repeat 3] [--calibration-runs 2] [--warm-up-s 0]``
 """
 from __future__ import annotations
 

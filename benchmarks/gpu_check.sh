@@ -8,8 +8,8 @@
 # Needs python3 with torch (CUDA), numpy, pandas, matplotlib and pyyaml; simpy is installed from
 # .whl/ when it is missing (pip download simpy==4.1.1 into .whl on a machine with the internet).
 # Each step has its own time limit; together they stay under 8 minutes. The validation warms up
-# for 15 s instead of the CPU loop's 45 s (an assumption: no GPU has run it yet; a GPU's clocks
-# settle within seconds of load, and the limit leaves no room for more).
+# for 15 s (`--warm-up-s`; the CPU loop has none): an assumption, no GPU has run it yet, that a
+# GPU's clocks and libraries settle within seconds of load; the limit leaves no room for more.
 set -uo pipefail
 OUT=${OUT:-results/gpu-check}
 mkdir -p "$OUT/work"

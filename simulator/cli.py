@@ -151,9 +151,9 @@ def _parser() -> argparse.ArgumentParser:
                     "requests before validating (0: micro-benchmarks only; default 2)")
     va.add_argument("--repeat", type=int, default=2, help="measured runs per strategy (default 2; "
                     "their spread is the noise)")
-    va.add_argument("--warm-up-s", type=float, default=45.0, metavar="SECONDS",
+    va.add_argument("--warm-up-s", type=float, default=0.0, metavar="SECONDS",
                     help="unmeasured rounds of every strategy until this long has passed, before "
-                    "the measured and calibration runs (default 45; 0: none)")
+                    "the measured and calibration runs (default 0: none)")
     return p
 
 

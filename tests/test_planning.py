@@ -103,7 +103,7 @@ def test_measure_warms_up_then_interleaves_calibration_and_measured_runs(monkeyp
     assert none.run_log is None
     assert [o[0] for o in order] == ["warm"] * len(labels) + ["run"] * 2 * len(labels)
     order.clear()
-    validate.measure(jobs, "/p/given.yaml", repeat=1, calibration=0, log=print, warm_up_s=0)
+    validate.measure(jobs, "/p/given.yaml", repeat=1, calibration=0, log=print)   # the default
     assert [o[0] for o in order] == ["run"] * len(labels)
 
 
@@ -115,4 +115,5 @@ def test_a_failed_warm_up_run_is_refused_with_one_line(monkeypatch):
     monkeypatch.setattr(validate, "run_job", lambda job, **kw: JobResult(0, {}, None, None,
                                                                         "deadlock"))
     with pytest.raises(ConfigError, match="the warm-up run failed: deadlock"):
-        validate.measure(jobs, "/p/micro.yaml", repeat=1, calibration=0, log=print)
+        validate.measure(jobs, "/p/micro.yaml", repeat=1, calibration=0, log=print,
+                         warm_up_s=1.0)

@@ -8,10 +8,10 @@ slower the calibration runs ran the same kernels than the measured runs, steadin
 OUT/validation_trace.json (Perfetto / chrome://tracing: for each strategy a "measured" and a
 "predicted" process per device, side by side). Without a profile it first micro-benchmarks into
 OUT/calibrated.yaml (the model's shapes plus every op a simulated run of the experiment costs),
-then, after unmeasured warm-up rounds, takes the measured runs and the in-run calibration runs
-interleaved (`measure`, `schedule`), all planning with that profile, and predicts with the
-in-run profiles (inrun.py) while the simulated host program plans with that same
-micro-benchmarked profile.
+then (after optional unmeasured warm-up rounds) takes the measured runs and the in-run
+calibration runs interleaved (`measure`, `schedule`), all planning with that profile, and
+predicts with the in-run profiles (inrun.py) while the simulated host program plans with that
+same micro-benchmarked profile.
 """
 from __future__ import annotations
 
@@ -100,17 +100,17 @@ def schedule(repeat: int, calibration: int) -> list:
     return [kind for _, _, kind in sorted(slots)]
 
 
-WARM_UP_S = 45.0        # unmeasured rounds of every strategy before a sitting's schedule
+WARM_UP_S = 0.0         # unmeasured rounds of every strategy before a sitting's schedule: none
 
 
 def measure(jobs, planner: str, repeat: int, calibration: int, log,
             runtime: str = "torch", warm_up_s: float = WARM_UP_S) -> Measured:
-    """First, unmeasured rounds (one run of every strategy each) until `warm_up_s` seconds have
-    passed (none for 0): a sitting's first runs were its slowest on this machine (three
-    sittings at 3 requests/s: tp 224, 218, 196 ms in the first round against 160-176 ms in the
-    later ones, iso 202, 193, 196 against 153-179 ms; at 5 requests/s one warm-up round left the
-    first measured round as slow as it, tp 234 against 198 ms: hence 45 s); kept, they weigh on
-    the measured mean and on no calibration run, since `schedule` starts with a measured run.
+    """First, with `warm_up_s` > 0, unmeasured rounds (one run of every strategy each) until that
+    many seconds have passed. A sitting's first runs were often its slowest on this machine
+    (three sittings at 3 requests/s: tp 224, 218, 196 ms in the first round against 160-176 ms
+    later), but after 45 s of warm-up rounds the first measured run was still the slowest of
+    three in five of eight (two sittings, four strategies), and the warm-up did not move the closed loop's errors over twelve sittings (docs/validation.md,
+    "Warm-up"), so by default there is none; a GPU's clocks are another matter (gpu_check.sh).
     Then `repeat` measured runs (the experiment's requests, each logged as calibration runs are:
     the same work, and its own log for the in-sample prediction) and `calibration` in-run
     calibration runs (other requests; inrun.py) of every strategy, all planning with the profile
