@@ -288,7 +288,7 @@ def test_measured_runs_plan_with_the_profile_they_are_predicted_with():
 
 
 @pytest.mark.parametrize("option", ["--calibration-runs", "--warm-up-s"])
-def test_validate_refuses_a_negative_count_of_runs(tmp_path, capsys, option):
+def test_validate_refuses_negative_calibration_runs_or_warm_up(tmp_path, capsys, option):
     out = tmp_path / "out"
     assert main(["validate", str(EXPERIMENT), option, "-1", "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -109,8 +109,9 @@ def measure(jobs, planner: str, repeat: int, calibration: int, log,
     many seconds have passed. A sitting's first runs were often its slowest on this machine
     (three sittings at 3 requests/s: tp 224, 218, 196 ms in the first round against 160-176 ms
     later), but after 45 s of warm-up rounds the first measured run was still the slowest of
-    three in five of eight (two sittings, four strategies), and the warm-up did not move the closed loop's errors over twelve sittings (docs/validation.md,
-    "Warm-up"), so by default there is none; a GPU's clocks are another matter (gpu_check.sh).
+    three in five of eight (two sittings, four strategies), and the warm-up did not move the
+    closed loop's errors over twelve sittings (docs/validation.md, "Warm-up"), so by default
+    there is none; a GPU's clocks are another matter (gpu_check.sh).
     Then `repeat` measured runs (the experiment's requests, each logged as calibration runs are:
     the same work, and its own log for the in-sample prediction) and `calibration` in-run
     calibration runs (other requests; inrun.py) of every strategy, all planning with the profile
