@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -66,6 +65,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.scale <= 1.0:
         p.error("--scale must be > 1")
+    from simulator.calibrate.inrun import variant_path
     from simulator.calibrate.validate import plan_validation
     from simulator.hardware import load_hardware
     planner = os.path.join(args.folder, "calibrated.yaml")
@@ -78,8 +78,7 @@ def main(argv=None) -> int:
         if arrival.get("kind") != "poisson":
             p.error(f"{args.experiment}: workload.arrival: needs kind poisson, got {arrival}")
         rate = args.rate or float(arrival["rate_rps"])
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job.label).strip("_")
-        profile = os.path.join(args.folder, f"calibrated-inrun-host-{safe}.yaml")
+        profile = variant_path(args.folder, "calibrated", job.label)
         if not os.path.isfile(profile):
             profile = os.path.join(args.folder, "calibrated-inrun.yaml")
         base = mean_jct_s(job, profile, planning, rate)

@@ -47,3 +47,20 @@ def test_a_folder_without_a_validation_is_refused(sens, tmp_path, capsys):
         sens.main([str(tmp_path)])
     assert exc.value.code == 2
     assert "calibrated.yaml: no such file" in capsys.readouterr().err
+
+
+def test_variants_are_found_where_validate_writes_them():
+    from simulator.calibrate.inrun import variant_path
+    assert variant_path("d", "calibrated", "pp[tp=1]") == "d/calibrated-inrun-host-pp_tp_1.yaml"
+
+
+def test_it_reports_every_strategy_of_a_validate_folder(sens, tmp_path, capsys):
+    # a folder as validate leaves it, with a built-in profile standing in for the measured ones
+    # and no per-strategy variant (each strategy falls back to calibrated-inrun.yaml)
+    text = (ROOT / "hwprofiles" / "a100-sxm4-80gb.yaml").read_text()
+    for name in ("calibrated.yaml", "calibrated-inrun.yaml"):
+        (tmp_path / name).write_text(text)
+    assert sens.main([str(tmp_path), "--rate", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["tp", "pp[tp=1]", "iso", "liger"]
+    assert all("at 2 requests/s" in line and "amplification" in line for line in lines)

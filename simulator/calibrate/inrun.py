@@ -175,6 +175,16 @@ def op_samples(entries) -> list:
     return out
 
 
+def file_label(label: str) -> str:
+    """A strategy label as it appears in file names (``pp[tp=1]`` -> ``pp_tp_1``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
+
+
+def variant_path(folder: str, stem: str, label: str) -> str:
+    """Where write_inrun_profile puts a strategy's variant (``STEM-inrun-host-LABEL.yaml``)."""
+    return os.path.join(folder, f"{stem}-inrun-host-{file_label(label)}.yaml")
+
+
 def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
                         host=None, host_by_label: dict | None = None,
                         jitter: dict | None = None,
@@ -215,7 +225,7 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
         if not own.launches:
             continue
         variant = reactions(data, own, f"{stamp}: in the calibration runs of {label} alone")
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
+        safe = file_label(label)
         mine = (ops_by_label or {}).get(label)
         if mine:
             variant = copy.deepcopy(variant)
@@ -227,7 +237,7 @@ def write_inrun_profile(calibrated: str, times: dict, what: str, log=print,
         costs[label] = {k: _mean_us(v) for k, v in variant["host"].items()}
         for key in (r.key for r in REACTIONS if r.section == "device"):
             costs[label][key] = _mean_us(variant["device"].get(key, {"value": 0.0}))
-        variants[label] = os.path.join(folder, f"{stem}-inrun-host-{safe}.yaml")
+        variants[label] = variant_path(folder, stem, label)
         write_text(variants[label], header.replace("in-run op times", f"in-run op times and "
                                                    f"{label}'s host costs")
                    + yaml.safe_dump(variant, sort_keys=False, width=120))
